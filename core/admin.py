@@ -1,0 +1,63 @@
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+
+from core.models import BatchRun, FortuneGeneration, FortuneResult, User
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin):
+    list_display = ("username", "email", "is_active", "birth_date_solar", "birth_time", "gender", "natal_chart")
+    list_filter = ("is_active", "gender", "is_staff", "birth_lunar_is_leap_month")
+    search_fields = ("username", "email")
+    readonly_fields = ("saju_year", "saju_month", "saju_day", "saju_hour", "natal_version")
+    fieldsets = BaseUserAdmin.fieldsets + (
+        (
+            "Birth data (natal pillars are derived on save)",
+            {
+                "fields": (
+                    "birth_date_solar",
+                    ("birth_lunar_year", "birth_lunar_month", "birth_lunar_day", "birth_lunar_is_leap_month"),
+                    "birth_time",
+                    "gender",
+                    ("saju_year", "saju_month", "saju_day", "saju_hour"),
+                    "natal_version",
+                )
+            },
+        ),
+    )
+
+    @admin.display(description="사주 (年月日時)")
+    def natal_chart(self, obj: User) -> str:
+        return " ".join(p for p in (obj.saju_year, obj.saju_month, obj.saju_day, obj.saju_hour or "——") if p)
+
+
+@admin.register(FortuneResult)
+class FortuneResultAdmin(admin.ModelAdmin):
+    list_display = ("user", "for_date", "source", "generation", "created_at")
+    list_filter = ("source", "for_date")
+    search_fields = ("user__username", "user__email")
+    raw_id_fields = ("user", "generation")
+    date_hierarchy = "for_date"
+    list_select_related = ("user", "generation")
+
+
+@admin.register(FortuneGeneration)
+class FortuneGenerationAdmin(admin.ModelAdmin):
+    list_display = ("input_hash", "for_date", "provider", "model", "tokens_in", "tokens_out", "created_at")
+    list_filter = ("provider", "model", "for_date")
+    search_fields = ("input_hash",)
+    date_hierarchy = "for_date"
+
+
+@admin.register(BatchRun)
+class BatchRunAdmin(admin.ModelAdmin):
+    list_display = (
+        "id", "target_date", "status", "eligible", "already_present", "generated", "failed",
+        "llm_requests", "estimated_cost", "workers", "started_at", "duration",
+    )
+    list_filter = ("status", "catch_up", "provider", "target_date")
+    date_hierarchy = "target_date"
+    readonly_fields = [f.name for f in BatchRun._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False

@@ -1,0 +1,184 @@
+import datetime as dt
+
+from django.contrib.auth.models import AbstractUser
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+EARLIEST_BIRTH_DATE = dt.date(1900, 1, 1)
+BIRTH_DATE_BEFORE_1900 = "Birth dates before 1900-01-01 are not supported."
+BIRTH_DATE_IN_FUTURE = "The birth date cannot be in the future (today in Korea is {today})."
+
+
+def validate_birth_date(value: dt.date) -> None:
+    if value < EARLIEST_BIRTH_DATE:
+        raise ValidationError(BIRTH_DATE_BEFORE_1900, code="before_1900")
+    today = timezone.localdate()
+    if value > today:
+        raise ValidationError(BIRTH_DATE_IN_FUTURE.format(today=today.isoformat()), code="future")
+
+
+class User(AbstractUser):
+    class Gender(models.TextChoices):
+        MALE = "M", "남성"
+        FEMALE = "F", "여성"
+        UNSPECIFIED = "", "미지정"
+
+    email = models.EmailField("email address", blank=True, db_index=True)
+    birth_date_solar = models.DateField(null=True, blank=True, validators=[validate_birth_date])
+    # Lunar input exactly as the user gave it; birth_date_solar is derived from it on save.
+    birth_lunar_year = models.PositiveSmallIntegerField(null=True, blank=True)
+    birth_lunar_month = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(12)]
+    )
+    birth_lunar_day = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(30)]
+    )
+    birth_lunar_is_leap_month = models.BooleanField(default=False)
+    birth_time = models.TimeField(null=True, blank=True, help_text="Korean civil time; empty = unknown.")
+    gender = models.CharField(max_length=1, choices=Gender.choices, blank=True, default="")
+
+    # Natal pillars: derived from the birth data (see core.natal). natal_birth_date/time and
+    # natal_version record what they were computed from, so stale rows can be found in SQL.
+    saju_year = models.CharField(max_length=2, blank=True, default="", editable=False)
+    saju_month = models.CharField(max_length=2, blank=True, default="", editable=False)
+    saju_day = models.CharField(max_length=2, blank=True, default="", editable=False)
+    saju_hour = models.CharField(max_length=2, blank=True, default="", editable=False)
+    natal_birth_date = models.DateField(null=True, blank=True, editable=False)
+    natal_birth_time = models.TimeField(null=True, blank=True, editable=False)
+    natal_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(gender__in=["M", "F", ""]),
+                name="user_gender_known",
+                violation_error_message="gender must be M, F or empty.",
+            ),
+            models.CheckConstraint(
+                condition=Q(birth_date_solar__isnull=True) | Q(birth_date_solar__gte=EARLIEST_BIRTH_DATE),
+                name="user_birth_date_from_1900",
+                violation_error_message=BIRTH_DATE_BEFORE_1900,
+            ),
+        ]
+
+    def clean(self) -> None:
+        super().clean()
+        from core.natal import user_apply_lunar_birth_date
+
+        user_apply_lunar_birth_date(user=self)
+
+    def save(self, *args, **kwargs) -> None:
+        from core.natal import user_sync_natal
+
+        changed = user_sync_natal(user=self)
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and changed:
+            kwargs["update_fields"] = set(update_fields) | set(changed)
+        super().save(*args, **kwargs)
+
+    @property
+    def natal_pillars(self) -> dict[str, str | None]:
+        return {
+            "year": self.saju_year,
+            "month": self.saju_month,
+            "day": self.saju_day,
+            "hour": self.saju_hour or None,
+        }
+
+
+class FortuneGeneration(models.Model):
+    """One generated fortune per distinct generation input; many users' results may share it."""
+
+    input_hash = models.CharField(max_length=64, unique=True)
+    for_date = models.DateField(db_index=True)
+    content = models.JSONField()
+    provider = models.CharField(max_length=32)
+    model = models.CharField(max_length=64, blank=True, default="")
+    tokens_in = models.PositiveIntegerField(default=0)
+    tokens_out = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.for_date} {self.input_hash[:12]} ({self.provider})"
+
+
+class FortuneResult(models.Model):
+    class Source(models.TextChoices):
+        BATCH = "batch", "batch"
+        ON_DEMAND = "on_demand", "on demand"
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="fortunes")
+    for_date = models.DateField()
+    generation = models.ForeignKey(FortuneGeneration, on_delete=models.PROTECT, related_name="results")
+    source = models.CharField(max_length=16, choices=Source.choices)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "for_date"], name="fortune_one_per_user_per_day")]
+        indexes = [models.Index(fields=["for_date"], name="fortune_for_date_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.for_date}"
+
+    @property
+    def content(self) -> dict:
+        return self.generation.content
+
+    @property
+    def provider(self) -> str:
+        return self.generation.provider
+
+    @property
+    def model(self) -> str:
+        return self.generation.model
+
+
+class BatchRun(models.Model):
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        PARTIAL = "partial"
+        FAILED = "failed"
+        INTERRUPTED = "interrupted"
+
+    base_date = models.DateField()
+    target_date = models.DateField(db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING, db_index=True)
+    catch_up = models.BooleanField(default=False, help_text="Run that filled a missed night's gaps.")
+    forced = models.BooleanField(default=False)
+    user_id_filter = models.BigIntegerField(null=True, blank=True)
+    eligible = models.PositiveIntegerField(default=0)
+    already_present = models.PositiveIntegerField(default=0)
+    generated = models.PositiveIntegerField(default=0, help_text="Users whose fortune this run stored.")
+    generations = models.PositiveIntegerField(default=0, help_text="Distinct generations this run made.")
+    failed = models.PositiveIntegerField(default=0)
+    llm_requests = models.PositiveIntegerField(default=0)
+    tokens_in = models.PositiveBigIntegerField(default=0)
+    tokens_out = models.PositiveBigIntegerField(default=0)
+    estimated_cost = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    workers = models.PositiveSmallIntegerField(default=0)
+    provider = models.CharField(max_length=32, blank=True, default="")
+    model = models.CharField(max_length=64, blank=True, default="")
+    started_at = models.DateTimeField(default=timezone.now)
+    heartbeat_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    hostname = models.CharField(max_length=255, blank=True, default="")
+    stop_reason = models.CharField(max_length=255, blank=True, default="")
+    failure_sample = models.JSONField(default=list, blank=True)
+    notes = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["target_date", "status"], name="batchrun_target_status_idx")]
+
+    def __str__(self) -> str:
+        return f"BatchRun {self.pk} {self.target_date} {self.status}"
+
+    @property
+    def duration(self) -> dt.timedelta | None:
+        return (self.finished_at - self.started_at) if self.finished_at else None

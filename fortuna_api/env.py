@@ -1,0 +1,71 @@
+"""One reader for every environment setting, with errors a person can act on."""
+
+import os
+from decimal import Decimal, InvalidOperation
+
+from django.core.exceptions import ImproperlyConfigured
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_MISSING = object()
+
+
+def _raw(name: str, default):
+    value = os.environ.get(name)
+    if value is None or (value.strip() == "" and default is not _MISSING):
+        if default is _MISSING:
+            raise ImproperlyConfigured(f"Set the environment variable {name} (see .env.example).")
+        return None
+    return value.strip()
+
+
+def env(name: str, default=_MISSING) -> str:
+    value = _raw(name, default)
+    return default if value is None else value
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = _raw(name, default)
+    if value is None:
+        return default
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false (1/0, yes/no), got {value!r}.")
+
+
+def env_int(name: str, default: int, *, min_value: int | None = None, max_value: int | None = None) -> int:
+    value = _raw(name, default)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, got {value!r}.") from None
+    if (min_value is not None and number < min_value) or (max_value is not None and number > max_value):
+        raise ImproperlyConfigured(f"{name} must be between {min_value} and {max_value}, got {number}.")
+    return number
+
+
+def env_decimal(name: str, default: str, *, min_value: Decimal = Decimal(0)) -> Decimal:
+    value = _raw(name, default)
+    try:
+        number = Decimal(default if value is None else value)
+    except InvalidOperation:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}.") from None
+    if not number.is_finite() or number < min_value:
+        raise ImproperlyConfigured(f"{name} must be a number ≥ {min_value}, got {value!r}.")
+    return number
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    value = env(name, default)
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env(name, default).lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {value!r}.")
+    return value

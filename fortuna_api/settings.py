@@ -1,0 +1,226 @@
+"""Fortuna settings, read from the environment (see .env.example and docs/CONFIGURATION.md)."""
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from fortuna_api.env import env, env_bool, env_choice, env_decimal, env_int, env_list
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DEBUG", default=False)
+SECRET_KEY = env("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is required when DEBUG is off. Set SECRET_KEY to a long random string "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(50))'), or DEBUG=1 for local work."
+        )
+    SECRET_KEY = "insecure-local-development-key-only-used-with-debug-on"
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if DEBUG else "")
+if not DEBUG and not ALLOWED_HOSTS:
+    # Railway gives each service a public domain; RAILWAY_PUBLIC_DOMAIN saves typing it twice.
+    ALLOWED_HOSTS = env_list("RAILWAY_PUBLIC_DOMAIN", "")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "core",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "fortuna_api.urls"
+WSGI_APPLICATION = "fortuna_api.wsgi.application"
+AUTH_USER_MODEL = "core.User"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+# --- Database -------------------------------------------------------------------------------
+SQLITE_DEFAULT = f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+DATABASE_URL = env("DATABASE_URL", default=SQLITE_DEFAULT)
+try:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL,
+            conn_max_age=env_int("DB_CONN_MAX_AGE", 600, min_value=0),
+            conn_health_checks=True,
+        )
+    }
+except ValueError as exc:
+    raise ImproperlyConfigured(
+        f"DATABASE_URL is not a database URL Fortuna understands ({exc}). "
+        "Use postgres://user:password@host:5432/name or sqlite:////absolute/path.sqlite3."
+    ) from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # One writer, concurrent readers: WAL plus IMMEDIATE transactions so a writer waits for the
+    # lock (busy timeout) instead of failing with "database is locked" on lock upgrade.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 60,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    # SQLite connections are cheap; a persistent one per thread only holds file locks longer.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Tests that run the batch as a subprocess need a test database another process can open.
+    DATABASES["default"]["TEST"] = {"NAME": env("TEST_SQLITE_PATH", default=str(BASE_DIR / "test-db.sqlite3"))}
+
+# --- Cache ----------------------------------------------------------------------------------
+REDIS_URL = env("REDIS_URL", default="")
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "ko-kr"
+TIME_ZONE = "Asia/Seoul"
+USE_I18N = True
+USE_TZ = True
+
+# --- Static and media -----------------------------------------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+MEDIA_URL = "media/"
+MEDIA_ROOT = BASE_DIR / "media"
+USE_S3 = env_bool("USE_S3", default=False)
+if USE_S3:
+    AWS_ACCESS_KEY_ID = env("AWS_ACCESS_KEY_ID")
+    AWS_SECRET_ACCESS_KEY = env("AWS_SECRET_ACCESS_KEY")
+    AWS_STORAGE_BUCKET_NAME = env("AWS_STORAGE_BUCKET_NAME")
+    AWS_S3_REGION_NAME = env("AWS_S3_REGION_NAME", default="ap-northeast-2")
+    AWS_S3_ENDPOINT_URL = env("AWS_S3_ENDPOINT_URL", default="") or None
+    AWS_S3_CUSTOM_DOMAIN = env("AWS_S3_CUSTOM_DOMAIN", default="") or None
+    AWS_DEFAULT_ACL = None
+    AWS_QUERYSTRING_AUTH = False
+    STORAGES = {
+        "default": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {"location": "media"}},
+        "staticfiles": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {"location": "static"}},
+    }
+else:
+    STORAGES = {
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+    }
+
+# --- Security behind Railway's proxy --------------------------------------------------------
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+# Railway's healthcheck calls the service over plain HTTP from inside its network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz"]
+SESSION_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_SECURE = not DEBUG
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, min_value=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", default=False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- REST framework -------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env("THROTTLE_ANON", default="60/min"),
+        "user": env("THROTTLE_USER", default="600/min"),
+    },
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Fortuna API",
+    "DESCRIPTION": "오늘의 운세 — personal daily fortunes read from the user's saju.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- Saju -----------------------------------------------------------------------------------
+# 23:00–24:00 births: "joja" (조자시, the day pillar turns at 23:00) or "yaja" (야자시, it turns at 00:00).
+SAJU_ZI_CONVENTION = env_choice("SAJU_ZI_CONVENTION", "joja", ("joja", "yaja"))
+# Opt-in local mean time for the hour pillar (Seoul ≈ 127°E vs the 135°E meridian: about −32 min).
+SAJU_LOCAL_MEAN_TIME = env_bool("SAJU_LOCAL_MEAN_TIME", default=False)
+
+# --- Fortune generation ---------------------------------------------------------------------
+OPENAI_API_KEY = env("OPENAI_API_KEY", default="")
+OPENAI_BASE_URL = env("OPENAI_BASE_URL", default="") or None
+OPENAI_MODEL = env("OPENAI_MODEL", default="gpt-4o-mini")
+OPENAI_TIMEOUT = env_int("OPENAI_TIMEOUT", 30, min_value=1, max_value=600)
+OPENAI_RPM = env_int("OPENAI_RPM", 0, min_value=0)  # 0 = no client-side limit
+FORTUNE_PROVIDER = env_choice("FORTUNE_PROVIDER", "openai" if OPENAI_API_KEY else "local", ("openai", "local"))
+FORTUNE_LANGUAGE = "ko"
+FORTUNE_MAX_RETRY_AFTER = env_int("FORTUNE_MAX_RETRY_AFTER", 60, min_value=0, max_value=3600)
+FORTUNE_MAX_ATTEMPTS = env_int("FORTUNE_MAX_ATTEMPTS", 5, min_value=1, max_value=20)
+# USD per million tokens; defaults are gpt-4o-mini's list prices.
+FORTUNE_PRICE_INPUT_PER_M = env_decimal("FORTUNE_PRICE_INPUT_PER_M", "0.15")
+FORTUNE_PRICE_OUTPUT_PER_M = env_decimal("FORTUNE_PRICE_OUTPUT_PER_M", "0.60")
+FORTUNE_MAX_COST_PER_RUN = env_decimal("FORTUNE_MAX_COST_PER_RUN", "0")  # 0 = no budget
+FORTUNE_RETENTION_DAYS = env_int("FORTUNE_RETENTION_DAYS", 90, min_value=1)
+FORTUNE_ON_DEMAND_TIMEOUT = env_int("FORTUNE_ON_DEMAND_TIMEOUT", 20, min_value=1, max_value=100)
+FORTUNE_ON_DEMAND_DAILY_LIMIT = env_int("FORTUNE_ON_DEMAND_DAILY_LIMIT", 5, min_value=1)
+FORTUNE_BATCH_DEADLINE = env("FORTUNE_BATCH_DEADLINE", default="23:30")  # KST, for /healthz/batch
+SLACK_WEBHOOK_URL = env("SLACK_WEBHOOK_URL", default="")
+DISCORD_WEBHOOK_URL = env("DISCORD_WEBHOOK_URL", default="")
+
+# --- Logging --------------------------------------------------------------------------------
+LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
+LOG_FILE = env("LOG_FILE", default="")
+_handlers = {"stdout": {"class": "logging.StreamHandler", "formatter": "plain"}}
+if LOG_FILE:
+    Path(LOG_FILE).parent.mkdir(parents=True, exist_ok=True)
+    _handlers["file"] = {"class": "logging.handlers.WatchedFileHandler", "filename": LOG_FILE, "formatter": "plain"}
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": _handlers,
+    "loggers": {
+        "fortuna": {"handlers": list(_handlers), "level": LOG_LEVEL, "propagate": False},
+        "django": {"handlers": list(_handlers), "level": "WARNING"},
+    },
+}
