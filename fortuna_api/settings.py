@@ -112,7 +112,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-LANGUAGE_CODE = "ko-kr"
+LANGUAGE_CODE = "en-us"  # API and admin messages; fortune texts are Korean
 TIME_ZONE = "Asia/Seoul"
 USE_I18N = True
 USE_TZ = True

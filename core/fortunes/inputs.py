@@ -22,6 +22,9 @@ class GenerationInput:
     language: str = "ko"
     prompt_version: int = PROMPT_VERSION
     generator: str = "local"  # provider:model, so a different model never reuses another's text
+    # Non-empty only for a forced regeneration: a new generation row for the selected users, while
+    # users who shared the old one keep it.
+    nonce: str = ""
 
     @classmethod
     def for_user(cls, *, user, for_date: dt.date, generator: str, language: str = "ko") -> "GenerationInput":
@@ -39,7 +42,8 @@ class GenerationInput:
     def canonical(self) -> str:
         return json.dumps(
             [self.for_date.isoformat(), self.year, self.month, self.day, self.hour or "", self.gender,
-             self.language, self.prompt_version, self.generator],
+             self.language, self.prompt_version, self.generator]
+            + ([self.nonce] if self.nonce else []),
             ensure_ascii=False,
             separators=(",", ":"),
         )

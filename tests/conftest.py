@@ -1,0 +1,18 @@
+import os
+
+import pytest
+
+pytest_plugins = ["tests.stub_openai.fixtures"]
+
+
+@pytest.fixture
+def uses_postgres(settings) -> bool:
+    return settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    url = os.environ.get("TEST_REDIS_URL", "")
+    if not url:
+        pytest.skip("TEST_REDIS_URL is not set")
+    return url

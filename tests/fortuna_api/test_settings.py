@@ -1,0 +1,48 @@
+"""Every environment setting has an error path a person can act on (the process refuses to start)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = "import django; django.setup(); from django.conf import settings; print(settings.FORTUNE_PROVIDER)"
+
+
+def start(**overrides: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "OPENAI_API_KEY", "FORTUNE_PROVIDER"}}
+    env |= {"DJANGO_SETTINGS_MODULE": "fortuna_api.settings", "DEBUG": "1", "SECRET_KEY": ""} | overrides
+    return subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_defaults_start_with_the_local_provider():
+    result = start()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "local"
+
+
+def test_openai_is_the_default_provider_when_a_key_is_set():
+    assert start(OPENAI_API_KEY="sk-test").stdout.strip() == "openai"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"DEBUG": "0"}, "SECRET_KEY is required when DEBUG is off"),
+        ({"DEBUG": "maybe"}, "DEBUG must be true or false"),
+        ({"DATABASE_URL": "mysq://nowhere"}, "DATABASE_URL is not a database URL"),
+        ({"FORTUNE_PROVIDER": "gpt"}, "FORTUNE_PROVIDER must be one of openai, local"),
+        ({"OPENAI_TIMEOUT": "soon"}, "OPENAI_TIMEOUT must be a whole number"),
+        ({"OPENAI_TIMEOUT": "0"}, "OPENAI_TIMEOUT must be between 1 and 600"),
+        ({"FORTUNE_PRICE_INPUT_PER_M": "-1"}, "FORTUNE_PRICE_INPUT_PER_M must be a number"),
+        ({"SAJU_ZI_CONVENTION": "midnight"}, "SAJU_ZI_CONVENTION must be one of joja, yaja"),
+        ({"USE_S3": "1"}, "Set the environment variable AWS_ACCESS_KEY_ID"),
+    ],
+)
+def test_bad_environment_refuses_to_start_with_a_clear_message(overrides, message):
+    result = start(**overrides)
+    assert result.returncode != 0
+    assert message in result.stderr
