@@ -1,0 +1,237 @@
+"""Run reports to Slack and Discord incoming webhooks. Best effort: never raises, never fails a run.
+
+Formats: Slack incoming webhook `{"text", "blocks"}` (text is the notification fallback; section
+text ≤ 3000 chars, ≤ 10 fields of ≤ 2000 chars) — https://api.slack.com/messaging/webhooks ;
+Discord execute-webhook `{"content", "embeds"}` (content ≤ 2000, title ≤ 256, description ≤ 4096,
+≤ 25 fields, field value ≤ 1024) — https://discord.com/developers/docs/resources/webhook
+"""
+
+import datetime as dt
+import email.utils
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from decimal import Decimal
+
+from django.conf import settings
+from django.utils import timezone
+
+logger = logging.getLogger("fortuna.batch")
+
+TIMEOUT = 5.0
+MAX_ATTEMPTS = 3
+BACKOFF = 0.5  # seconds, doubled after each failed attempt
+MAX_RETRY_AFTER = 5.0  # a webhook asking for longer is not worth holding the run's exit for
+TOP_REASONS = 5
+USER_AGENT = "fortuna-batch-report/1"
+
+STATUS_EMOJI = {
+    "succeeded": ":white_check_mark:",
+    "partial": ":warning:",
+    "failed": ":x:",
+    "interrupted": ":octagonal_sign:",
+    "running": ":hourglass_flowing_sand:",
+}
+STATUS_COLOR = {  # Discord embed colours (decimal RGB)
+    "succeeded": 0x2ECC71,
+    "partial": 0xE67E22,
+    "failed": 0xE74C3C,
+    "interrupted": 0x95A5A6,
+    "running": 0x3498DB,
+}
+
+
+def _reason_of(item) -> str:
+    if isinstance(item, dict):
+        return str(item.get("reason") or item.get("error") or "unknown")
+    return str(item)
+
+
+def run_top_failure_reasons(*, run, limit: int = TOP_REASONS) -> list[tuple[str, int]]:
+    """(reason, count) from run.failure_sample: a list of {"reason": ...} items, of plain reason
+    strings, or a {reason: count} mapping."""
+    sample = run.failure_sample or []
+    counts: Counter[str] = Counter()
+    if isinstance(sample, dict):
+        for reason, count in sample.items():
+            counts[str(reason)] += int(count) if isinstance(count, int) else 1
+    else:
+        for item in sample:
+            if isinstance(item, dict) and isinstance(item.get("count"), int):
+                counts[_reason_of(item)] += item["count"]
+            else:
+                counts[_reason_of(item)] += 1
+    return counts.most_common(limit)
+
+
+def _duration(run) -> dt.timedelta:
+    end = run.finished_at or timezone.now()
+    return max(end - run.started_at, dt.timedelta(0))
+
+
+def _format_duration(delta: dt.timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def _facts(run) -> list[tuple[str, str]]:
+    cost = Decimal(run.estimated_cost or 0)
+    provider = f"{run.provider}:{run.model}" if run.model else (run.provider or "?")
+    facts = [
+        ("Status", run.status),
+        ("Target date", f"{run.target_date.isoformat()} (base {run.base_date.isoformat()})"),
+        ("Eligible", f"{run.eligible:,}"),
+        ("Already present", f"{run.already_present:,}"),
+        ("Generated", f"{run.generated:,}"),
+        ("Failed", f"{run.failed:,}"),
+        ("LLM requests", f"{run.llm_requests:,} (tokens {run.tokens_in:,} in / {run.tokens_out:,} out)"),
+        ("Duration", _format_duration(_duration(run))),
+        ("Estimated cost", f"${cost:.4f}"),
+        ("Provider", f"{provider}, {run.workers} workers"),
+    ]
+    return facts
+
+
+def _title(run) -> str:
+    extra = " (catch-up)" if getattr(run, "catch_up", False) else ""
+    return f"Fortuna daily fortunes{extra}: {run.status} for {run.target_date.isoformat()}"
+
+
+def run_report_text(*, run) -> str:
+    """The human summary of a run, for logs and both webhooks."""
+    lines = [_title(run)]
+    lines += [f"{name}: {value}" for name, value in _facts(run)[1:]]
+    reasons = run_top_failure_reasons(run=run)
+    if reasons:
+        lines.append("Top failure reasons: " + ", ".join(f"{reason} ×{count}" for reason, count in reasons))
+    if run.stop_reason:
+        lines.append(f"Stopped: {run.stop_reason}")
+    return "\n".join(lines)
+
+
+def _slack_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_payload(*, run) -> dict:
+    facts = _facts(run)
+    blocks: list[dict] = [
+        {"type": "header", "text": {"type": "plain_text", "text": _title(run)[:150], "emoji": True}},
+        {
+            "type": "section",
+            "fields": [
+                {"type": "mrkdwn", "text": f"*{name}*\n{_slack_escape(value)}"[:2000]}
+                for name, value in facts[:10]
+            ],
+        },
+    ]
+    reasons = run_top_failure_reasons(run=run)
+    notes = []
+    if reasons:
+        notes.append("*Top failure reasons:* " + ", ".join(f"`{_slack_escape(r)}` ×{n}" for r, n in reasons))
+    if run.stop_reason:
+        notes.append(f"*Stopped:* {_slack_escape(run.stop_reason)}")
+    if notes:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(notes)[:3000]}})
+    text = f"{STATUS_EMOJI.get(run.status, '')} {run_report_text(run=run)}".strip()
+    return {"text": _slack_escape(text)[:3000], "blocks": blocks}
+
+
+def discord_payload(*, run) -> dict:
+    fields = [{"name": name, "value": value[:1024], "inline": True} for name, value in _facts(run)]
+    reasons = run_top_failure_reasons(run=run)
+    if reasons:
+        fields.append(
+            {"name": "Top failure reasons", "value": "\n".join(f"{r} ×{n}" for r, n in reasons)[:1024], "inline": False}
+        )
+    description = f"Stopped: {run.stop_reason}" if run.stop_reason else f"Run #{run.pk}"
+    embed = {
+        "title": _title(run)[:256],
+        "description": description[:4096],
+        "color": STATUS_COLOR.get(run.status, 0x95A5A6),
+        "fields": fields[:25],
+        "timestamp": (run.finished_at or timezone.now()).isoformat(),
+    }
+    return {
+        "content": _title(run)[:2000],
+        "embeds": [embed],
+        "allowed_mentions": {"parse": []},  # a stop reason must never ping anyone
+    }
+
+
+def _retry_after(error: urllib.error.HTTPError) -> float | None:
+    value = error.headers.get("Retry-After") if error.headers else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value) if value else None
+        if when is None:
+            return None
+        return max(0.0, (when - dt.datetime.now(tz=dt.UTC)).total_seconds())
+
+
+def webhook_post(
+    *, service: str, url: str, payload: dict, sleep: Callable[[float], object] = time.sleep, timeout: float = TIMEOUT
+) -> bool:
+    """POST payload as JSON; a few attempts on 429/5xx/network errors. True when delivered.
+
+    Never logs the URL: a webhook URL is a secret.
+    """
+    body = json.dumps(payload, ensure_ascii=False).encode()
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        request = urllib.request.Request(
+            url, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        )
+        delay = BACKOFF * 2 ** (attempt - 1)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                response.read()
+            logger.info("fortune run report sent to %s (attempt %d)", service, attempt)
+            return True
+        except urllib.error.HTTPError as exc:
+            if exc.code != 429 and exc.code < 500:
+                logger.error("fortune run report to %s rejected: HTTP %d, not retried", service, exc.code)
+                return False
+            retry_after = _retry_after(exc) if exc.code == 429 else None
+            if retry_after is not None:
+                if retry_after > MAX_RETRY_AFTER:
+                    logger.error(
+                        "fortune run report to %s: HTTP 429 asking to wait %.0f s, giving up", service, retry_after
+                    )
+                    return False
+                delay = retry_after
+            problem = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            problem = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        if attempt < MAX_ATTEMPTS:
+            logger.warning(
+                "fortune run report to %s failed (%s), attempt %d/%d, retrying in %.1f s",
+                service, problem, attempt, MAX_ATTEMPTS, delay,
+            )
+            sleep(delay)
+        else:
+            logger.error("fortune run report to %s failed (%s) after %d attempts", service, problem, attempt)
+    return False
+
+
+def run_report_send(*, run, sleep: Callable[[float], object] = time.sleep, timeout: float = TIMEOUT) -> None:
+    """Post the run summary to each configured webhook. Failures are logged, never raised."""
+    targets = (
+        ("slack", getattr(settings, "SLACK_WEBHOOK_URL", ""), slack_payload),
+        ("discord", getattr(settings, "DISCORD_WEBHOOK_URL", ""), discord_payload),
+    )
+    for service, url, build in targets:
+        if not url:
+            continue
+        try:
+            webhook_post(service=service, url=url, payload=build(run=run), sleep=sleep, timeout=timeout)
+        except Exception:
+            logger.exception("fortune run report to %s failed unexpectedly", service)
