@@ -1,0 +1,838 @@
+"""An OpenAI-compatible stub server for tests and benchmarks: real HTTP, in a process of its own.
+
+    python -m tests.stub_openai --port 0 --latency-ms 200 --seed 1 --fault-429 0.2 --fault-500 0.1
+
+prints ``READY http://127.0.0.1:PORT/v1`` once listening and serves until SIGTERM.
+
+* ``POST /v1/chat/completions`` and ``POST /v1/responses`` answer content valid for the JSON schema the
+  request carries (``response_format.json_schema.schema`` / ``text.format.schema``); strings are
+  plausible Korean for the fortune field names, chosen deterministically from the request body.
+* Faults are scheduled per request: request number n (arrival order, from 1) gets the fault drawn by
+  ``random.Random(f"{seed}:{n}")`` against the configured probabilities, so a seed always gives the
+  same sequence. ``fail_when_contains`` fails every request whose body contains a substring.
+* Control: ``POST /_stub/config``, ``POST /_stub/reset``, ``GET /_stub/config``, ``GET /_stub/counters``,
+  ``GET /_stub/requests[?bodies=1]``.
+
+Standard library only, so the process starts in well under a second and needs no Django.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+# Order matters: the cumulative draw keeps the schedule of the first four faults stable.
+FAULT_KINDS = ("429", "500", "malformed", "hang", "refusal", "length")
+API_PATHS = ("/v1/chat/completions", "/v1/responses")
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "latency_ms": 0.0,
+    "seed": 0,
+    "faults": dict.fromkeys(FAULT_KINDS, 0.0),
+    "retry_after": 1.0,       # seconds, sent as retry-after and retry-after-ms on a 429; null = no header
+    "hang_seconds": 30.0,     # a hung request answers after this long (or at the next reset)
+    "fail_when_contains": [],
+    "fail_status": 500,
+    "fail_code": None,        # error.code of those failures, e.g. "insufficient_quota" with fail_status 429
+    "record_bodies": 200,     # how many recent request bodies /_stub/requests?bodies=1 can show
+}
+
+CONFIG_UNKNOWN_KEY = "unknown config key(s): {keys}; allowed: {allowed}"
+CONFIG_BAD_FAULT = "faults: unknown kind(s) {kinds}; allowed: {allowed}"
+CONFIG_BAD_PROBABILITY = "faults: each probability must be within 0..1 and their sum at most 1"
+BAD_BODY_JSON = "We could not parse the JSON body of your request."
+BAD_BODY_MESSAGES = "Missing required parameter: 'messages'."
+BAD_BODY_INPUT = "Missing required parameter: 'input'."
+BAD_BODY_MODEL = "Missing required parameter: 'model'."
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+# --- Korean text for the fortune field names ------------------------------------------------------
+
+SUMMARIES = (
+    "작은 변화가 뜻밖의 기회로 이어지는 날입니다.",
+    "차분하게 준비한 만큼 결과가 따라오는 하루입니다.",
+    "주변 사람들의 도움으로 막혔던 일이 풀리기 시작합니다.",
+    "서두르기보다 한 걸음 물러서서 살피면 길이 보입니다.",
+    "새로운 만남과 배움이 기운을 북돋아 주는 날입니다.",
+    "익숙한 일 속에서 의미 있는 성과를 거두게 됩니다.",
+    "마음의 여유가 좋은 판단으로 이어지는 하루입니다.",
+    "꾸준함이 빛을 발하니 오늘도 제자리를 지키세요.",
+)
+TEXTS = {
+    "overall": (
+        "오늘은 기운의 흐름이 고르게 이어져 계획한 일을 차근차근 해내기 좋습니다.",
+        "오전에는 다소 분주하지만 오후로 갈수록 마음이 안정되고 일이 풀립니다.",
+        "생각지 못한 소식이 들려오더라도 침착하게 대응하면 오히려 득이 됩니다.",
+        "자신의 장점을 드러내기 좋은 날이니 망설이던 일을 시작해 보세요.",
+        "무리한 확장보다는 지금 가진 것을 다지는 데 힘을 쓰는 편이 좋습니다.",
+    ),
+    "love": (
+        "가까운 사람과 솔직한 대화를 나누면 서로의 마음이 한층 가까워집니다.",
+        "작은 배려 하나가 상대에게 큰 감동으로 전해지는 날입니다.",
+        "새로운 인연은 편안한 자리에서 자연스럽게 찾아올 수 있습니다.",
+        "감정이 앞서기 쉬우니 한 번 더 생각하고 말을 건네 보세요.",
+        "함께하는 시간을 소중히 여기면 관계가 더욱 단단해집니다.",
+    ),
+    "money": (
+        "지출을 꼼꼼히 점검하면 새어 나가던 돈을 막을 수 있습니다.",
+        "작은 수입이 들어오거나 미뤄 둔 돈이 돌아올 기운이 있습니다.",
+        "충동적인 구매는 피하고 꼭 필요한 곳에만 쓰는 것이 좋습니다.",
+        "장기적인 계획을 세우기에 알맞은 날이니 재정을 정리해 보세요.",
+        "남의 말만 믿고 큰돈을 움직이기보다는 충분히 알아본 뒤 결정하세요.",
+    ),
+    "work": (
+        "맡은 일을 끝까지 마무리하는 모습이 윗사람의 신뢰를 얻게 합니다.",
+        "동료와 협력하면 혼자서는 어려웠던 문제가 쉽게 풀립니다.",
+        "새로운 아이디어가 떠오르니 메모해 두었다가 적절한 때에 꺼내 보세요.",
+        "일정이 겹치기 쉬우니 우선순위를 분명히 정해 두는 것이 좋습니다.",
+        "배움에 집중하기 좋은 날이라 공부나 자격 준비에 성과가 있습니다.",
+    ),
+    "health": (
+        "가벼운 산책이나 스트레칭이 몸과 마음의 긴장을 풀어 줍니다.",
+        "수면 리듬을 지키면 오후의 피로가 한결 줄어듭니다.",
+        "따뜻한 차와 규칙적인 식사로 소화 기능을 돌보세요.",
+        "목과 어깨가 뻐근하기 쉬우니 틈틈이 자세를 바로잡아 주세요.",
+        "무리한 운동보다는 꾸준하고 가벼운 움직임이 잘 맞는 날입니다.",
+    ),
+}
+ADVICE = (
+    "오늘 할 일을 세 가지만 정해 차례대로 끝내 보세요.",
+    "고마운 사람에게 짧은 안부 인사를 전해 보세요.",
+    "중요한 결정은 하룻밤 더 생각한 뒤에 내리는 것이 좋습니다.",
+    "잠들기 전 오늘 잘한 일을 하나 적어 보세요.",
+    "익숙한 길 대신 새로운 길로 걸어 보며 기분을 전환해 보세요.",
+    "약속 시간보다 조금 일찍 도착해 여유를 가져 보세요.",
+)
+COLORS = ("초록색", "파란색", "노란색", "하얀색", "빨간색", "보라색", "주황색", "남색", "분홍색", "회색")
+DIRECTIONS = ("동쪽", "서쪽", "남쪽", "북쪽", "북동쪽", "북서쪽", "남동쪽", "남서쪽")
+GENERIC = ("좋은 기운이 함께합니다.", "차분하게 하루를 보내세요.", "작은 행운이 찾아옵니다.")
+REFUSAL = "죄송하지만 이 요청에는 도움을 드릴 수 없습니다."
+
+
+def messages_sha256(messages: Any) -> str:
+    """Hash of a request's messages (chat) or input (responses), as recorded by /_stub/requests.
+
+    Tests compute the same value from prompt.build_messages(inp) to count requests per input.
+    """
+    data = json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+def approx_tokens(text: str) -> int:
+    # Same per-character ratios as core/fortunes/prompt.py (o200k), kept here so the stub stays stdlib-only.
+    wide = sum(1 for ch in text if ch >= "\u1100")
+    return max(1, round(wide * 0.81 + (len(text) - wide) * 0.32))
+
+
+# --- Schema-driven content ------------------------------------------------------------------------
+
+
+class SchemaFaker:
+    """A value valid for a JSON schema (the subset Structured Outputs uses), drawn from `rng`."""
+
+    def __init__(self, root: dict, rng: random.Random) -> None:
+        self.root = root
+        self.rng = rng
+
+    def resolve(self, schema: dict) -> dict:
+        seen = 0
+        while "$ref" in schema and seen < 32:
+            ref = schema["$ref"]
+            if not ref.startswith("#"):
+                raise ValueError(f"unsupported $ref {ref!r}")
+            node: Any = self.root
+            for part in ref.lstrip("#").strip("/").split("/"):
+                if part:
+                    node = node[part.replace("~1", "/").replace("~0", "~")]
+            schema = {**node, **{k: v for k, v in schema.items() if k != "$ref"}}
+            seen += 1
+        return schema
+
+    def value(self, schema: Any, name: str = "", parent: str = "") -> Any:
+        if schema is True or schema == {}:
+            return self.string(name, parent, {})
+        schema = self.resolve(schema)
+        if "const" in schema:
+            return schema["const"]
+        if "enum" in schema:
+            return self.rng.choice(schema["enum"])
+        for key in ("anyOf", "oneOf"):
+            if key in schema:
+                options = [self.resolve(o) for o in schema[key]]
+                non_null = [o for o in options if o.get("type") != "null"]
+                pick = self.rng.choice(non_null) if non_null and self.rng.random() < 0.85 else self.rng.choice(options)
+                return self.value(pick, name, parent)
+        if "allOf" in schema:
+            merged: dict = {}
+            for part in schema["allOf"]:
+                part = self.resolve(part)
+                properties = {**merged.get("properties", {}), **part.get("properties", {})}
+                merged = {**merged, **part, "properties": properties}
+            return self.value(merged, name, parent)
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            non_null = [k for k in kind if k != "null"]
+            kind = self.rng.choice(non_null) if non_null else "null"
+        if kind is None:
+            kind = "object" if "properties" in schema else "string"
+        if kind == "object":
+            props = schema.get("properties", {})
+            return {key: self.value(sub, key, name) for key, sub in props.items()}
+        if kind == "array":
+            lo = schema.get("minItems", 1)
+            hi = schema.get("maxItems", max(lo, 3))
+            return [self.value(schema.get("items", {}), name, parent) for _ in range(self.rng.randint(lo, hi))]
+        if kind == "string":
+            return self.string(name, parent, schema)
+        if kind == "integer":
+            return self.integer(name, schema)
+        if kind == "number":
+            lo, hi = self.bounds(schema, 0.0, 100.0)
+            return round(self.rng.uniform(lo, hi), 2)
+        if kind == "boolean":
+            return self.rng.random() < 0.5
+        if kind == "null":
+            return None
+        raise ValueError(f"unsupported schema type {kind!r}")
+
+    @staticmethod
+    def bounds(schema: dict, lo: float, hi: float) -> tuple[float, float]:
+        if "minimum" in schema:
+            lo = schema["minimum"]
+        elif "exclusiveMinimum" in schema:
+            lo = schema["exclusiveMinimum"] + 1
+        if "maximum" in schema:
+            hi = schema["maximum"]
+        elif "exclusiveMaximum" in schema:
+            hi = schema["exclusiveMaximum"] - 1
+        return lo, max(lo, hi)
+
+    def integer(self, name: str, schema: dict) -> int:
+        if name == "score":
+            lo, hi = self.bounds(schema, 0, 100)
+            plausible_lo, plausible_hi = max(lo, 35), min(hi, 95)
+            if plausible_lo <= plausible_hi:
+                return self.rng.randint(int(plausible_lo), int(plausible_hi))
+            return self.rng.randint(int(lo), int(hi))
+        lo, hi = self.bounds(schema, 1 if name == "number" else 0, 99 if name == "number" else 100)
+        return self.rng.randint(int(lo), int(hi))
+
+    def string(self, name: str, parent: str, schema: dict) -> str:
+        fmt = schema.get("format")
+        if fmt == "date":
+            text = f"2025-{self.rng.randint(1, 12):02d}-{self.rng.randint(1, 28):02d}"
+        elif fmt == "date-time":
+            text = f"2025-{self.rng.randint(1, 12):02d}-{self.rng.randint(1, 28):02d}T09:00:00+09:00"
+        elif name == "summary":
+            text = " ".join(self.rng.sample(SUMMARIES, 2))
+        elif name == "text":
+            pool = TEXTS.get(parent, TEXTS["overall"])
+            text = " ".join(self.rng.sample(pool, self.rng.randint(2, 3)))
+        elif name == "advice":
+            text = " ".join(self.rng.sample(ADVICE, 2))
+        elif name == "color":
+            text = self.rng.choice(COLORS)
+        elif name == "direction":
+            text = self.rng.choice(DIRECTIONS)
+        else:
+            text = self.rng.choice(GENERIC)
+        lo, hi = schema.get("minLength", 0), schema.get("maxLength")
+        if hi is not None and len(text) > hi:
+            text = text[:hi].rstrip() or text[:hi]
+        while len(text) < lo:
+            text += "." if hi is None or len(text) < hi else ""
+        return text
+
+
+def _violate(value: Any, rng: random.Random) -> Any:
+    """Valid JSON that breaks the schema: drop a required key, or put a string where a score goes."""
+    if isinstance(value, dict) and value:
+        broken = dict(value)
+        key = rng.choice(sorted(broken))
+        if rng.random() < 0.5:
+            del broken[key]
+        else:
+            broken[key] = {"unexpected": True}
+        return broken
+    return {"unexpected": value}
+
+
+# --- Server state ---------------------------------------------------------------------------------
+
+
+def config_apply(current: dict, update: dict) -> dict:
+    """`current` with `update` applied, validated. Raises ValueError with a message for the client."""
+    unknown = set(update) - set(DEFAULT_CONFIG)
+    if unknown:
+        raise ValueError(CONFIG_UNKNOWN_KEY.format(keys=sorted(unknown), allowed=sorted(DEFAULT_CONFIG)))
+    new = copy.deepcopy(current)
+    for key, value in update.items():
+        if key == "faults":
+            bad = set(value) - set(FAULT_KINDS)
+            if bad:
+                raise ValueError(CONFIG_BAD_FAULT.format(kinds=sorted(bad), allowed=list(FAULT_KINDS)))
+            new["faults"].update({k: float(v) for k, v in value.items()})
+        elif key == "fail_when_contains":
+            new[key] = [str(s) for s in ([value] if isinstance(value, str) else value)]
+        elif key in ("seed", "fail_status", "record_bodies"):
+            new[key] = int(value)
+        elif key == "retry_after":
+            new[key] = None if value is None else float(value)
+        elif key == "fail_code":
+            new[key] = None if value is None else str(value)
+        else:
+            new[key] = float(value)
+    probabilities = new["faults"].values()
+    if any(p < 0 or p > 1 for p in probabilities) or sum(probabilities) > 1 + 1e-9:
+        raise ValueError(CONFIG_BAD_PROBABILITY)
+    return new
+
+
+class StubState:
+    def __init__(self, config: dict) -> None:
+        self.lock = threading.Lock()
+        self.startup_config = copy.deepcopy(config)
+        self.config = copy.deepcopy(config)
+        self.release = threading.Event()  # set at reset: wakes hung requests
+        self.generation = 0  # bumped at reset: requests begun before it are not counted after it
+        self._clear()
+
+    def _clear(self) -> None:
+        self.n = 0
+        self.by_status: collections.Counter[str] = collections.Counter()
+        self.by_path: collections.Counter[str] = collections.Counter()
+        self.by_fault: collections.Counter[str] = collections.Counter()
+        self.records: list[tuple[int, str, int, str, str]] = []
+        self.bodies: collections.deque[tuple[int, str]] = collections.deque(maxlen=self.config["record_bodies"])
+        self.gen_in_flight = 0  # in flight among requests begun since the last reset
+        self.max_in_flight = 0
+        self.hangs = 0
+        self.bad_requests = 0
+
+    def reset(self, *, config: bool) -> None:
+        with self.lock:
+            if config:
+                self.config = copy.deepcopy(self.startup_config)
+            self._clear()
+            self.generation += 1
+            self.release.set()
+            self.release = threading.Event()
+
+    def configure(self, update: dict) -> dict:
+        with self.lock:
+            self.config = config_apply(self.config, update)
+            if self.bodies.maxlen != self.config["record_bodies"]:
+                self.bodies = collections.deque(self.bodies, maxlen=self.config["record_bodies"])
+            return copy.deepcopy(self.config)
+
+    def begin(self, body_text: str) -> tuple[int, int, dict, threading.Event]:
+        with self.lock:
+            self.n += 1
+            self.gen_in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.gen_in_flight)
+            self.bodies.append((self.n, body_text))
+            return self.generation, self.n, self.config, self.release
+
+    def end(self, *, generation: int, n: int, path: str, status: int, fault: str, sha: str) -> None:
+        with self.lock:
+            if generation != self.generation:
+                return
+            self.gen_in_flight -= 1
+            self.by_status[str(status)] += 1
+            self.by_path[path] += 1
+            if fault:
+                self.by_fault[fault] += 1
+            if status == 400:
+                self.bad_requests += 1
+            self.records.append((n, path, status, fault, sha))
+
+    def counters(self) -> dict:
+        with self.lock:
+            return {
+                "requests": self.n,
+                "completed": sum(self.by_status.values()),
+                "by_status": dict(self.by_status),
+                "by_path": dict(self.by_path),
+                "by_fault": dict(self.by_fault),
+                "malformed": self.by_fault["malformed"],
+                "hangs": self.hangs,  # counted when the hang starts, so a test can see it while it lasts
+                "bad_requests": self.bad_requests,
+                "in_flight": self.gen_in_flight,  # begun since the last reset and not answered yet
+                "max_in_flight": self.max_in_flight,
+                "distinct_inputs": len({r[4] for r in self.records if r[4]}),
+            }
+
+    def requests(self, *, bodies: bool) -> list[dict]:
+        with self.lock:
+            rows = [{"n": n, "path": p, "status": s, "fault": f, "sha256": h} for n, p, s, f, h in self.records]
+            if bodies:
+                seen = dict(self.bodies)
+                for row in rows:
+                    if row["n"] in seen:
+                        row["body"] = seen[row["n"]]
+            return sorted(rows, key=lambda r: r["n"])
+
+
+def fault_for(*, seed: int, n: int, faults: dict) -> tuple[str, random.Random]:
+    """The fault of request number n: deterministic for (seed, n) whatever the arrival timing."""
+    rng = random.Random(f"{seed}:{n}")
+    draw = rng.random()
+    edge = 0.0
+    for kind in FAULT_KINDS:
+        edge += faults.get(kind, 0.0)
+        if draw < edge:
+            return kind, rng
+    return "", rng
+
+
+def _error_body(message: str, *, type_: str, code: str | None = None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+# --- HTTP -----------------------------------------------------------------------------------------
+
+
+class StubHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Without this every keep-alive reply stalls ~40 ms (headers and body leave in two writes).
+    disable_nagle_algorithm = True
+    server: StubHTTPServer
+    server_version = "fortuna-openai-stub/1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    def send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload, ensure_ascii=False).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up (e.g. its timeout during a hang)
+
+    def read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        state = self.server.state
+        if url.path == "/_stub/counters":
+            self.send_json(200, state.counters())
+        elif url.path == "/_stub/requests":
+            bodies = parse_qs(url.query).get("bodies", ["0"])[0] not in ("0", "", "false")
+            self.send_json(200, state.requests(bodies=bodies))
+        elif url.path == "/_stub/config":
+            with state.lock:
+                self.send_json(200, state.config)
+        elif url.path == "/v1/models":
+            model = {"id": "gpt-4o-mini", "object": "model", "owned_by": "stub"}
+            self.send_json(200, {"object": "list", "data": [model]})
+        else:
+            self.send_json(404, _error_body(f"Unknown path {url.path}", type_="invalid_request_error"))
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        body = self.read_body()
+        if path == "/_stub/config":
+            try:
+                update = json.loads(body or b"{}")
+                if not isinstance(update, dict):
+                    raise ValueError("config must be a JSON object")
+                self.send_json(200, self.server.state.configure(update))
+            except (ValueError, TypeError) as exc:
+                self.send_json(400, {"error": str(exc)})
+        elif path == "/_stub/reset":
+            try:
+                options = json.loads(body or b"{}")
+            except ValueError:
+                options = {}
+            self.server.state.reset(config=bool(options.get("config", True)) if isinstance(options, dict) else True)
+            self.send_json(200, {"ok": True})
+        elif path in API_PATHS:
+            self.api(path, body)
+        else:
+            self.send_json(404, _error_body(f"Unknown path {path}", type_="invalid_request_error"))
+
+    def api(self, path: str, body: bytes) -> None:
+        state = self.server.state
+        text = body.decode("utf-8", errors="replace")
+        generation, n, config, release = state.begin(text)
+        status, fault, sha = 500, "", ""
+        try:
+            status, fault, sha = self.answer(path, body, text, n, config, release)
+        except Exception as exc:  # a stub bug must answer, not leave the client waiting for its timeout
+            traceback.print_exc()
+            self.send_json(500, _error_body(f"stub error: {exc!r}", type_="stub_error"))
+        finally:
+            state.end(generation=generation, n=n, path=path, status=status, fault=fault, sha=sha)
+
+    def answer(
+        self, path: str, body: bytes, text: str, n: int, config: dict, release: threading.Event,
+    ) -> tuple[int, str, str]:
+        chat = path == "/v1/chat/completions"
+        try:
+            request = json.loads(body)
+        except ValueError:
+            request = None
+        problem = None
+        if not isinstance(request, dict):
+            problem = BAD_BODY_JSON
+        elif not request.get("model"):
+            problem = BAD_BODY_MODEL
+        elif chat and not (isinstance(request.get("messages"), list) and request["messages"]):
+            problem = BAD_BODY_MESSAGES
+        elif not chat and not request.get("input"):
+            problem = BAD_BODY_INPUT
+        if problem:
+            self.send_json(400, _error_body(problem, type_="invalid_request_error"))
+            return 400, "", ""
+        conversation = request["messages"] if chat else [request.get("instructions"), request["input"]]
+        sha = messages_sha256(conversation)
+        conversation_text = json.dumps(conversation, ensure_ascii=False)
+        if config["latency_ms"] > 0:
+            time.sleep(config["latency_ms"] / 1000)
+        headers = {"x-request-id": f"req_stub_{n}"}
+
+        if any(s in text or s in conversation_text for s in config["fail_when_contains"]):
+            status = config["fail_status"]
+            kind = "server_error" if status >= 500 else "invalid_request_error"
+            self.send_json(status, _error_body(f"Stub failure for a matching input (HTTP {status}).", type_=kind,
+                                               code=config["fail_code"]), headers)
+            return status, "fail_when_contains", sha
+
+        fault, rng = fault_for(seed=config["seed"], n=n, faults=config["faults"])
+        if fault == "429":
+            if config["retry_after"] is not None:
+                headers["retry-after"] = f"{config['retry_after']:g}"
+                headers["retry-after-ms"] = str(int(config["retry_after"] * 1000))
+            self.send_json(429, _error_body("Rate limit reached for requests (stub).", type_="requests",
+                                            code="rate_limit_exceeded"), headers)
+            return 429, fault, sha
+        if fault == "500":
+            self.send_json(500, _error_body("The server had an error while processing your request (stub).",
+                                            type_="server_error"), headers)
+            return 500, fault, sha
+        if fault == "hang":
+            with self.server.state.lock:
+                self.server.state.hangs += 1
+            release.wait(config["hang_seconds"])
+
+        schema = _request_schema(request, chat=chat)
+        content_rng = random.Random(hashlib.sha256(body).digest())
+        if schema is None:
+            value: Any = None
+            content = " ".join(content_rng.sample(SUMMARIES, 2))
+        else:
+            value = SchemaFaker(schema, content_rng).value(schema)
+            content = json.dumps(value, ensure_ascii=False)
+        finish_reason = "stop"
+        refusal = None
+        if fault == "malformed":
+            if value is None or rng.random() < 0.5:
+                content = content[: max(1, len(content) // 2)]  # cut mid-way: not valid JSON
+            else:
+                content = json.dumps(_violate(value, rng), ensure_ascii=False)
+        elif fault == "refusal":
+            content, refusal = None, REFUSAL
+        elif fault == "length":
+            content, finish_reason = content[: max(1, len(content) // 3)], "length"
+
+        usage_in = approx_tokens(conversation_text) + (approx_tokens(json.dumps(schema)) if schema else 0)
+        usage_out = approx_tokens(content or refusal or "")
+        model = request["model"]
+        if chat:
+            payload = _chat_completion(n=n, model=model, content=content, refusal=refusal,
+                                       finish_reason=finish_reason, tokens_in=usage_in, tokens_out=usage_out)
+        else:
+            payload = _response_object(n=n, model=model, content=content, refusal=refusal,
+                                       finish_reason=finish_reason, tokens_in=usage_in, tokens_out=usage_out)
+        self.send_json(200, payload, headers)
+        return 200, fault, sha
+
+
+def _request_schema(request: dict, *, chat: bool) -> dict | None:
+    try:
+        if chat:
+            fmt = request.get("response_format") or {}
+            return fmt["json_schema"]["schema"] if fmt.get("type") == "json_schema" else None
+        fmt = (request.get("text") or {}).get("format") or {}
+        return fmt["schema"] if fmt.get("type") == "json_schema" else None
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+def _chat_completion(*, n: int, model: str, content: str | None, refusal: str | None, finish_reason: str,
+                     tokens_in: int, tokens_out: int) -> dict:
+    return {
+        "id": f"chatcmpl-stub{n:010d}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "fp_stub",
+        "service_tier": "default",
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content, "refusal": refusal, "annotations": []},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }],
+        "usage": {
+            "prompt_tokens": tokens_in,
+            "completion_tokens": tokens_out,
+            "total_tokens": tokens_in + tokens_out,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        },
+    }
+
+
+def _response_object(*, n: int, model: str, content: str | None, refusal: str | None, finish_reason: str,
+                     tokens_in: int, tokens_out: int) -> dict:
+    part = ({"type": "refusal", "refusal": refusal} if refusal is not None
+            else {"type": "output_text", "text": content, "annotations": [], "logprobs": []})
+    incomplete = finish_reason == "length"
+    return {
+        "id": f"resp_stub{n:010d}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "incomplete" if incomplete else "completed",
+        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+        "error": None,
+        "model": model,
+        "output": [{"type": "message", "id": f"msg_stub{n:010d}", "status": "completed", "role": "assistant",
+                    "content": [part]}],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": tokens_in,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": tokens_out,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": tokens_in + tokens_out,
+        },
+    }
+
+
+class StubHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 512  # the default backlog of 5 drops connections from a 64-worker fan-out
+
+    def __init__(self, address: tuple[str, int], state: StubState, *, verbose: bool = False) -> None:
+        super().__init__(address, StubHandler)
+        self.state = state
+        self.verbose = verbose
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
+
+# --- Command line ---------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.stub_openai", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 = any free port (read it from the READY line)")
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    for kind in FAULT_KINDS:
+        parser.add_argument(f"--fault-{kind}", type=float, default=0.0, metavar="P",
+                            help=f"probability of a {kind} fault per request")
+    parser.add_argument("--retry-after", type=float, default=1.0, help="seconds sent with a 429")
+    parser.add_argument("--hang-seconds", type=float, default=30.0)
+    parser.add_argument("--fail-when-contains", action="append", default=[], metavar="TEXT")
+    parser.add_argument("--fail-status", type=int, default=500)
+    parser.add_argument("--fail-code", default=None)
+    parser.add_argument("--record-bodies", type=int, default=200)
+    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> dict:
+    return config_apply(DEFAULT_CONFIG, {
+        "latency_ms": args.latency_ms,
+        "seed": args.seed,
+        "faults": {kind: getattr(args, f"fault_{kind}") for kind in FAULT_KINDS},
+        "retry_after": args.retry_after,
+        "hang_seconds": args.hang_seconds,
+        "fail_when_contains": args.fail_when_contains,
+        "fail_status": args.fail_status,
+        "fail_code": args.fail_code,
+        "record_bodies": args.record_bodies,
+    })
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    server = StubHTTPServer((args.host, args.port), StubState(config), verbose=args.verbose)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    print(f"READY http://{host}:{port}/v1", flush=True)
+    while not stop.wait(1.0):
+        if args.parent_pid and os.getppid() != args.parent_pid:
+            break  # the test run that started us was killed: don't outlive it
+    server.shutdown()
+    server.server_close()
+    return 0
+
+
+# --- Clients for tests and benchmarks ---------------------------------------------------------------
+
+
+class StubClient:
+    """Talks to a running stub's control endpoints."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.root = self.base_url.removesuffix("/v1")
+
+    def _call(self, method: str, path: str, payload: Any = None) -> Any:
+        data = None if payload is None else json.dumps(payload).encode()
+        req = urllib.request.Request(self.root + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise ValueError(f"stub {method} {path}: HTTP {exc.code} {exc.read().decode(errors='replace')}") from None
+
+    def configure(self, **cfg: Any) -> dict:
+        """Any subset of latency_ms, seed, faults={"429": p, ...}, retry_after, hang_seconds,
+        fail_when_contains, fail_status, fail_code, record_bodies; also fault_429=p, fault_malformed=p, ..."""
+        faults = dict(cfg.pop("faults", {}) or {})
+        for kind in FAULT_KINDS:
+            if f"fault_{kind}" in cfg:
+                faults[kind] = cfg.pop(f"fault_{kind}")
+        if faults:
+            cfg["faults"] = faults
+        return self._call("POST", "/_stub/config", cfg)
+
+    def reset(self, *, config: bool = True) -> None:
+        """Zero the counters and request numbering (and restore the start-up config); wakes hung requests."""
+        self._call("POST", "/_stub/reset", {"config": config})
+
+    def config(self) -> dict:
+        return self._call("GET", "/_stub/config")
+
+    def counters(self) -> dict:
+        return self._call("GET", "/_stub/counters")
+
+    def requests(self, *, bodies: bool = False) -> list[dict]:
+        return self._call("GET", "/_stub/requests" + ("?bodies=1" if bodies else ""))
+
+    def env(self) -> dict[str, str]:
+        """Environment for a subprocess (e.g. manage.py) that should use this stub."""
+        return {"OPENAI_API_KEY": "sk-test-stub", "OPENAI_BASE_URL": self.base_url, "FORTUNE_PROVIDER": "openai"}
+
+
+class StubProcess(StubClient):
+    def __init__(self, proc: subprocess.Popen, base_url: str) -> None:
+        super().__init__(base_url)
+        self.proc = proc
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> StubProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+STUB_START_FAILED = "the stub server did not print READY within {timeout:g} s (exit code {code})"
+
+
+def start_stub_process(*, startup_timeout: float = 15.0, **cli_args: Any) -> StubProcess:
+    """Start `python -m tests.stub_openai` with the given options (latency_ms=200, seed=1,
+    fault_429=0.2, fail_when_contains=[...], ...) and wait until it listens."""
+    cli_args.setdefault("port", 0)
+    cli_args.setdefault("parent_pid", os.getpid())
+    argv = [sys.executable, "-m", "tests.stub_openai"]
+    for key, value in cli_args.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv += [flag] if value else []
+        elif isinstance(value, list | tuple):
+            for item in value:
+                argv += [flag, str(item)]
+        else:
+            argv += [flag, str(value)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + startup_timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("READY "):
+            return StubProcess(proc, line.split()[1])
+    code = proc.poll()
+    StubProcess(proc, "").stop()
+    raise RuntimeError(STUB_START_FAILED.format(timeout=startup_timeout, code=code))
+
+
+@contextlib.contextmanager
+def stub_process(**cli_args: Any) -> Iterator[StubProcess]:
+    """A stub server in a process of its own for the duration of the block."""
+    stub = start_stub_process(**cli_args)
+    try:
+        yield stub
+    finally:
+        stub.stop()
