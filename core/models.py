@@ -5,6 +5,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 EARLIEST_BIRTH_DATE = dt.date(1900, 1, 1)
@@ -52,6 +53,12 @@ class User(AbstractUser):
 
     class Meta:
         constraints = [
+            models.UniqueConstraint(
+                Lower("email"),
+                condition=~Q(email=""),
+                name="user_email_unique_ci",
+                violation_error_message="A user with this email address already exists.",
+            ),
             models.CheckConstraint(
                 condition=Q(gender__in=["M", "F", ""]),
                 name="user_gender_known",

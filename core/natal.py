@@ -53,7 +53,7 @@ def user_apply_lunar_birth_date(*, user) -> bool:
     if all(value is None for value in given):
         return False
     if any(value is None for value in given):
-        missing = next(name for name, value in zip(LUNAR_FIELDS, given) if value is None)
+        missing = next(name for name, value in zip(LUNAR_FIELDS, given, strict=True) if value is None)
         raise ValidationError({missing: LUNAR_INCOMPLETE})
     year, month, day = given
     try:

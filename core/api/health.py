@@ -1,0 +1,78 @@
+"""Health endpoints (unauthenticated, never throttled, cheap) and the benchmark's reference view."""
+
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from core.services.health import batch_health, database_ping
+
+_HEALTH_OUTPUT = inline_serializer("Health", {"status": serializers.CharField(), "database": serializers.CharField()})
+
+
+class HealthApi(APIView):
+    """Railway's healthcheck: one SELECT 1, no auth, no throttle, no session."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes: list = []
+
+    @extend_schema(
+        operation_id="healthz",
+        responses={200: _HEALTH_OUTPUT, 503: _HEALTH_OUTPUT},
+    )
+    def get(self, request: Request) -> Response:
+        if database_ping():
+            response = Response({"status": "ok", "database": "ok"})
+        else:
+            response = Response(
+                {"status": "error", "database": "unreachable"}, status=status.HTTP_503_SERVICE_UNAVAILABLE
+            )
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+class BatchHealthApi(APIView):
+    """Dead-man's switch for an external uptime monitor: 503 when the nightly batch missed its deadline."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes: list = []
+
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "BatchHealth"
+
+        ok = serializers.BooleanField()
+        now = serializers.DateTimeField()
+        target_date = serializers.DateField()
+        deadline = serializers.DateTimeField()
+        target_succeeded = serializers.BooleanField()
+        last_success_at = serializers.DateTimeField(allow_null=True)
+        last_success_target = serializers.DateField(allow_null=True)
+        problems = serializers.ListField(child=serializers.CharField())
+
+    @extend_schema(operation_id="healthz_batch", responses={200: OutputSerializer, 503: OutputSerializer})
+    def get(self, request: Request) -> Response:
+        health = batch_health()
+        response = Response(
+            self.OutputSerializer(health).data,
+            status=status.HTTP_200_OK if health.ok else status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+class PingApi(APIView):
+    """A trivial authenticated JSON view: the benchmark's reference (no query beyond auth)."""
+
+    @extend_schema(
+        operation_id="ping",
+        responses={
+            200: inline_serializer("Ping", {"ok": serializers.BooleanField(), "user_id": serializers.IntegerField()})
+        },
+    )
+    def get(self, request: Request) -> Response:
+        return Response({"ok": True, "user_id": request.user.pk})

@@ -1,0 +1,81 @@
+"""Health checks: the database round trip for Railway, and the nightly batch's dead-man's switch."""
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, connection
+from django.utils import timezone
+
+from core.models import BatchRun
+
+logger = logging.getLogger("fortuna.health")
+
+MAX_SUCCESS_AGE = dt.timedelta(hours=26)
+BATCH_NEVER_SUCCEEDED = "No full batch run has ever succeeded."
+BATCH_MISSED_DEADLINE = "The run for {target} has not succeeded by {deadline} KST."
+BATCH_STALE = "The last successful run finished {hours:.1f} h ago (limit 26 h)."
+BATCH_DEADLINE_INVALID = "FORTUNE_BATCH_DEADLINE must be HH:MM (KST), got {value!r}."
+
+
+def database_ping() -> bool:
+    """One round trip to the database (SELECT 1). False when it cannot be reached."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except DatabaseError as exc:
+        logger.error("healthz: database unreachable: %s", exc)
+        return False
+    return True
+
+
+@dataclass(slots=True)
+class BatchHealth:
+    ok: bool
+    now: dt.datetime
+    target_date: dt.date
+    deadline: dt.datetime
+    target_succeeded: bool
+    last_success_at: dt.datetime | None
+    last_success_target: dt.date | None
+    problems: list[str] = field(default_factory=list)
+
+
+def batch_deadline_time() -> dt.time:
+    value = settings.FORTUNE_BATCH_DEADLINE
+    try:
+        return dt.time.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ImproperlyConfigured(BATCH_DEADLINE_INVALID.format(value=value)) from None
+
+
+def batch_health(*, now: dt.datetime | None = None) -> BatchHealth:
+    """Unhealthy when tomorrow's (KST) full run has not succeeded by the deadline, or when the
+    last success is over 26 h old. Runs limited to one user (--user-id) do not count."""
+    now = timezone.localtime(now)
+    target = now.date() + dt.timedelta(days=1)
+    deadline = dt.datetime.combine(now.date(), batch_deadline_time(), tzinfo=now.tzinfo)
+    full_successes = BatchRun.objects.filter(status=BatchRun.Status.SUCCEEDED, user_id_filter__isnull=True)
+    last = full_successes.exclude(finished_at__isnull=True).order_by("-finished_at").first()
+    target_succeeded = full_successes.filter(target_date=target).exists()
+    problems = []
+    if last is None:
+        problems.append(BATCH_NEVER_SUCCEEDED)
+    elif now - last.finished_at > MAX_SUCCESS_AGE:
+        hours = (now - last.finished_at).total_seconds() / 3600
+        problems.append(BATCH_STALE.format(hours=hours))
+    if now >= deadline and not target_succeeded:
+        problems.append(BATCH_MISSED_DEADLINE.format(target=target.isoformat(), deadline=deadline.strftime("%H:%M")))
+    return BatchHealth(
+        ok=not problems,
+        now=now,
+        target_date=target,
+        deadline=deadline,
+        target_succeeded=target_succeeded,
+        last_success_at=timezone.localtime(last.finished_at) if last else None,
+        last_success_target=last.target_date if last else None,
+        problems=problems,
+    )

@@ -1,0 +1,47 @@
+import pytest
+from rest_framework.test import APIClient
+
+from tests.api.conftest import client_for
+
+pytestmark = pytest.mark.django_db
+
+ROUTES = [
+    ("get", "/fortune/today"), ("get", "/fortune/2024-01-01"), ("get", "/me"), ("post", "/auth/register"),
+    ("post", "/auth/token"), ("post", "/auth/logout"), ("get", "/healthz"), ("get", "/healthz/batch"),
+    ("get", "/api/ping"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+@pytest.mark.parametrize("suffix", ["", "/"])
+def test_every_route_answers_with_and_without_slash_without_redirect(user, method, path, suffix):
+    response = getattr(client_for(user), method)(path + suffix, {}, format="json")
+    assert response.status_code not in (301, 302, 308), response.status_code
+    if response.status_code == 404:  # our view's answer for a date without a fortune, not a missing route
+        assert response.json()["code"] == "not_found", path
+    assert "Location" not in response
+
+
+def test_ping_is_the_trivial_authenticated_reference(user, django_assert_max_num_queries):
+    client = client_for(user)
+    with django_assert_max_num_queries(1):  # the token lookup only
+        response = client.get("/api/ping")
+    assert response.status_code == 200
+    assert response.json() == {"ok": True, "user_id": user.pk}
+    assert APIClient().get("/api/ping").status_code == 401
+
+
+def test_openapi_schema_lists_the_api():
+    response = APIClient().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    schema = response.json()
+    paths = schema["paths"]
+    for expected in ["/fortune/today", "/fortune/{date}", "/me", "/auth/register", "/auth/token", "/healthz"]:
+        assert any(p.rstrip("/") == expected for p in paths), (expected, sorted(paths))
+    assert "TokenAuth" in str(schema["components"].get("securitySchemes", {})) or "tokenAuth" in str(schema)
+
+
+def test_docs_page_is_served():
+    response = APIClient().get("/api/docs/")
+    assert response.status_code == 200
+    assert b"/api/schema/" in response.content
