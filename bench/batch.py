@@ -1,0 +1,238 @@
+"""Benchmark of the nightly batch (generate_daily_fortunes). Not a test: prints its configuration and figures.
+
+    createdb -h 127.0.0.1 -U postgres fortuna_bench
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/fortuna_bench .venv/bin/python bench/batch.py --scenario local
+    ... --scenario local --users 1000000
+    ... --scenario openai --workers 10 64 --latency-ms 200
+    ... --scenario rerun --users 100000
+
+Scenarios (targets from issue 3, on a 2-core machine with PostgreSQL):
+  local   N users (default 100,000), local provider, the command's whole wall time: >= 10,000 users/s;
+          at 1,000,000 users: <= 150 s and peak RSS <= 400 MB.
+  rerun   the same date again after a complete run: 0 LLM requests, <= 5 s.
+  openai  the stub server (own process) at --latency-ms, every input distinct, per --workers value:
+          generations/s >= 90% of a bare loop (one shared OpenAI client, ThreadPoolExecutor of the
+          same size, the same request bodies, the same stub process, no database).
+
+The database is WIPED (users, fortunes, runs): it refuses to run unless the database name contains "bench".
+"""
+
+import argparse
+import datetime as dt
+import os
+import random
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fortuna_api.settings")
+os.environ.setdefault("DEBUG", "1")
+os.environ.setdefault("SECRET_KEY", "bench-only-secret-key")
+os.environ["FORTUNE_PROVIDER"] = "local"  # this process only seeds; the command gets its own env
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.db import connection  # noqa: E402
+
+from core.models import BatchRun, FortuneGeneration, FortuneResult, User  # noqa: E402
+from core.natal import natal_fields, users_refresh_natal  # noqa: E402
+
+BASE = dt.date(2030, 3, 10)
+TARGET = BASE + dt.timedelta(days=1)
+INELIGIBLE_SHARE = 0.1  # extra users on top of N: inactive or without a birth date
+
+
+def _wipe() -> None:
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            tables = [m._meta.db_table for m in (FortuneResult, FortuneGeneration, BatchRun)]
+            cursor.execute(f"TRUNCATE {', '.join(tables)}, {User._meta.db_table} CASCADE")
+        else:
+            for model in (FortuneResult, FortuneGeneration, BatchRun):
+                model.objects.all().delete()
+            User.objects.all().delete()
+
+
+def _birth_date(rng: random.Random) -> dt.date:
+    # Users aged mostly 20-45, a tail to 75: a triangular distribution of birth years 1950-2010.
+    year = int(rng.triangular(1950, 2010, 1992))
+    return dt.date(year, 1, 1) + dt.timedelta(days=rng.randrange(365))
+
+
+def users_seed(*, count: int, distinct: bool, seed: int = 1) -> int:
+    """count eligible users (+10% ineligible) by bulk_create, natal pillars filled; returns eligible."""
+    rng = random.Random(seed)
+    natal_cache: dict[tuple, dict] = {}
+    started = time.perf_counter()
+    batch: list[User] = []
+    total = int(count * (1 + INELIGIBLE_SHARE))
+    for n in range(total):
+        eligible = n < count
+        if distinct:
+            # Every input different: one birth day per user (unknown time), across more than 60 years is
+            # not needed — (year, month, day) pillars repeat only after 60 years.
+            birth = dt.date(1950, 1, 1) + dt.timedelta(days=n % 21900)
+            birth_time, gender = None, "MF"[(n // 21900) % 2]
+        else:
+            birth = _birth_date(rng)
+            birth_time = dt.time(rng.randrange(24), rng.randrange(60)) if rng.random() < 0.5 else None
+            gender = rng.choice("MF")
+        user = User(username=f"bench{n}", password="!", email="", gender=gender, is_active=True,
+                    birth_date_solar=birth, birth_time=birth_time)
+        if not eligible:
+            if rng.random() < 0.5:
+                user.is_active = False
+            else:
+                user.birth_date_solar = None
+        key = (user.birth_date_solar, birth_time)
+        if key not in natal_cache:
+            natal_cache[key] = natal_fields(birth_date=user.birth_date_solar, birth_time=birth_time)
+        for name, value in natal_cache[key].items():
+            setattr(user, name, value)
+        batch.append(user)
+        if len(batch) >= 5000:
+            User.objects.bulk_create(batch, batch_size=5000)
+            batch = []
+    User.objects.bulk_create(batch, batch_size=5000)
+    stale = users_refresh_natal()
+    print(f"  seeded {total:,} users ({count:,} eligible, distinct inputs={distinct}) in "
+          f"{time.perf_counter() - started:.1f} s; natal refresh found {stale} stale")
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")
+    return count
+
+
+def command_run(*, env: dict, args: list[str]) -> dict:
+    """Run the command as a subprocess; wall time and that child's own peak RSS (wait4)."""
+    argv = [sys.executable, "manage.py", "generate_daily_fortunes", "--date", BASE.isoformat(), *args]
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    out = proc.stdout.read()
+    proc.stdout.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    run = BatchRun.objects.order_by("-pk").first()
+    return {"wall": wall, "rss_mb": usage.ru_maxrss / 1024, "code": proc.returncode, "run": run,
+            "summary": out.strip().splitlines()[-1] if out.strip() else ""}
+
+
+def _env(**extra: str) -> dict:
+    # DEBUG off as in production: with DEBUG on, Django keeps the last 9,000 SQL statements in memory.
+    env = {**os.environ, "DATABASE_URL": settings.DATABASE_URL, "LOG_LEVEL": "warning", "DEBUG": "0", **extra}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    return env
+
+
+def _report(label: str, result: dict, users: int) -> None:
+    run = result["run"]
+    print(f"  {label}: exit {result['code']}, wall {result['wall']:.2f} s, {users / result['wall']:,.0f} users/s, "
+          f"{run.generations / result['wall']:,.0f} generations/s, generations {run.generations:,}, "
+          f"stored {run.generated:,}, LLM requests {run.llm_requests:,}, peak RSS {result['rss_mb']:.0f} MB, "
+          f"status {run.status}")
+    print(f"    {result['summary']}")
+
+
+def scenario_local(*, users: int, rerun: bool, keep_users: bool = False) -> None:
+    print(f"== local provider, {users:,} users ({connection.vendor}) ==")
+    eligible = User.objects.filter(is_active=True, birth_date_solar__isnull=False).count()
+    if keep_users and eligible == users:
+        for model in (FortuneResult, FortuneGeneration, BatchRun):
+            model.objects.all().delete()
+        print(f"  kept the {eligible:,} seeded eligible users; fortunes and runs deleted")
+    else:
+        _wipe()
+        users_seed(count=users, distinct=False)
+    first = command_run(env=_env(FORTUNE_PROVIDER="local"), args=[])
+    _report("first run", first, users)
+    if rerun:
+        again = command_run(env=_env(FORTUNE_PROVIDER="local"), args=[])
+        _report("rerun of the completed date", again, users)
+
+
+def _bare_loop(*, base_url: str, workers: int, inputs: list) -> float:
+    import openai
+
+    from core.fortunes.prompt import build_messages
+    from core.fortunes.schema import GeneratedPart
+
+    client = openai.OpenAI(api_key="sk-bench", base_url=base_url, max_retries=0, timeout=30)
+    bodies = [build_messages(inp) for inp in inputs]
+
+    def call(messages):
+        return client.chat.completions.parse(model=settings.OPENAI_MODEL, messages=messages,
+                                             response_format=GeneratedPart)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(call, bodies):
+            pass
+    return len(inputs) / (time.perf_counter() - started)
+
+
+def scenario_openai(*, workers_list: list[int], latency_ms: float, per_worker: int) -> None:
+    from core.batch.plan import batch_plan_pages
+    from tests.stub_openai.server import start_stub_process
+
+    for workers in workers_list:
+        users = workers * per_worker
+        print(f"== openai via stub at {latency_ms:g} ms, {workers} workers, {users:,} users, all inputs distinct "
+              f"({connection.vendor}) ==")
+        _wipe()
+        users_seed(count=users, distinct=True)
+        with start_stub_process(latency_ms=latency_ms) as stub:
+            generator = f"openai:{settings.OPENAI_MODEL}"
+            inputs = [g.inp for page in batch_plan_pages(target_date=TARGET, generator=generator)
+                      for g in page.groups.values()]
+            assert len(inputs) == users, (len(inputs), users)
+            bare = _bare_loop(base_url=stub.base_url, workers=workers, inputs=inputs)
+            stub.reset(config=False)
+            result = command_run(env=_env(**stub.env()), args=["--workers", str(workers)])
+            requests = stub.counters()["requests"]
+        run = result["run"]
+        in_run = run.generations / run.duration.total_seconds()
+        whole = run.generations / result["wall"]
+        bound = workers / (latency_ms / 1000)
+        _report("command", result, users)
+        print(f"  bound workers/latency = {bound:,.0f}/s; bare loop {bare:,.1f} generations/s; stub saw {requests:,} "
+              f"requests")
+        print(f"  command: {whole:,.1f} generations/s over the whole wall time (start-up included) = "
+              f"{whole / bare:.1%} of the bare loop; {in_run:,.1f}/s over the run itself = {in_run / bare:.1%}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", choices=("local", "rerun", "openai", "all"), default="all")
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[10, 64])
+    parser.add_argument("--latency-ms", type=float, default=200.0)
+    parser.add_argument("--keep-users", action="store_true", help="local: reuse already seeded users")
+    parser.add_argument("--per-worker", type=int, default=100, help="openai: users per worker (all distinct)")
+    args = parser.parse_args()
+
+    name = str(connection.settings_dict["NAME"])
+    if "bench" not in name:
+        parser.error(f"refusing to wipe database {name!r}: use a database whose name contains 'bench'")
+    print(f"bench/batch.py: python {sys.version.split()[0]}, {os.cpu_count()} CPUs, database {connection.vendor} "
+          f"{name}, base date {BASE}, args {vars(args)}")
+    call_command("migrate", verbosity=0)
+    if args.scenario in ("local", "all"):
+        scenario_local(users=args.users, rerun=args.scenario == "all", keep_users=args.keep_users)
+    if args.scenario == "rerun":
+        scenario_local(users=args.users, rerun=True, keep_users=args.keep_users)
+    if args.scenario in ("openai", "all"):
+        scenario_openai(workers_list=args.workers, latency_ms=args.latency_ms, per_worker=args.per_worker)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Which dates a batch run fills: the base date is today in Korea, whatever the process time zone."""
+
+import datetime as dt
+from dataclasses import dataclass
+
+from django.utils import timezone
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTarget:
+    base_date: dt.date
+    target_date: dt.date
+    catch_up: bool = False
+
+
+def batch_today() -> dt.date:
+    # TIME_ZONE is Asia/Seoul: Railway's cron fires at 13:00 UTC, which is already 22:00 KST.
+    return timezone.localdate()
+
+
+def batch_lock_dates(*, base_date: dt.date | None) -> list[dt.date]:
+    """Every target date a run with this base date may touch, so all of them are locked up front."""
+    if base_date is not None:
+        return [base_date + dt.timedelta(days=1)]
+    today = batch_today()
+    return [today, today + dt.timedelta(days=1)]
+
+
+def batch_targets(*, base_date: dt.date | None, catch_up_allowed: bool = True) -> list[BatchTarget]:
+    """The runs to make, in order.
+
+    With an explicit base date: that date + 1 only. With the default date: tomorrow (KST), preceded
+    by a catch-up run for today when no full run for today ever succeeded (a missed night, or a run
+    that starts after KST midnight).
+    """
+    from core.models import BatchRun
+
+    if base_date is not None:
+        return [BatchTarget(base_date=base_date, target_date=base_date + dt.timedelta(days=1))]
+    today = batch_today()
+    tomorrow = BatchTarget(base_date=today, target_date=today + dt.timedelta(days=1))
+    if not catch_up_allowed:
+        return [tomorrow]
+    today_done = BatchRun.objects.filter(
+        target_date=today, status=BatchRun.Status.SUCCEEDED, user_id_filter__isnull=True
+    ).exists()
+    if today_done:
+        return [tomorrow]
+    return [BatchTarget(base_date=today - dt.timedelta(days=1), target_date=today, catch_up=True), tomorrow]

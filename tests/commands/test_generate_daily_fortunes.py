@@ -1,0 +1,176 @@
+"""generate_daily_fortunes through call_command on the local provider: coverage, idempotence,
+--force, --dry-run, --user-id and every bad input."""
+
+import datetime as dt
+
+import pytest
+from django.core.management.base import CommandError
+
+from core.batch.plan import USER_INACTIVE, USER_NO_BIRTH_DATE, USER_NOT_FOUND
+from core.management.commands import generate_daily_fortunes as command
+from core.models import BatchRun, FortuneGeneration, FortuneResult, User
+from tests.batch.helpers import BASE, TARGET, eligible_ids, fortune_map, run_batch, table_counts
+from tests.factories import user_create, users_create_many
+
+pytestmark = pytest.mark.django_db
+DATE = BASE.isoformat()
+
+
+@pytest.fixture
+def population():
+    users = users_create_many(count=30, seed=7)
+    twins = [user_create(birth_date_solar=dt.date(1991, 1, 1), gender="M") for _ in range(4)]
+    inactive = user_create(is_active=False)
+    no_birth = user_create(birth_date_solar=None)
+    return {"users": users + twins, "twins": twins, "inactive": inactive, "no_birth": no_birth}
+
+
+def test_every_eligible_user_gets_exactly_one_fortune_for_base_plus_one(population):
+    out = run_batch("--date", DATE)
+    results = fortune_map()
+    assert set(results) == eligible_ids() == {u.pk for u in population["users"]}
+    assert FortuneResult.objects.exclude(for_date=TARGET).count() == 0
+    assert len({results[t.pk] for t in population["twins"]}) == 1  # identical inputs: one generation
+    run = BatchRun.objects.get()
+    assert (run.status, run.base_date, run.target_date) == ("succeeded", BASE, TARGET)
+    assert (run.eligible, run.already_present, run.generated, run.failed) == (34, 0, 34, 0)
+    assert run.generations == FortuneGeneration.objects.count() == len(set(results.values()))
+    assert run.finished_at and run.provider == "local"
+    assert out.strip().splitlines()[-1].startswith(f"fortune batch {TARGET}: succeeded")
+    content = FortuneResult.objects.select_related("generation").first().content
+    assert content["for_date"] == TARGET.isoformat()
+
+
+def test_rerun_is_idempotent_and_changes_nothing(population):
+    run_batch("--date", DATE)
+    before = fortune_map()
+    generations = FortuneGeneration.objects.count()
+    run_batch("--date", DATE)
+    assert fortune_map() == before
+    assert FortuneGeneration.objects.count() == generations
+    rerun = BatchRun.objects.order_by("-pk").first()
+    assert (rerun.status, rerun.already_present, rerun.generated, rerun.llm_requests) == ("succeeded", 34, 0, 0)
+
+
+def test_rerun_fills_only_the_gaps(population):
+    run_batch("--date", DATE)
+    late = user_create(birth_date_solar=dt.date(2001, 2, 3))
+    FortuneResult.objects.filter(user=population["users"][0]).delete()
+    run_batch("--date", DATE)
+    rerun = BatchRun.objects.order_by("-pk").first()
+    assert rerun.generated == 2
+    assert set(fortune_map()) == eligible_ids() | {late.pk}
+
+
+def test_force_regenerates_selected_user_only_and_others_keep_the_shared_generation(population):
+    run_batch("--date", DATE)
+    a, b = population["twins"][:2]
+    old = fortune_map()
+    run_batch("--date", DATE, "--force", "--user-id", str(a.pk))
+    new = fortune_map()
+    assert new[a.pk] != old[a.pk]
+    new.pop(a.pk)
+    assert new == {uid: gid for uid, gid in old.items() if uid != a.pk}
+    assert new[b.pk] == old[a.pk]  # the twin keeps the generation they shared
+    assert FortuneGeneration.objects.filter(pk=old[a.pk]).exists()
+    forced = BatchRun.objects.order_by("-pk").first()
+    assert (forced.forced, forced.user_id_filter, forced.generated, forced.status) == (True, a.pk, 1, "succeeded")
+
+
+def test_dry_run_writes_nothing_and_reports_counts(population):
+    run_batch("--date", DATE, "--user-id", str(population["twins"][0].pk))
+    User.objects.filter(pk=population["users"][0].pk).update(saju_day="", natal_version=None)  # stale row
+    before = table_counts()
+    stale = User.objects.filter(pk=population["users"][0].pk).values("saju_day")[0]
+    out = run_batch("--date", DATE, "--dry-run")
+    assert table_counts() == before
+    assert User.objects.filter(pk=population["users"][0].pk).values("saju_day")[0] == stale
+    assert "34 eligible, 1 already present, 33 to generate (3 reuse a stored generation)" in out
+    assert "@" not in out  # sample ids, never emails
+    assert "sample user ids [" in out
+
+
+def test_user_id_runs_for_that_user_only(population):
+    user = population["users"][3]
+    run_batch("--date", DATE, "--user-id", str(user.pk))
+    assert set(fortune_map()) == {user.pk}
+    assert BatchRun.objects.get().user_id_filter == user.pk
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--date", "2030-02-30"], command.DATE_INVALID.format(value="2030-02-30")),
+        (["--date", "10/03/2030"], command.DATE_INVALID.format(value="10/03/2030")),
+        (["--date", "20300310"], command.DATE_INVALID.format(value="20300310")),
+        (["--workers", "0"], command.WORKERS_INVALID.format(value=0)),
+        (["--workers", "-1"], command.WORKERS_INVALID.format(value=-1)),
+        (["--workers", "10000"], command.WORKERS_INVALID.format(value=10000)),
+        (["--rpm", "0"], command.RPM_INVALID.format(value=0)),
+        (["--max-attempts", "0"], command.ATTEMPTS_INVALID.format(value=0)),
+        (["--max-attempts", "21"], command.ATTEMPTS_INVALID.format(value=21)),
+        (["--max-cost", "-1"], command.COST_INVALID.format(value="-1")),
+        (["--max-cost", "lots"], command.COST_INVALID.format(value="lots")),
+        (["--max-runtime", "0"], command.RUNTIME_INVALID.format(value=0.0)),
+        (["--user-id", "0"], command.USER_ID_INVALID.format(value=0)),
+    ],
+)
+def test_bad_input_is_refused_with_its_message_and_nothing_written(population, args, message):
+    before = table_counts()
+    with pytest.raises(CommandError) as err:
+        run_batch(*args)
+    assert str(err.value) == message
+    assert err.value.returncode == command.EXIT_USAGE
+    assert table_counts() == before
+
+
+@pytest.mark.parametrize(
+    ("who", "message"),
+    [("missing", USER_NOT_FOUND), ("inactive", USER_INACTIVE), ("no_birth", USER_NO_BIRTH_DATE)],
+)
+def test_user_id_that_cannot_have_a_fortune_says_which(population, who, message):
+    user_id = 987_654 if who == "missing" else population[who].pk
+    before = table_counts()
+    with pytest.raises(CommandError) as err:
+        run_batch("--date", DATE, "--user-id", str(user_id))
+    assert str(err.value) == message.format(user_id=user_id)
+    assert err.value.returncode == command.EXIT_USAGE
+    assert table_counts() == before
+
+
+def test_openai_without_a_key_is_a_clear_error_and_writes_nothing(population, settings):
+    settings.FORTUNE_PROVIDER = "openai"
+    settings.OPENAI_API_KEY = ""
+    before = table_counts()
+    with pytest.raises(CommandError) as err:
+        run_batch("--date", DATE)
+    assert str(err.value).startswith(command.PROVIDER_MISCONFIGURED.format(error=""))
+    assert "OPENAI_API_KEY" in str(err.value)
+    assert err.value.returncode == command.EXIT_USAGE
+    assert table_counts() == before
+
+
+def test_a_stale_running_row_is_marked_interrupted(population):
+    stale = BatchRun.objects.create(base_date=BASE, target_date=TARGET, pid=1)
+    run_batch("--date", DATE)
+    stale.refresh_from_db()
+    assert stale.status == "interrupted" and stale.finished_at is not None
+    assert BatchRun.objects.exclude(pk=stale.pk).get().status == "succeeded"
+
+
+def test_users_whose_pillars_are_missing_get_them_refreshed_first(population):
+    user = population["users"][0]
+    User.objects.filter(pk=user.pk).update(saju_year="", saju_day="", natal_version=None)
+    run_batch("--date", DATE)
+    assert User.objects.get(pk=user.pk).saju_day == user.saju_day
+    assert user.pk in fortune_map()
+
+
+def test_old_fortunes_are_pruned_at_the_end_of_a_run(population, settings):
+    settings.FORTUNE_RETENTION_DAYS = 30
+    old_base = BASE - dt.timedelta(days=60)
+    run_batch("--date", old_base.isoformat())
+    assert FortuneResult.objects.filter(for_date=old_base + dt.timedelta(days=1)).exists()
+    run_batch("--date", DATE)
+    assert not FortuneResult.objects.filter(for_date=old_base + dt.timedelta(days=1)).exists()
+    assert FortuneResult.objects.filter(for_date=TARGET).count() == 34

@@ -1,0 +1,133 @@
+"""generate_daily_fortunes as a real process against a committed database the process can see:
+SIGKILL then rerun, SIGTERM, and a concurrent second run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from core.batch.lock import BATCH_LOCKED
+from core.fortunes.inputs import GenerationInput
+from core.fortunes.prompt import build_messages
+from core.management.commands.generate_daily_fortunes import EXIT_INCOMPLETE, EXIT_LOCKED
+from core.models import BatchRun, FortuneGeneration, FortuneResult, User
+from tests.batch.helpers import BASE, TARGET, eligible_ids, fortune_map, table_counts
+from tests.factories import users_create_many
+from tests.stub_openai.server import messages_sha256
+
+pytestmark = [pytest.mark.subprocess, pytest.mark.django_db(transaction=True)]
+ROOT = Path(__file__).resolve().parents[2]
+WAIT = 30.0  # generous upper bound for polling loops; they normally finish far sooner
+
+
+def _database_url() -> str:
+    conf = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{conf['NAME']}"
+    password = f":{conf['PASSWORD']}" if conf.get("PASSWORD") else ""
+    return f"postgres://{conf['USER']}{password}@{conf['HOST'] or '127.0.0.1'}:{conf['PORT'] or 5432}/{conf['NAME']}"
+
+
+def _start(stub, *args: str) -> subprocess.Popen:
+    env = {**os.environ, **stub.env(), "DATABASE_URL": _database_url(), "DJANGO_SETTINGS_MODULE": "tests.settings",
+           "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "manage.py", "generate_daily_fortunes", "--date", BASE.isoformat(), *args]
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, *, what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _stored() -> int:
+    return FortuneResult.objects.filter(for_date=TARGET).count()
+
+
+def _sha_by_user() -> dict[int, str]:
+    generator = f"openai:{settings.OPENAI_MODEL}"
+    return {
+        user.pk: messages_sha256(build_messages(GenerationInput.for_user(user=user, for_date=TARGET,
+                                                                        generator=generator)))
+        for user in User.objects.all()
+    }
+
+
+@pytest.fixture
+def slow_stub(stub_openai):
+    stub_openai.configure(latency_ms=40)
+    users_create_many(count=60, seed=21)
+    return stub_openai
+
+
+def test_sigkill_mid_run_then_rerun_completes_without_repeating_a_request(slow_stub):
+    first = _start(slow_stub, "--workers", "2")
+    _wait_for(lambda: _stored() >= 6, what="the first flush")
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=WAIT)
+    stored_before = set(fortune_map())
+    assert 6 <= len(stored_before) < 60
+    assert BatchRun.objects.get().status == "running"  # killed: nobody finished the row
+
+    # Requests the killed process left in flight still finish at the stub: let them land first.
+    _wait_for(lambda: slow_stub.counters()["in_flight"] == 0, what="the stub to go idle")
+    slow_stub.reset(config=False)
+    second = _start(slow_stub, "--workers", "4", "--retry-cooldown", "0")
+    out, err = second.communicate(timeout=WAIT)
+    assert second.returncode == 0, err
+    assert set(fortune_map()) == eligible_ids()
+    assert FortuneResult.objects.count() == 60  # no duplicates
+    sha = _sha_by_user()
+    requested = Counter(r["sha256"] for r in slow_stub.requests())
+    assert not {sha[uid] for uid in stored_before} & set(requested)
+    assert set(requested.values()) == {1}
+    runs = list(BatchRun.objects.order_by("pk"))
+    assert [r.status for r in runs] == ["interrupted", "succeeded"]
+    assert out.strip().splitlines()[-1].startswith(f"fortune batch {TARGET}: succeeded")
+
+
+def test_sigterm_marks_interrupted_and_keeps_every_completed_generation(slow_stub):
+    proc = _start(slow_stub, "--workers", "2")
+    _wait_for(lambda: _stored() >= 4, what="the first flush")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == EXIT_INCOMPLETE, err
+    run = BatchRun.objects.get()
+    assert run.status == "interrupted" and run.stop_reason == "interrupted by SIGTERM"
+    assert run.finished_at is not None
+    # Every generation the stub answered before the stop was stored (none was lost in memory):
+    answered = {r["sha256"] for r in slow_stub.requests() if r["status"] == 200}
+    sha = _sha_by_user()
+    stored_shas = {sha[uid] for uid in fortune_map()}
+    assert answered <= stored_shas
+    assert run.generated == FortuneResult.objects.count() < 60
+    assert run.generations == FortuneGeneration.objects.count()
+    assert "interrupted" in out
+
+
+def test_a_concurrent_second_run_is_refused_at_once_and_writes_nothing(slow_stub):
+    first = _start(slow_stub, "--workers", "1")
+    _wait_for(lambda: BatchRun.objects.exists(), what="the first run to start")
+    before = table_counts()
+    started = time.monotonic()
+    second = _start(slow_stub, "--workers", "1")
+    out, err = second.communicate(timeout=WAIT)
+    elapsed = time.monotonic() - started
+    assert second.returncode == EXIT_LOCKED
+    assert BATCH_LOCKED.format(target_date=TARGET.isoformat()) in err
+    assert table_counts()["core.BatchRun"] == before["core.BatchRun"] == 1
+    assert elapsed < WAIT  # it did not wait for the first run (which takes far longer than this)
+    assert first.poll() is None
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=WAIT)
