@@ -1,0 +1,328 @@
+"""API benchmark: /fortune/today against a trivial authenticated view, on gunicorn from the Procfile.
+
+Run from the repo root:  .venv/bin/python bench/api.py  [--users 2000] [--duration 10]
+
+Prepares a PostgreSQL database (default: drops and creates `fortuna_bench_api` with createdb on
+127.0.0.1; or --database-url), migrates it, bulk-creates users with tokens and today's (KST)
+fortunes, starts the Procfile's web line with WEB_CONCURRENCY=2 and production settings, then
+loads both endpoints with wrk (a Lua script rotating valid tokens; a Python load generator when
+wrk is missing) at 4, 32 and 64 connections. Prints rps, p50 and p99 per endpoint and the ratios
+against the issue's targets. Figures, not assertions: see docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+
+from tests.deploy.server import (  # noqa: E402
+    PROXY_HEADERS,
+    free_port,
+    production_env,
+    web_server_start,
+    web_server_stop,
+)
+
+BENCH_DB = "fortuna_bench_api"
+PG_SERVER = "postgres://postgres@127.0.0.1:5432"
+FORTUNE_PATH = "/fortune/today"
+PING_PATH = "/api/ping"
+
+# Targets from issue 4.
+TARGET_RPS_RATIO_32 = 0.60
+TARGET_P99_RATIO_32 = 1.5
+TARGET_P99_MS_4 = 10.0
+
+WRK_SCRIPT = r"""
+local tokens = {}
+local counter = 0
+
+function init(args)
+  for line in io.lines(args[1]) do
+    if #line > 0 then tokens[#tokens + 1] = line end
+  end
+  -- threads start at different offsets so they do not walk the same users in step
+  counter = math.random(#tokens)
+  wrk.headers["X-Forwarded-Proto"] = "https"
+end
+
+function request()
+  counter = (counter % #tokens) + 1
+  wrk.headers["Authorization"] = "Token " .. tokens[counter]
+  return wrk.format("GET", wrk.path)
+end
+
+function done(summary, latency, requests)
+  io.write(string.format(
+    "BENCH_JSON {\"requests\": %d, \"duration_us\": %d, \"p50_us\": %d, \"p90_us\": %d, \"p99_us\": %d, " ..
+    "\"max_us\": %d, \"non_2xx\": %d, \"socket_errors\": %d}\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+
+def _env_for_django(database_url: str) -> dict[str, str]:
+    return production_env(database_url=database_url, port=0)
+
+
+def database_prepare(*, database_url: str | None) -> str:
+    if database_url:
+        return database_url
+    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", BENCH_DB], check=True)
+    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", BENCH_DB], check=True)
+    return f"{PG_SERVER}/{BENCH_DB}"
+
+
+def database_migrate(*, database_url: str) -> None:
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=BASE_DIR,
+        env=_env_for_django(database_url), check=True,
+    )
+
+
+def data_seed(*, database_url: str, users: int) -> list[str]:
+    """Users with tokens and today's fortunes, bulk-inserted. Returns the tokens."""
+    os.environ.update(_env_for_django(database_url))
+    import django
+
+    django.setup()
+    from django.db import transaction
+    from django.utils import timezone
+    from rest_framework.authtoken.models import Token
+
+    from core.demo import demo_users_create
+    from core.fortunes.inputs import GenerationInput
+    from core.fortunes.schema import Categories, GeneratedPart, Lucky, ScoredText
+    from core.models import FortuneGeneration, FortuneResult, User
+
+    demo_users_create(count=users, seed=2026)
+    eligible = list(User.objects.filter(is_active=True, birth_date_solar__isnull=False))
+    today = timezone.localdate()
+    rng = random.Random(7)
+    generations: dict[str, FortuneGeneration] = {}
+    pairs = []
+    for user in eligible:
+        inp = GenerationInput.for_user(user=user, for_date=today, generator="local")
+        if inp.hash not in generations:
+            score = rng.randrange(30, 95)
+            scored = ScoredText(score=score, text="오늘은 주변 사람들과의 관계가 부드럽게 풀리는 날입니다. " * 3)
+            part = GeneratedPart(
+                summary="차분하게 하루를 정리하면 좋은 결과가 따릅니다.",
+                overall=scored,
+                categories=Categories(love=scored, money=scored, work=scored, health=scored),
+                lucky=Lucky(color="파랑", number=rng.randrange(100), direction="동"),
+                advice="서두르지 말고 한 가지씩 마무리하세요. " * 2,
+            )
+            generations[inp.hash] = FortuneGeneration(
+                input_hash=inp.hash, for_date=today, content=inp.compose(part).as_json(), provider="local"
+            )
+        pairs.append((user, inp.hash))
+    with transaction.atomic():
+        FortuneGeneration.objects.bulk_create(generations.values(), batch_size=1000)
+        saved = dict(FortuneGeneration.objects.filter(for_date=today).values_list("input_hash", "pk"))
+        FortuneResult.objects.bulk_create(
+            [FortuneResult(user=user, for_date=today, generation_id=saved[h], source="batch") for user, h in pairs],
+            batch_size=1000,
+        )
+        tokens = [Token(user=user, key=Token.generate_key()) for user, _ in pairs]
+        Token.objects.bulk_create(tokens, batch_size=1000)
+    from django.db import connections
+
+    connections.close_all()
+    return [token.key for token in tokens]
+
+
+def load_wrk(*, url: str, connections: int, duration: int, tokens_file: Path, script: Path) -> dict:
+    threads = 1 if connections < 8 else 2  # this box has 2 cores, shared with the server
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--timeout", "10s",
+         "-s", str(script), url, "--", str(tokens_file)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    line = next(line for line in out.splitlines() if line.startswith("BENCH_JSON "))
+    raw = json.loads(line.removeprefix("BENCH_JSON "))
+    seconds = raw["duration_us"] / 1e6
+    return {
+        "rps": raw["requests"] / seconds,
+        "p50_ms": raw["p50_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "max_ms": raw["max_us"] / 1000,
+        "requests": raw["requests"],
+        "errors": raw["non_2xx"] + raw["socket_errors"],
+    }
+
+
+def load_python(*, url: str, connections: int, duration: int, tokens: list[str]) -> dict:
+    """Fallback closed-loop load generator (one keep-alive connection per thread)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    stop_at = time.monotonic() + duration
+    latencies: list[list[float]] = [[] for _ in range(connections)]
+    errors = [0] * connections
+
+    def run(slot: int) -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        i = slot
+        while time.monotonic() < stop_at:
+            i = (i + connections) % len(tokens)
+            headers = {**PROXY_HEADERS, "Authorization": f"Token {tokens[i]}"}
+            start = time.perf_counter()
+            try:
+                conn.request("GET", parts.path, headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 200:
+                    errors[slot] += 1
+            except (OSError, http.client.HTTPException):
+                errors[slot] += 1
+                conn.close()
+                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+            latencies[slot].append(time.perf_counter() - start)
+        conn.close()
+
+    started = time.monotonic()
+    workers = [threading.Thread(target=run, args=(slot,)) for slot in range(connections)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.monotonic() - started
+    every = sorted(x for per in latencies for x in per)
+    cut = statistics.quantiles(every, n=100)
+    return {
+        "rps": len(every) / elapsed, "p50_ms": cut[49] * 1000, "p99_ms": cut[98] * 1000,
+        "max_ms": every[-1] * 1000, "requests": len(every), "errors": sum(errors),
+    }
+
+
+def warm(*, base_url: str, tokens: list[str], path: str) -> None:
+    # Every worker thread opens its persistent DB connection before measuring.
+    for token in tokens[:200]:
+        req = urllib.request.Request(base_url + path, headers={**PROXY_HEADERS, "Authorization": f"Token {token}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per run")
+    parser.add_argument("--connections", default="4,32,64")
+    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", ""))
+    parser.add_argument("--reuse-data", action="store_true", help="skip creating the database and the data")
+    parser.add_argument("--worker-class", default="", help="override the Procfile's (e.g. sync, to compare)")
+    parser.add_argument("--threads", default="", help="GUNICORN_THREADS for the server")
+    parser.add_argument("--python-load", action="store_true", help="use the Python load generator, not wrk")
+    args = parser.parse_args()
+    connection_counts = [int(c) for c in args.connections.split(",")]
+
+    database_url = args.database_url or f"{PG_SERVER}/{BENCH_DB}"
+    tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    tokens_file = tmp / "tokens.txt"
+    if args.reuse_data:
+        tokens = _tokens_read(database_url=database_url)
+    else:
+        database_url = database_prepare(database_url=args.database_url or None)
+        database_migrate(database_url=database_url)
+        started = time.perf_counter()
+        tokens = data_seed(database_url=database_url, users=args.users)
+        print(f"seeded {len(tokens)} users with tokens and today's fortunes in {time.perf_counter() - started:.1f} s")
+    tokens_file.write_text("\n".join(tokens) + "\n")
+    script = tmp / "rotate_tokens.lua"
+    script.write_text(WRK_SCRIPT)
+    use_wrk = shutil.which("wrk") is not None and not args.python_load
+
+    extra = {"WEB_CONCURRENCY": "2", "LOG_LEVEL": "warning"}
+    if args.threads:
+        extra["GUNICORN_THREADS"] = args.threads
+    env = production_env(database_url=database_url, port=0, extra=extra)
+    argv_extra = ["--worker-class", args.worker_class] if args.worker_class else []
+    # The access log would cost the server as much as the view itself; production keeps it.
+    argv_extra += ["--access-logfile", "/dev/null"]
+    port = free_port()
+    server = web_server_start(env=env, port=port, extra_args=tuple(argv_extra), log_path=tmp / "gunicorn.log")
+    results: dict[tuple[str, int], dict] = {}
+    try:
+        for path in (PING_PATH, FORTUNE_PATH):
+            warm(base_url=server.base_url, tokens=tokens, path=path)
+        for conns in connection_counts:
+            for path in (PING_PATH, FORTUNE_PATH):
+                url = server.base_url + path
+                if use_wrk:
+                    results[(path, conns)] = load_wrk(
+                        url=url, connections=conns, duration=args.duration, tokens_file=tokens_file, script=script
+                    )
+                else:
+                    results[(path, conns)] = load_python(
+                        url=url, connections=conns, duration=args.duration, tokens=tokens
+                    )
+    finally:
+        web_server_stop(server)
+
+    threads = args.threads or "default (gunicorn.conf.py)"
+    print(
+        f"\ngunicorn: Procfile web line, WEB_CONCURRENCY=2, worker class {args.worker_class or 'gthread'}, "
+        f"threads {threads}; load: {'wrk' if use_wrk else 'python'}, {args.duration} s per run, "
+        f"{len(tokens)} tokens rotated; cpus {os.cpu_count()}"
+    )
+    print(f"{'endpoint':<16}{'conns':>6}{'rps':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}")
+    for (path, conns), r in results.items():
+        print(f"{path:<16}{conns:>6}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+              f"{r['max_ms']:>9.1f}{r['errors']:>8}")
+    print()
+    for conns in connection_counts:
+        fortune, ping = results[(FORTUNE_PATH, conns)], results[(PING_PATH, conns)]
+        rps_ratio = fortune["rps"] / ping["rps"]
+        p99_ratio = fortune["p99_ms"] / ping["p99_ms"]
+        line = f"{conns:>3} conns: fortune/ping rps {rps_ratio:.2f}, p99 {p99_ratio:.2f}x"
+        if conns == 32:
+            ok = rps_ratio >= TARGET_RPS_RATIO_32 and p99_ratio <= TARGET_P99_RATIO_32
+            line += f"  [target rps ≥ {TARGET_RPS_RATIO_32:.0%}, p99 ≤ {TARGET_P99_RATIO_32}x: {_verdict(ok)}]"
+        if conns == 4:
+            ok = fortune["p99_ms"] <= TARGET_P99_MS_4
+            line += f"  [target fortune p99 ≤ {TARGET_P99_MS_4:.0f} ms: {fortune['p99_ms']:.2f} ms, {_verdict(ok)}]"
+        print(line)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def _tokens_read(*, database_url: str) -> list[str]:
+    os.environ.update(_env_for_django(database_url))
+    import django
+
+    django.setup()
+    from django.db import connections
+    from rest_framework.authtoken.models import Token
+
+    tokens = list(Token.objects.values_list("key", flat=True))
+    connections.close_all()
+    return tokens
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except urllib.error.URLError as exc:
+        sys.exit(f"the server did not answer: {exc}")

@@ -1,0 +1,34 @@
+"""Gunicorn settings for the web service; the Procfile's web line loads this file.
+
+gthread: a request waiting on the LLM (on-demand generation, bounded by FORTUNE_ON_DEMAND_TIMEOUT,
+default 20 s) holds one thread, not a whole worker process, so /healthz and stored fortunes keep
+being served. `timeout` (120 s) is the arbiter's kill switch for a stuck worker and stays well
+above that budget.
+"""
+
+import os
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
+# A gthread worker accepts connections regardless of free threads and queues them in its pool, so a
+# worker whose threads all wait on the LLM delays everything it accepted, /healthz included (seen
+# with 8 threads: 10 hung on-demand requests landed 8+ on one of two workers). 16 leaves room;
+# each thread keeps one DB connection: WEB_CONCURRENCY × threads must stay below max_connections.
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+timeout = 120
+# Railway sends SIGTERM and kills after its draining time (railway.toml drainingSeconds = 30):
+# finish in-flight requests, including an on-demand generation, before that.
+graceful_timeout = 25
+keepalive = 5
+
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+
+# Gunicorn ≥ 25.1 opens a control socket at a fixed per-user path ($HOME/.gunicorn/gunicorn.ctl):
+# two servers on one host (tests, the benchmark, a second service) would fight over it.
+control_socket_disable = True
+# The heartbeat file: /dev/shm avoids stalls when the container's disk is slow.
+if os.path.isdir("/dev/shm"):
+    worker_tmp_dir = "/dev/shm"

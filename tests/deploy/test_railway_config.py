@@ -1,0 +1,122 @@
+"""The deploy files Railway reads (issue 4, item 12): parsed, with the documented keys."""
+
+import runpy
+import shlex
+import tomllib
+
+import pytest
+
+from tests.deploy.server import BASE_DIR, procfile_argv, procfile_command
+
+WEB_CONFIG = BASE_DIR / "railway.toml"
+WORKER_CONFIG = BASE_DIR / "railway.worker.toml"
+
+
+def _load(path) -> dict:
+    with path.open("rb") as fh:
+        return tomllib.load(fh)
+
+
+@pytest.fixture
+def web() -> dict:
+    return _load(WEB_CONFIG)
+
+
+@pytest.fixture
+def worker() -> dict:
+    return _load(WORKER_CONFIG)
+
+
+def _commands(value) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def test_web_config_has_healthcheck_and_pre_deploy_migration(web):
+    deploy = web["deploy"]
+
+    assert deploy["healthcheckPath"] == "/healthz"
+    assert isinstance(deploy["healthcheckTimeout"], int) and deploy["healthcheckTimeout"] > 0
+    assert "python manage.py migrate --noinput" in _commands(deploy["preDeployCommand"])
+    assert "collectstatic --noinput" in web["build"]["buildCommand"]
+
+
+def test_web_config_is_not_a_cron_job(web):
+    assert "cronSchedule" not in web.get("deploy", {})
+    # Railpack starts the Procfile's web line; a startCommand here could drift from it.
+    assert "startCommand" not in web.get("deploy", {})
+
+
+def test_worker_config_runs_the_batch_nightly_and_never_restarts(worker):
+    deploy = worker["deploy"]
+
+    assert deploy["cronSchedule"] == "0 13 * * *"  # 22:00 KST
+    assert deploy["restartPolicyType"] == "NEVER"
+    argv = shlex.split(deploy["startCommand"])
+    assert argv[:3] == ["python", "manage.py", "generate_daily_fortunes"]
+    assert "healthcheckPath" not in deploy  # a cron run serves no HTTP
+    assert "preDeployCommand" not in deploy  # the web service owns migrations
+
+
+@pytest.mark.parametrize("path", [WEB_CONFIG, WORKER_CONFIG], ids=["web", "worker"])
+def test_numeric_settings_are_toml_integers(path):
+    # Railway rejects strings for these ("Expected number, received string").
+    deploy = _load(path)["deploy"]
+    for key in ("healthcheckTimeout", "restartPolicyMaxRetries", "drainingSeconds", "overlapSeconds"):
+        if key in deploy:
+            assert type(deploy[key]) is int, key
+
+
+@pytest.mark.parametrize("path", [WEB_CONFIG, WORKER_CONFIG], ids=["web", "worker"])
+def test_no_cron_table_anywhere(path):
+    # `[[cron]]` (the original guide) is not Railway syntax and would be silently ignored.
+    config = _load(path)
+    assert "cron" not in config
+    assert set(config) <= {"build", "deploy", "environments", "$schema"}
+
+
+def test_procfile_web_line_starts_gunicorn_threaded_on_port():
+    argv = shlex.split(procfile_command(process="web"))
+
+    assert argv[0] == "gunicorn"
+    assert argv[1] == "fortuna_api.wsgi:application"
+    assert "0.0.0.0:$PORT" in argv
+    assert argv[argv.index("--timeout") + 1] == "120"
+    assert argv[argv.index("--worker-class") + 1] == "gthread"
+    assert "--workers" not in argv and "-w" not in argv  # the count comes from WEB_CONCURRENCY
+    assert argv[argv.index("--config") + 1] == "gunicorn.conf.py"
+
+
+def test_procfile_argv_expands_port():
+    argv = procfile_argv(port=8123)
+
+    assert "0.0.0.0:8123" in argv
+    assert not any("$PORT" in arg for arg in argv)
+
+
+def _gunicorn_conf(monkeypatch, **env: str) -> dict:
+    for name in ("WEB_CONCURRENCY", "GUNICORN_THREADS", "PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(BASE_DIR / "gunicorn.conf.py"))
+
+
+def test_gunicorn_conf_defaults(monkeypatch, settings):
+    conf = _gunicorn_conf(monkeypatch)
+
+    assert conf["worker_class"] == "gthread"
+    assert conf["workers"] == 4
+    assert conf["threads"] >= 8
+    assert conf["timeout"] == 120
+    # The on-demand budget must end before gunicorn kills the worker, and before Railway's SIGKILL.
+    assert settings.FORTUNE_ON_DEMAND_TIMEOUT < conf["graceful_timeout"] < conf["timeout"]
+    web_draining = _load(WEB_CONFIG)["deploy"]["drainingSeconds"]
+    assert conf["graceful_timeout"] < web_draining
+    assert conf["accesslog"] == "-"
+    assert conf["control_socket_disable"] is True
+
+
+def test_gunicorn_conf_reads_web_concurrency_threads_and_port(monkeypatch):
+    conf = _gunicorn_conf(monkeypatch, WEB_CONCURRENCY="2", GUNICORN_THREADS="3", PORT="9001")
+
+    assert (conf["workers"], conf["threads"], conf["bind"]) == (2, 3, "0.0.0.0:9001")
