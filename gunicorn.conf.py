@@ -12,9 +12,10 @@ bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
 # A gthread worker accepts connections regardless of free threads and queues them in its pool, so a
-# worker whose threads all wait on the LLM delays everything it accepted, /healthz included (seen
-# with 8 threads: 10 hung on-demand requests landed 8+ on one of two workers). 16 leaves room;
-# each thread keeps one DB connection: WEB_CONCURRENCY × threads must stay below max_connections.
+# worker whose threads all wait on the LLM would delay everything it accepted, /healthz included.
+# Settings cap on-demand generations at threads − 4 per process (FORTUNE_ON_DEMAND_MAX_CONCURRENT)
+# and answer the excess with 503 at once. Each thread keeps one DB connection:
+# WEB_CONCURRENCY × threads must stay below PostgreSQL's max_connections.
 threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 timeout = 120
 # Railway sends SIGTERM and kills after its draining time (railway.toml drainingSeconds = 30):

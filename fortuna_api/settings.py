@@ -206,6 +206,11 @@ FORTUNE_PRICE_OUTPUT_PER_M = env_decimal("FORTUNE_PRICE_OUTPUT_PER_M", "0.60")
 FORTUNE_MAX_COST_PER_RUN = env_decimal("FORTUNE_MAX_COST_PER_RUN", "0")  # 0 = no budget
 FORTUNE_RETENTION_DAYS = env_int("FORTUNE_RETENTION_DAYS", 90, min_value=1)
 FORTUNE_ON_DEMAND_TIMEOUT = env_int("FORTUNE_ON_DEMAND_TIMEOUT", 20, min_value=1, max_value=100)
+# Requests per web process generating (or waiting on another's generation); the excess gets 503 at
+# once, so at least 4 of gunicorn's threads always serve stored fortunes and /healthz.
+FORTUNE_ON_DEMAND_MAX_CONCURRENT = env_int(
+    "FORTUNE_ON_DEMAND_MAX_CONCURRENT", max(1, env_int("GUNICORN_THREADS", 16, min_value=1) - 4), min_value=1
+)
 FORTUNE_ON_DEMAND_DAILY_LIMIT = env_int("FORTUNE_ON_DEMAND_DAILY_LIMIT", 5, min_value=1)
 FORTUNE_BATCH_DEADLINE = env("FORTUNE_BATCH_DEADLINE", default="23:30")  # KST, for /healthz/batch
 SLACK_WEBHOOK_URL = env("SLACK_WEBHOOK_URL", default="")

@@ -4,3 +4,7 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fortuna_api.settings")
 application = get_wsgi_application()
+
+from core.fortunes.providers import provider_warm_up  # noqa: E402  (needs the app registry)
+
+provider_warm_up()

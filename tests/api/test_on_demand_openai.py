@@ -9,7 +9,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from core.models import FortuneGeneration, FortuneResult
-from core.services.fortunes import ON_DEMAND_UNAVAILABLE
+from core.services.fortunes import ON_DEMAND_SATURATED, ON_DEMAND_UNAVAILABLE
 from tests.api.conftest import client_for
 from tests.api.test_single_flight import THREADS, _get_concurrently
 from tests.factories import user_create
@@ -124,4 +124,30 @@ def test_openai_without_key_is_503_misconfigured_not_500(settings, auth_client):
     response = auth_client.get("/fortune/today")
     assert response.status_code == 503
     assert response.json() == {"detail": ON_DEMAND_UNAVAILABLE, "code": "misconfigured"}
+    assert not FortuneResult.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_demand_generations_beyond_the_process_cap_get_503_at_once(openai_settings, settings):
+    settings.FORTUNE_ON_DEMAND_MAX_CONCURRENT = 1
+    settings.FORTUNE_ON_DEMAND_TIMEOUT = 4
+    openai_settings.configure(fault_hang=1.0, hang_seconds=30)
+    first = client_for(user_create(birth_date_solar=dt.date(1970, 1, 2)))
+    second = client_for(user_create(birth_date_solar=dt.date(1980, 3, 4)))  # tokens exist before the hang
+    hung: list = []
+    worker = threading.Thread(target=lambda: hung.append(first.get("/fortune/today").status_code))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 3
+        while openai_settings.counters()["in_flight"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        response = second.get("/fortune/today")
+        assert response.status_code == 503
+        assert response.json() == {"detail": ON_DEMAND_SATURATED, "code": "saturated"}
+        assert response["Retry-After"] == "5"
+        assert openai_settings.counters()["requests"] == 1  # the second never reached the provider
+    finally:
+        worker.join()
+        connection.close()
+    assert hung == [503]
     assert not FortuneResult.objects.exists()

@@ -25,3 +25,15 @@ def get_provider(*, name: str | None = None, timeout: float | None = None) -> Pr
 
         return OpenAIProvider.from_settings(timeout=timeout)
     raise ProviderConfigError(f"FORTUNE_PROVIDER must be 'openai' or 'local', got {name!r}.")
+
+
+def provider_warm_up() -> None:
+    """Import and build the configured provider once at web start-up, so the first on-demand request
+    does not spend its time budget importing the SDK. A misconfiguration is only logged here: it is
+    reported to callers at first use."""
+    import logging
+
+    try:
+        get_provider()
+    except ProviderConfigError as exc:
+        logging.getLogger("fortuna.api").warning("fortune provider not ready: %s", exc)
