@@ -119,7 +119,17 @@ def users_refresh_natal(*, batch_size: int = 2000) -> int:
         if not page:
             return refreshed
         for user in page:
-            for name, value in natal_fields(birth_date=user.birth_date_solar, birth_time=user.birth_time).items():
+            try:
+                fields = natal_fields(birth_date=user.birth_date_solar, birth_time=user.birth_time)
+            except ValidationError as exc:
+                # Written around validation (e.g. a bulk import of a date past 2100): no pillars, so
+                # the batch reports the user as failed instead of using pillars of other data.
+                logger.warning("fortune natal refresh: user %s has unchartable birth data: %s", user.pk,
+                               "; ".join(exc.messages))
+                fields = natal_fields(birth_date=None, birth_time=None) | {
+                    "natal_birth_date": user.birth_date_solar, "natal_birth_time": user.birth_time,
+                }
+            for name, value in fields.items():
                 setattr(user, name, value)
         with transaction.atomic():
             User.objects.bulk_update(page, NATAL_FIELDS, batch_size=batch_size)

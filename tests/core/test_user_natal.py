@@ -177,3 +177,15 @@ def test_seed_demo_users_creates_realistic_users_with_pillars():
 def test_seed_demo_users_refuses_a_bad_count():
     with pytest.raises(CommandError, match="--count must be between 1"):
         call_command("seed_demo_users", "--count", "0", stdout=StringIO())
+
+
+def test_refresh_skips_unchartable_rows_and_fixes_the_rest():
+    bad, good = User.objects.bulk_create([
+        User(username="far-future", birth_date_solar=dt.date(2150, 1, 1)),
+        User(username="fine", birth_date_solar=dt.date(1999, 9, 9)),
+    ])
+    assert users_refresh_natal() == 2
+    bad.refresh_from_db()
+    good.refresh_from_db()
+    assert good.saju_day == expected_pillars(dt.date(1999, 9, 9), None)["day"]
+    assert bad.saju_day == "" and bad.natal_birth_date == dt.date(2150, 1, 1)
