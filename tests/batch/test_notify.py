@@ -61,14 +61,6 @@ def receiver():
         yield r
 
 
-@pytest.fixture
-def batch_log(caplog):
-    logger = logging.getLogger("fortuna")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="fortuna.batch")
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
 
 @pytest.fixture
 def webhooks(settings, receiver):

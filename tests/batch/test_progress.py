@@ -1,7 +1,4 @@
 import io
-import logging
-
-import pytest
 
 from core.batch.progress import ProgressReporter, format_eta
 
@@ -13,15 +10,6 @@ class FakeClock:
     def __call__(self):
         return self.now
 
-
-@pytest.fixture
-def batch_log(caplog):
-    # The "fortuna" logger does not propagate to the root logger caplog listens on.
-    logger = logging.getLogger("fortuna")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="fortuna.batch")
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def progress_lines(caplog):
