@@ -23,6 +23,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -106,23 +107,54 @@ def users_seed(*, count: int, distinct: bool, seed: int = 1) -> int:
     print(f"  seeded {total:,} users ({count:,} eligible, distinct inputs={distinct}) in "
           f"{time.perf_counter() - started:.1f} s; natal refresh found {stale} stale")
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("ANALYZE")
+        _settle()
     return count
 
 
+def _settle() -> None:
+    """Let PostgreSQL finish the seeding's after-effects before a measured run: VACUUM (else
+    autovacuum's insert-triggered pass over the fresh users runs during the batch) and a CHECKPOINT
+    (else the seeding's dirty buffers are written out during it)."""
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")
+        try:
+            cursor.execute("CHECKPOINT")
+        except Exception as exc:  # noqa: BLE001 - needs superuser or pg_checkpoint; optional
+            print(f"  (no CHECKPOINT before the run: {exc})")
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def command_run(*, env: dict, args: list[str]) -> dict:
-    """Run the command as a subprocess; wall time and that child's own peak RSS (wait4)."""
+    """Run the command as a subprocess; wall time and that child's own peak RSS.
+
+    Peak RSS is the child's VmHWM (/proc, polled every 20 ms; monotonic, so only a spike in the last
+    20 ms could be missed). Not wait4's ru_maxrss: Linux carries the parent's high-water mark across
+    the spawn (vfork + exec), so ru_maxrss reported this seeding process's own size (134-700 MB).
+    """
     argv = [sys.executable, "manage.py", "generate_daily_fortunes", "--date", BASE.isoformat(), *args]
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    out_file = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: nobody reads while we poll
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out_file, stderr=subprocess.DEVNULL, text=True)
+    peak_kb = 0
+    while proc.poll() is None:
+        peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+        time.sleep(0.02)
     wall = time.perf_counter() - started
-    out = proc.stdout.read()
-    proc.stdout.close()
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    out_file.seek(0)
+    out = out_file.read()
+    out_file.close()
     run = BatchRun.objects.order_by("-pk").first()
-    return {"wall": wall, "rss_mb": usage.ru_maxrss / 1024, "code": proc.returncode, "run": run,
+    return {"wall": wall, "rss_mb": peak_kb / 1024, "code": proc.returncode, "run": run,
             "summary": out.strip().splitlines()[-1] if out.strip() else ""}
 
 
@@ -149,6 +181,8 @@ def scenario_local(*, users: int, rerun: bool, keep_users: bool = False) -> None
         for model in (FortuneResult, FortuneGeneration, BatchRun):
             model.objects.all().delete()
         print(f"  kept the {eligible:,} seeded eligible users; fortunes and runs deleted")
+        if connection.vendor == "postgresql":
+            _settle()
     else:
         _wipe()
         users_seed(count=users, distinct=False)

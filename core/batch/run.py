@@ -1,10 +1,12 @@
 """The nightly batch: lock, plan, generate, store — services a command or a Celery task can call.
 
-Threads only call the provider (network I/O); every ORM call stays on the calling thread, which
-stores finished generations in bulk as the run goes, so a crash loses only in-flight work.
+Worker threads only call the provider (network I/O); planning stays on the calling thread, which
+hands finished generations in bulk to one writer thread (core.batch.store.BatchWriter) as the run
+goes, so a crash loses only in-flight work and the database writes while the batch generates.
 """
 
 import datetime as dt
+import gc
 import logging
 import os
 import queue
@@ -18,6 +20,7 @@ from decimal import Decimal
 from typing import TextIO
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
@@ -35,7 +38,7 @@ from core.batch.plan import (
 )
 from core.batch.progress import ProgressReporter
 from core.batch.retry import Attempted, RateLimiter, RetryPolicy, generate_with_retries, is_transient
-from core.batch.store import GeneratedItem, batch_output_store, generation_ids_by_hash
+from core.batch.store import BatchWriter, Flush, GeneratedItem, generation_ids_by_hash
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers import Provider, ProviderError, get_provider
 from core.fortunes.providers.base import REASON_CONFIG, REASON_CONNECTION, REASON_QUOTA, REASON_TIMEOUT
@@ -48,6 +51,7 @@ FLUSH_SECONDS = 1.0
 FLUSH_GENERATIONS = 2000
 FLUSH_RESULTS = 10000
 FAILURE_SAMPLE_SIZE = 20
+GC_EVERY_PAGES = 20
 # Consecutive generations failing for a reason that means "the provider is unusable" (nothing will
 # succeed: wrong URL, bad key, quota gone) before the run stops instead of grinding through everyone.
 PROVIDER_DOWN_REASONS = frozenset({REASON_CONNECTION, REASON_TIMEOUT, REASON_QUOTA, REASON_CONFIG})
@@ -202,6 +206,7 @@ def batch_run_target(
         runner.execute()
     except BaseException as exc:
         runner.abandon()
+        runner.settle_writer()
         run.status = BatchRun.Status.FAILED
         run.stop_reason = CRASHED.format(error=f"{type(exc).__name__}: {exc}")[:255]
         run.finished_at = timezone.now()
@@ -279,6 +284,10 @@ class _Runner:
         # join the job instead of asking again. Bounded by the in-flight window, not by the run.
         self.pending: dict[str, _Job] = {}
         self.ready: list[str] = []  # hashes in pending whose generation is done, awaiting the flush
+        # hash -> users who asked for it after its generation went to the writer (not yet stored, so
+        # no id yet); they become `reused` once the writer reports the id.
+        self.handed: dict[str, list[int]] = {}
+        self.writer: BatchWriter | None = None
         self.in_flight = 0
         self.failed_jobs: dict[str, _Job] = {}
         self.reused: list[tuple[int, int]] = []  # (user_id, generation_id) of already stored inputs
@@ -314,25 +323,43 @@ class _Runner:
         )
         if not self.inline:
             self.pool = _Pool(workers=self.options.workers, call=self._call)
+        self.writer = BatchWriter(
+            for_date=target.target_date, provider=self.provider.name, model=self.provider.model,
+            replace=self.replace,
+            # A writer connection of its own cannot see a caller's uncommitted rows; SQLite allows
+            # one writer at a time anyway.
+            threaded=connection.vendor == "postgresql" and not connection.in_atomic_block,
+        )
+        # The cyclic GC would scan the in-flight generations (pydantic models) over and over: about a
+        # third of a 100k local run's CPU. The batch's objects are freed by reference counting, so the
+        # collector is paused during the run and run once per GC_EVERY_PAGES pages instead.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
         try:
             pages = batch_plan_pages(
                 target_date=target.target_date, generator=self.provider.generator, force=self.replace,
                 nonce=self.nonce, user_id=self.options.user_id, page_size=self.options.page_size,
                 language=settings.FORTUNE_LANGUAGE,
             )
-            for page in pages:
+            for number, page in enumerate(pages, start=1):
                 if self._should_stop():
                     break
+                if number % GC_EVERY_PAGES == 0:
+                    gc.collect()
                 self._take_page(page)
                 # Keep at most about one page in flight: bounded memory, and dedupe stays effective.
                 while self.in_flight > self.options.page_size and not self.stop.is_set:
                     self._drain(timeout=0.2)
             self._finish_in_flight()
             self._retry_round()
+            self._flush_all()
         finally:
             if self.pool:
                 self.pool.shutdown()
+            self.writer.close()  # on a crash, still writes what was queued
             self.progress.close()
+            if gc_was_enabled:
+                gc.enable()
         self._complete()
 
     def _take_page(self, page: PlanPage) -> None:
@@ -342,6 +369,8 @@ class _Runner:
             job = self.pending.get(digest) or self.failed_jobs.get(digest)
             if job is not None:
                 job.user_ids.extend(group.user_ids)
+            elif digest in self.handed:
+                self.handed[digest].extend(group.user_ids)
             else:
                 fresh[digest] = group
         if fresh:
@@ -438,6 +467,16 @@ class _Runner:
         if self.pool is not None:
             self.pool.results = queue.SimpleQueue()
 
+    def settle_writer(self) -> None:
+        """After a crash: stop the writer (it writes what was queued) and count what it stored."""
+        if self.writer is None:
+            return
+        self.writer.close()
+        try:
+            self._collect(self.writer.done())
+        except BaseException:  # noqa: BLE001 - the run is failing already; its own error is raised
+            logger.debug("fortune batch: the writer failed too", exc_info=True)
+
     def _retry_round(self) -> None:
         transient = {d: job for d, job in self.failed_jobs.items() if job.error is not None and is_transient(job.error)}
         if not transient or self._should_stop():
@@ -469,29 +508,45 @@ class _Runner:
         if (force or len(self.ready) >= FLUSH_GENERATIONS or len(self.reused) >= FLUSH_RESULTS
                 or (now - self.last_flush >= FLUSH_SECONDS and (self.ready or self.reused))):
             self._flush()
+        elif self.writer.outstanding:
+            self._collect(self.writer.done())  # keep the stored count (progress, heartbeat) current
         if force or now - self.last_heartbeat >= HEARTBEAT_SECONDS:
             self.save_counters()
         self.progress.update(done=self.stored_users, failed=self.failed_users)
         self._should_stop()
 
     def _flush(self) -> None:
+        """Hand what is ready to the writer (blocks only while the writer's queue is full)."""
         self.last_flush = time.monotonic()
+        self._collect(self.writer.done())
         if not self.ready and not self.reused:
             return
-        items = [GeneratedItem(inp=self.pending[d].inp, hash=d, generated=self.pending[d].generated)
-                 for d in self.ready]
-        waiting = {d: self.pending[d].user_ids for d in self.ready}
-        _, stored = batch_output_store(
-            items=items, reused=self.reused, waiting=waiting, for_date=self.target.target_date,
-            provider=self.provider.name, model=self.provider.model, replace=self.replace,
-        )
+        items, waiting = [], {}
         for digest in self.ready:
-            del self.pending[digest]
-        self.generations += len(items)
-        self.stored_users += stored
-        logger.debug("fortune batch: stored %d generations and %d results", len(items), stored)
-        self.ready = []
-        self.reused = []
+            job = self.pending.pop(digest)
+            items.append(GeneratedItem(inp=job.inp, hash=digest, generated=job.generated))
+            waiting[digest] = job.user_ids
+            self.handed[digest] = []
+        flush, self.ready, self.reused = Flush(items=items, reused=self.reused, waiting=waiting), [], []
+        self.writer.submit(flush)
+
+    def _collect(self, flushes: list[Flush]) -> None:
+        for flush in flushes:
+            for digest in flush.waiting:
+                late = self.handed.pop(digest)
+                if late:
+                    generation_id = flush.ids[digest]
+                    self.reused.extend((user_id, generation_id) for user_id in late)
+            self.generations += len(flush.items)
+            self.stored_users += flush.stored
+            logger.debug("fortune batch: stored %d generations and %d results", len(flush.items), flush.stored)
+
+    def _flush_all(self) -> None:
+        """Flush, wait for the writer, and repeat while late users of handed generations remain."""
+        self._flush()
+        while self.writer.outstanding:
+            self._collect(self.writer.done(wait=True))
+            self._flush()
 
     @property
     def failed_users(self) -> int:

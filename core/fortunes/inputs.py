@@ -9,6 +9,7 @@ from core import saju
 from core.fortunes.schema import DayMaster, FortuneContent, GeneratedPart, Pillars, SajuBlock
 
 PROMPT_VERSION = 1
+_json_string = json.encoder.encode_basestring  # the C version when available, as json.dumps uses
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +41,17 @@ class GenerationInput:
         )
 
     def canonical(self) -> str:
-        return json.dumps(
-            [self.for_date.isoformat(), self.year, self.month, self.day, self.hour or "", self.gender,
-             self.language, self.prompt_version, self.generator]
-            + ([self.nonce] if self.nonce else []),
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
+        """A compact JSON array, exactly json.dumps(fields, ensure_ascii=False, separators=(",", ":")).
+
+        Built from the C string encoder json.dumps itself uses: json.dumps with non-default options
+        builds a new JSONEncoder per call, which cost more than the hash (the batch hashes every
+        distinct input of every page).
+        """
+        fields = [self.for_date.isoformat(), self.year, self.month, self.day, self.hour or "", self.gender,
+                  self.language]
+        tail = [self.generator, self.nonce] if self.nonce else [self.generator]
+        return (f"[{','.join(map(_json_string, fields))},{int(self.prompt_version)},"
+                f"{','.join(map(_json_string, tail))}]")
 
     @property
     def hash(self) -> str:

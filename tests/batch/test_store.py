@@ -1,8 +1,17 @@
 import pytest
+from django.db import connection
 
+from core.batch import store
 from core.batch.plan import batch_plan_pages
-from core.batch.store import GeneratedItem, batch_output_store, fortune_results_store_many, generations_store_many
-from core.fortunes.providers import get_provider
+from core.batch.store import (
+    BatchWriter,
+    Flush,
+    GeneratedItem,
+    batch_output_store,
+    fortune_results_store_many,
+    generations_store_many,
+)
+from core.fortunes.providers import Generated, get_provider
 from core.models import FortuneGeneration, FortuneResult
 from tests.batch.helpers import TARGET, fortune_map
 from tests.factories import user_create, users_create_many
@@ -57,3 +66,81 @@ def test_one_flush_stores_results_for_waiting_and_reused_users(django_assert_max
                                           for_date=TARGET, provider="local", model="")
     assert (stored, stored_reused) == (2, 1)
     assert fortune_map() == {t.pk: ids[item.hash] for t in twins}
+
+
+# --- the writer thread ------------------------------------------------------------------------------
+# transaction=True: the writer thread's own connection must see the users (committed data).
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("threaded", [True, False])
+def test_writer_stores_each_flush_and_reports_ids_and_counts(threaded):
+    users = users_create_many(count=8, seed=3)
+    (page,) = batch_plan_pages(target_date=TARGET, generator="local")
+    items = _items(page)
+    first, second = items[: len(items) // 2], items[len(items) // 2 :]
+    writer = BatchWriter(for_date=TARGET, provider="local", model="", replace=False, threaded=threaded)
+    try:
+        flushes = [Flush(items=part, reused=[], waiting={i.hash: page.groups[i.hash].user_ids for i in part})
+                   for part in (first, second)]
+        for flush in flushes:
+            writer.submit(flush)
+        done = writer.done(wait=True)
+    finally:
+        writer.close()
+    assert done == flushes and writer.outstanding == 0
+    stored_ids = dict(FortuneGeneration.objects.values_list("input_hash", "id"))
+    assert {h: i for f in done for h, i in f.ids.items()} == stored_ids
+    assert sum(f.stored for f in done) == len(users)
+    assert set(fortune_map()) == {u.pk for u in users}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("threaded", [True, False])
+def test_a_writer_failure_is_raised_to_the_caller_and_never_hangs(monkeypatch, threaded):
+    users_create_many(count=4, seed=5)
+    (page,) = batch_plan_pages(target_date=TARGET, generator="local")
+    items = _items(page)
+
+    def broken(**kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(store, "batch_output_store", broken)
+    writer = BatchWriter(for_date=TARGET, provider="local", model="", replace=False, threaded=threaded)
+    try:
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            # More flushes than the queue holds: a dead writer must not leave submit() blocked.
+            for _ in range(store.WRITER_QUEUE + 3):
+                writer.submit(Flush(items=items, reused=[], waiting={}))
+            writer.done(wait=True)
+    finally:
+        writer.close()
+    assert FortuneGeneration.objects.count() == 0
+
+
+def test_copy_fields_escape_what_would_end_a_field_or_a_row():
+    assert store._copy_field("a\\b\tc\nd\re") == "a\\\\b\\tc\\nd\\re"
+    assert store._copy_field(None) == "\\N"
+    assert store._copy_field(7) == "7"
+
+
+def test_generations_with_awkward_characters_round_trip():
+    user_create()
+    (page,) = batch_plan_pages(target_date=TARGET, generator="local")
+    (item,) = _items(page)
+    awkward = item.generated.content.model_copy(update={"advice": 'tab\there, "quote", back\\slash\nnew line \r'})
+    ids = generations_store_many(items=[GeneratedItem(inp=item.inp, hash=item.hash, generated=Generated(
+        content=awkward, tokens_in=1, tokens_out=2))], provider="local", model="")
+    stored = FortuneGeneration.objects.get(pk=ids[item.hash])
+    assert stored.content == awkward.as_json()
+    assert (stored.tokens_in, stored.tokens_out) == (1, 2)
+
+
+def test_ids_come_back_without_insert_returning(monkeypatch):
+    # SQLite before 3.35 has no RETURNING: every id then comes from the look-up.
+    monkeypatch.setattr(type(connection.features), "can_return_rows_from_bulk_insert", False)
+    users_create_many(count=4, seed=6)
+    (page,) = batch_plan_pages(target_date=TARGET, generator="local")
+    items = _items(page)
+    ids = generations_store_many(items=items, provider="local", model="")
+    assert ids == dict(FortuneGeneration.objects.values_list("input_hash", "id"))
+    assert set(ids) == {item.hash for item in items}

@@ -2,6 +2,7 @@ import copy
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -59,6 +60,18 @@ def test_unknown_hour_is_an_empty_string_and_a_nonce_is_appended_only_when_set()
     forced = dataclasses.replace(BASE, nonce="run-7")
     assert forced.canonical() == BASE_CANONICAL[:-1] + ',"run-7"]'
     assert forced.hash == hashlib.sha256(forced.canonical().encode()).hexdigest()
+
+
+@pytest.mark.parametrize("generator", ['openai:a"b', "openai:back\\slash", "openai:tab\tnl\n\x01", "openai:\u2028모델"])
+def test_canonical_is_exactly_the_json_dumps_form_even_for_awkward_text(generator):
+    # canonical() builds the JSON itself (for speed); it must stay byte-for-byte json.dumps's form,
+    # or every stored generation's hash would change.
+    for inp in (dataclasses.replace(BASE, generator=generator), dataclasses.replace(BASE, generator=generator,
+                                                                                    nonce=generator, hour=None)):
+        fields = [inp.for_date.isoformat(), inp.year, inp.month, inp.day, inp.hour or "", inp.gender, inp.language,
+                  inp.prompt_version, inp.generator] + ([inp.nonce] if inp.nonce else [])
+        assert inp.canonical() == json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+        assert json.loads(inp.canonical()) == fields
 
 
 def test_hash_is_the_same_in_other_processes_whatever_the_hash_seed():
