@@ -78,7 +78,8 @@ def fortunes_prune(*, today: dt.date, retention_days: int, batch_size: int = 500
     # Most nights nothing is old enough: the for_date index answers that at once, where the pk-ordered
     # orphan scan below would walk every generation.
     has_old = FortuneGeneration.objects.filter(for_date__lt=cutoff).exists()
-    while has_old and (upper := _batch_upper_pk(_orphan_generations(cutoff, kept_results=all_results), batch_size)) is not None:
+    orphans = _orphan_generations(cutoff, kept_results=all_results)
+    while has_old and (upper := _batch_upper_pk(orphans, batch_size)) is not None:
         with transaction.atomic():
             # Django's PROTECT check runs again inside this transaction; nothing links a new
             # result to a generation dated before the cutoff (runs write today and later).

@@ -56,9 +56,33 @@ class OnDemandUnavailable(Exception):
         self.retry_after = retry_after
 
 
+# The hot path of GET /fortune/today: one fixed statement, because compiling the equivalent
+# select_related ORM query cost more than running it (docs/BENCHMARKS.md, API).
+_FORTUNE_SQL = (
+    f"SELECT g.*, r.id AS result_id, r.source AS result_source, r.created_at AS result_created_at, "
+    f"r.updated_at AS result_updated_at "
+    f"FROM {FortuneResult._meta.db_table} r JOIN {FortuneGeneration._meta.db_table} g ON g.id = r.generation_id "
+    f"WHERE r.user_id = %s AND r.for_date = %s"
+)
+
+
 def fortune_get_for_date(*, user: User, for_date: dt.date) -> FortuneResult | None:
-    """The user's stored fortune for a date, with its generation, in one query."""
-    return FortuneResult.objects.select_related("generation").filter(user=user, for_date=for_date).first()
+    """The user's stored fortune for a date, with its generation, in one query.
+
+    Loaded through the generation (whose fields Django converts: JSON content, datetimes); the result's
+    own created_at/updated_at come back as the database driver gives them and are not for display.
+    """
+    generation = next(iter(FortuneGeneration.objects.raw(_FORTUNE_SQL, [user.pk, for_date])), None)
+    if generation is None:
+        return None
+    result = FortuneResult(
+        id=generation.result_id, user=user, for_date=for_date, generation=generation,
+        source=generation.result_source, created_at=generation.result_created_at,
+        updated_at=generation.result_updated_at,
+    )
+    result._state.adding = False
+    result._state.db = generation._state.db
+    return result
 
 
 def fortune_today() -> dt.date:
