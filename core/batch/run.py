@@ -357,6 +357,7 @@ class _Runner:
             if self.pool:
                 self.pool.shutdown()
             self.writer.close()  # on a crash, still writes what was queued
+            self.progress.update(done=self.stored_users, failed=self.failed_users)
             self.progress.close()
             if gc_was_enabled:
                 gc.enable()

@@ -2,6 +2,7 @@
 --force, --dry-run, --user-id and every bad input."""
 
 import datetime as dt
+import logging
 
 import pytest
 from django.core.management.base import CommandError
@@ -212,3 +213,16 @@ def test_a_failing_write_fails_the_run_cleanly(monkeypatch):
     run = BatchRun.objects.get()
     assert run.status == "failed" and "database went away" in run.stop_reason
     assert calls and FortuneResult.objects.count() == 0
+
+
+def test_the_final_progress_line_counts_every_stored_user(population, caplog):
+    logger = logging.getLogger("fortuna")  # does not propagate to the root logger caplog listens on
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="fortuna.batch")
+    try:
+        run_batch("--date", DATE)
+    finally:
+        logger.removeHandler(caplog.handler)
+    messages = [record.getMessage() for record in caplog.records]
+    finals = [m for m in messages if m.startswith("fortune progress") and "final" in m]
+    assert finals and "34/34 (100.0%)" in finals[-1] and "0 failed" in finals[-1]
