@@ -226,3 +226,18 @@ def test_the_final_progress_line_counts_every_stored_user(population, caplog):
     messages = [record.getMessage() for record in caplog.records]
     finals = [m for m in messages if m.startswith("fortune progress") and "final" in m]
     assert finals and "34/34 (100.0%)" in finals[-1] and "0 failed" in finals[-1]
+
+
+def test_run_reports_reach_slack_and_discord_and_a_failing_webhook_never_fails_the_run(
+    population, settings, webhook_receiver
+):
+    settings.SLACK_WEBHOOK_URL = webhook_receiver.url("/slack")
+    settings.DISCORD_WEBHOOK_URL = webhook_receiver.url("/discord")
+    webhook_receiver.respond("/slack", 500, 500, 500)  # every attempt fails
+
+    run_batch("--date", DATE)  # raises CommandError on a non-zero exit
+
+    assert BatchRun.objects.get().status == "succeeded"
+    assert len(webhook_receiver.received("/slack")) == 3  # retried briefly, then given up
+    (discord,) = webhook_receiver.json("/discord")
+    assert discord["embeds"][0]["fields"] and "succeeded" in (discord["content"] + str(discord["embeds"]))
