@@ -485,18 +485,21 @@ class StubHandler(BaseHTTPRequestHandler):
         state = self.server.state
         text = body.decode("utf-8", errors="replace")
         generation, n, config, release = state.begin(text)
-        status, fault, sha = 500, "", ""
         try:
-            status, fault, sha = self.answer(path, body, text, n, config, release)
+            status, payload, headers, fault, sha = self.answer(path, body, text, n, config, release)
         except Exception as exc:  # a stub bug must answer, not leave the client waiting for its timeout
             traceback.print_exc()
-            self.send_json(500, _error_body(f"stub error: {exc!r}", type_="stub_error"))
-        finally:
-            state.end(generation=generation, n=n, path=path, status=status, fault=fault, sha=sha)
+            payload = _error_body(f"stub error: {exc!r}", type_="stub_error")
+            status, headers, fault, sha = 500, None, "", ""
+        # Counted before the answer goes out: a client that reads the counters right after its
+        # response must find its request there.
+        state.end(generation=generation, n=n, path=path, status=status, fault=fault, sha=sha)
+        self.send_json(status, payload, headers)
 
     def answer(
         self, path: str, body: bytes, text: str, n: int, config: dict, release: threading.Event,
-    ) -> tuple[int, str, str]:
+    ) -> tuple[int, Any, dict[str, str] | None, str, str]:
+        """The answer to one API request: (status, payload, headers, fault, sha); api() sends it."""
         chat = path == "/v1/chat/completions"
         try:
             request = json.loads(body)
@@ -512,8 +515,7 @@ class StubHandler(BaseHTTPRequestHandler):
         elif not chat and not request.get("input"):
             problem = BAD_BODY_INPUT
         if problem:
-            self.send_json(400, _error_body(problem, type_="invalid_request_error"))
-            return 400, "", ""
+            return 400, _error_body(problem, type_="invalid_request_error"), None, "", ""
         conversation = request["messages"] if chat else [request.get("instructions"), request["input"]]
         sha = messages_sha256(conversation)
         conversation_text = json.dumps(conversation, ensure_ascii=False)
@@ -524,22 +526,22 @@ class StubHandler(BaseHTTPRequestHandler):
         if any(s in text or s in conversation_text for s in config["fail_when_contains"]):
             status = config["fail_status"]
             kind = "server_error" if status >= 500 else "invalid_request_error"
-            self.send_json(status, _error_body(f"Stub failure for a matching input (HTTP {status}).", type_=kind,
-                                               code=config["fail_code"]), headers)
-            return status, "fail_when_contains", sha
+            payload = _error_body(f"Stub failure for a matching input (HTTP {status}).", type_=kind,
+                                  code=config["fail_code"])
+            return status, payload, headers, "fail_when_contains", sha
 
         fault, rng = fault_for(seed=config["seed"], n=n, faults=config["faults"])
         if fault == "429":
             if config["retry_after"] is not None:
                 headers["retry-after"] = f"{config['retry_after']:g}"
                 headers["retry-after-ms"] = str(int(config["retry_after"] * 1000))
-            self.send_json(429, _error_body("Rate limit reached for requests (stub).", type_="requests",
-                                            code="rate_limit_exceeded"), headers)
-            return 429, fault, sha
+            payload = _error_body("Rate limit reached for requests (stub).", type_="requests",
+                                  code="rate_limit_exceeded")
+            return 429, payload, headers, fault, sha
         if fault == "500":
-            self.send_json(500, _error_body("The server had an error while processing your request (stub).",
-                                            type_="server_error"), headers)
-            return 500, fault, sha
+            payload = _error_body("The server had an error while processing your request (stub).",
+                                  type_="server_error")
+            return 500, payload, headers, fault, sha
         if fault == "hang":
             with self.server.state.lock:
                 self.server.state.hangs += 1
@@ -574,8 +576,7 @@ class StubHandler(BaseHTTPRequestHandler):
         else:
             payload = _response_object(n=n, model=model, content=content, refusal=refusal,
                                        finish_reason=finish_reason, tokens_in=usage_in, tokens_out=usage_out)
-        self.send_json(200, payload, headers)
-        return 200, fault, sha
+        return 200, payload, headers, fault, sha
 
 
 def _request_schema(request: dict, *, chat: bool) -> dict | None:
