@@ -6,6 +6,7 @@ from django.utils.cache import patch_vary_headers
 from rest_framework.response import Response
 
 from core.models import FortuneResult
+from core.services.fortunes import StoredFortune
 from core.throttles import seconds_until_kst_midnight
 
 # A profile edit replaces today's fortune, so clients may reuse a response only briefly.
@@ -19,8 +20,8 @@ def error_response(*, status: int, detail: str, code: str, retry_after: int | No
     return response
 
 
-def fortune_etag(result: FortuneResult) -> str:
-    raw = f"{result.generation_id}:{result.for_date.isoformat()}:{result.source}"
+def fortune_etag(fortune: StoredFortune | FortuneResult) -> str:
+    raw = f"{fortune.generation_id}:{fortune.for_date.isoformat()}:{fortune.source}"
     return '"' + hashlib.sha256(raw.encode()).hexdigest()[:32] + '"'
 
 

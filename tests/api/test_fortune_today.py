@@ -1,4 +1,5 @@
 import datetime as dt
+import json
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -6,6 +7,7 @@ import time_machine
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from core.api.fortunes import FortuneOutputSerializer
 from core.models import FortuneGeneration, FortuneResult
 from core.services.fortunes import BIRTH_DATE_MISSING, ON_DEMAND_UNAVAILABLE
 from tests.api.conftest import client_for, fortune_store, kst_today, provider_error
@@ -73,6 +75,37 @@ def test_stored_fortune_after_batch_both_slash_forms(auth_client, user, path):
     assert body["fortune"] == result.generation.content
     assert body["fortune"]["for_date"] == today.isoformat()
     assert dt.datetime.fromisoformat(body["generated_at"]) == result.generation.created_at
+
+
+def test_body_is_the_documented_serializers_output_and_the_same_bytes_each_time(auth_client, user):
+    # The renderer splices the stored JSON in; FortuneOutputSerializer documents the shape in the schema.
+    result = fortune_store(user=user, for_date=kst_today())
+    first = auth_client.get("/fortune/today")
+    assert first.json() == json.loads(json.dumps(FortuneOutputSerializer(result).data))
+    assert first["Content-Type"] == "application/json"
+    # A strong ETag promises identical bytes.
+    second = auth_client.get("/fortune/today")
+    assert (second.content, second["ETag"]) == (first.content, first["ETag"])
+
+
+def test_on_demand_answer_is_byte_identical_to_the_stored_read(auth_client, settings):
+    settings.FORTUNE_PROVIDER = "local"
+    made = auth_client.get("/fortune/today")
+    read = auth_client.get("/fortune/today")
+    assert made.json()["source"] == "on_demand"
+    assert (made.content, made["ETag"]) == (read.content, read["ETag"])
+
+
+def test_browsable_api_still_renders_the_fortune(user):
+    user.set_password("pw-for-session-1")
+    user.save()
+    fortune_store(user=user, for_date=kst_today(), summary="브라우저에서 보는 운세")
+    client = APIClient()
+    assert client.login(username=user.username, password="pw-for-session-1")
+    response = client.get("/fortune/today", HTTP_ACCEPT="text/html")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/html")
+    assert "브라우저에서 보는 운세" in response.content.decode()
 
 
 def test_stored_path_uses_at_most_three_queries(auth_client, user, django_assert_max_num_queries):
