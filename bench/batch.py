@@ -197,17 +197,15 @@ def _bare_loop(*, base_url: str, workers: int, inputs: list) -> float:
     import openai
 
     from core.fortunes.prompt import build_messages
-    from core.fortunes.providers.openai import response_format
+    from core.fortunes.providers.openai import chat_completion_create
     from core.fortunes.schema import GeneratedPart
 
     client = openai.OpenAI(api_key="sk-bench", base_url=base_url, max_retries=0, timeout=30)
     bodies = [build_messages(inp) for inp in inputs]
-    schema = response_format()
 
     def call(messages):
         # The provider's own call and validation (same request body), without the batch around it.
-        completion = client.chat.completions.create(model=settings.OPENAI_MODEL, messages=messages,
-                                                    response_format=schema)
+        completion = chat_completion_create(client, model=settings.OPENAI_MODEL, messages=messages)
         return GeneratedPart.model_validate_json(completion.choices[0].message.content)
 
     started = time.perf_counter()

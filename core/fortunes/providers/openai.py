@@ -16,6 +16,7 @@ import pydantic
 from django.conf import settings
 from django.utils import timezone
 from openai.lib._parsing._completions import type_to_response_format_param
+from openai.types.chat import ChatCompletion
 
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.prompt import build_messages
@@ -135,6 +136,22 @@ def response_format() -> dict:
     return type_to_response_format_param(GeneratedPart)
 
 
+def chat_completion_create(client: openai.OpenAI, *, model: str, messages: list[dict]) -> ChatCompletion:
+    """POST /chat/completions with the fortune's Structured Outputs format: one HTTP request.
+
+    The request body is exactly what `chat.completions.create()` sends (a test pins it), posted
+    through the SDK's documented `client.post()` for requests it needs no help typing: create() first
+    walks the whole body against its TypedDicts (`maybe_transform`, a no-op for these plain fields),
+    which was about 40% of the client CPU per request (~2.3 → ~1.4 ms, bench/batch.py). Errors,
+    timeouts and headers are the SDK's own; the answer is still the SDK's typed ChatCompletion.
+    """
+    return client.post(
+        "/chat/completions",
+        cast_to=ChatCompletion,
+        body={"model": model, "messages": messages, "response_format": response_format()},
+    )
+
+
 def _invalid(message: str) -> ProviderError:
     return ProviderError(message, reason=REASON_INVALID_OUTPUT, retryable=True)
 
@@ -166,9 +183,7 @@ class OpenAIProvider:
 
     def generate(self, inp: GenerationInput) -> Generated:
         try:
-            completion = self._client.chat.completions.create(
-                model=self.model, messages=build_messages(inp), response_format=response_format(),
-            )
+            completion = chat_completion_create(self._client, model=self.model, messages=build_messages(inp))
         except openai.APITimeoutError as exc:
             raise ProviderError(f"timed out after {self.timeout:g} s", reason=REASON_TIMEOUT, retryable=True) from exc
         except openai.APIConnectionError as exc:

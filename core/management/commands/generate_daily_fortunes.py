@@ -1,6 +1,8 @@
 """The nightly batch: tomorrow's fortune (KST) for every active user with a birth date."""
 
+import atexit
 import datetime as dt
+import gc
 import logging
 import signal
 import sys
@@ -127,6 +129,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         batch_options = self._options(options)
+        # The process ends with the command: at exit, skip the collector's last pass over every object
+        # (about 0.3 s of each run with Django and the openai SDK loaded, freeing nothing that matters).
+        atexit.unregister(gc.freeze)
+        atexit.register(gc.freeze)
         try:
             if options["dry_run"]:
                 for report in batch_dry_run(options=batch_options):
