@@ -10,7 +10,8 @@ Scenarios (targets from issue 3, on a 2-core machine with PostgreSQL):
   local   N users (default 100,000), local provider, the command's whole wall time: >= 10,000 users/s;
           at 1,000,000 users: <= 150 s and peak RSS <= 400 MB.
   rerun   the same date again after a complete run: 0 LLM requests, <= 5 s.
-  openai  the stub server (own process) at --latency-ms, every input distinct, per --workers value:
+  openai  the stub server (own process) at --latency-ms, every input distinct, per --workers value
+          (--repeat rounds, each the bare loop then the command, the median printed last):
           generations/s >= 90% of a bare loop (one shared OpenAI client, ThreadPoolExecutor of the
           same size, the same request bodies, the same stub process, no database).
 
@@ -21,6 +22,7 @@ import argparse
 import datetime as dt
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -215,34 +217,56 @@ def _bare_loop(*, base_url: str, workers: int, inputs: list) -> float:
     return len(inputs) / (time.perf_counter() - started)
 
 
-def scenario_openai(*, workers_list: list[int], latency_ms: float, per_worker: int) -> None:
+def _fortunes_clear() -> None:
+    """Back to no fortunes (users kept) between repeats; TRUNCATE leaves no dead rows to vacuum."""
+    if connection.vendor == "postgresql":
+        tables = [m._meta.db_table for m in (FortuneResult, FortuneGeneration, BatchRun)]
+        with connection.cursor() as cursor:
+            cursor.execute(f"TRUNCATE {', '.join(tables)}")
+    else:
+        for model in (FortuneResult, FortuneGeneration, BatchRun):
+            model.objects.all().delete()
+
+
+def scenario_openai(*, workers_list: list[int], latency_ms: float, per_worker: int, repeat: int) -> None:
     from core.batch.plan import batch_plan_pages
     from tests.stub_openai.server import start_stub_process
 
     for workers in workers_list:
         users = workers * per_worker
         print(f"== openai via stub at {latency_ms:g} ms, {workers} workers, {users:,} users, all inputs distinct "
-              f"({connection.vendor}) ==")
+              f"({connection.vendor}), {repeat} rounds of bare loop then command ==")
         _wipe()
         users_seed(count=users, distinct=True)
+        bound = workers / (latency_ms / 1000)
+        whole_ratios, in_run_ratios = [], []
         with start_stub_process(latency_ms=latency_ms) as stub:
             generator = f"openai:{settings.OPENAI_MODEL}"
             inputs = [g.inp for page in batch_plan_pages(target_date=TARGET, generator=generator)
                       for g in page.groups.values()]
             assert len(inputs) == users, (len(inputs), users)
-            bare = _bare_loop(base_url=stub.base_url, workers=workers, inputs=inputs)
-            stub.reset(config=False)
-            result = command_run(env=_env(**stub.env()), args=["--workers", str(workers)])
-            requests = stub.counters()["requests"]
-        run = result["run"]
-        in_run = run.generations / run.duration.total_seconds()
-        whole = run.generations / result["wall"]
-        bound = workers / (latency_ms / 1000)
-        _report("command", result, users)
-        print(f"  bound workers/latency = {bound:,.0f}/s; bare loop {bare:,.1f} generations/s; stub saw {requests:,} "
-              f"requests")
-        print(f"  command: {whole:,.1f} generations/s over the whole wall time (start-up included) = "
-              f"{whole / bare:.1%} of the bare loop; {in_run:,.1f}/s over the run itself = {in_run / bare:.1%}")
+            for round_number in range(1, repeat + 1):
+                if round_number > 1:
+                    _fortunes_clear()
+                bare = _bare_loop(base_url=stub.base_url, workers=workers, inputs=inputs)
+                stub.reset(config=False)
+                result = command_run(env=_env(**stub.env()), args=["--workers", str(workers)])
+                requests = stub.counters()["requests"]
+                run = result["run"]
+                in_run = run.generations / run.duration.total_seconds()
+                whole = run.generations / result["wall"]
+                whole_ratios.append(whole / bare)
+                in_run_ratios.append(in_run / bare)
+                print(f" round {round_number}:")
+                _report("command", result, users)
+                print(f"  bound workers/latency = {bound:,.0f}/s; bare loop {bare:,.1f} generations/s; stub saw "
+                      f"{requests:,} requests")
+                print(f"  command: {whole:,.1f} generations/s over the whole wall time (start-up included) = "
+                      f"{whole / bare:.1%} of the bare loop; {in_run:,.1f}/s over the run itself = {in_run / bare:.1%}")
+        print(f"  {workers} workers, command / bare loop over {repeat} rounds: whole wall "
+              f"{', '.join(f'{r:.1%}' for r in whole_ratios)} (median {statistics.median(whole_ratios):.1%}); "
+              f"run itself {', '.join(f'{r:.1%}' for r in in_run_ratios)} "
+              f"(median {statistics.median(in_run_ratios):.1%})")
 
 
 def main() -> int:
@@ -253,6 +277,7 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--keep-users", action="store_true", help="local: reuse already seeded users")
     parser.add_argument("--per-worker", type=int, default=100, help="openai: users per worker (all distinct)")
+    parser.add_argument("--repeat", type=int, default=3, help="openai: rounds of bare loop + command per --workers")
     args = parser.parse_args()
 
     name = str(connection.settings_dict["NAME"])
@@ -266,7 +291,8 @@ def main() -> int:
     if args.scenario == "rerun":
         scenario_local(users=args.users, rerun=True, keep_users=args.keep_users)
     if args.scenario in ("openai", "all"):
-        scenario_openai(workers_list=args.workers, latency_ms=args.latency_ms, per_worker=args.per_worker)
+        scenario_openai(workers_list=args.workers, latency_ms=args.latency_ms, per_worker=args.per_worker,
+                        repeat=args.repeat)
     return 0
 
 
