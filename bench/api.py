@@ -7,7 +7,9 @@ Prepares a PostgreSQL database (default: drops and creates `fortuna_bench_api` w
 fortunes, starts the Procfile's web line with WEB_CONCURRENCY=2 and production settings, then
 loads both endpoints with wrk (a Lua script rotating valid tokens; a Python load generator when
 wrk is missing) at 4, 32 and 64 connections. Prints rps, p50 and p99 per endpoint and the ratios
-against the issue's targets. Figures, not assertions: see docs/BENCHMARKS.md.
+against the issue's targets. --reference also loads FACTS' reference setup (bench/reference_settings.py)
+on the same box, the calibration for the absolute 4-connection target. Figures, not assertions: see
+docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ BENCH_DB = "fortuna_bench_api"
 PG_SERVER = "postgres://postgres@127.0.0.1:5432"
 FORTUNE_PATH = "/fortune/today"
 PING_PATH = "/api/ping"
+REFERENCE_LABEL = "reference ping"  # --reference: bench/reference_settings.py, 2 sync workers
 
 # Targets from issue 4.
 TARGET_RPS_RATIO_32 = 0.60
@@ -232,6 +235,8 @@ def main() -> None:
     parser.add_argument("--worker-class", default="", help="override the Procfile's (e.g. sync, to compare)")
     parser.add_argument("--threads", default="", help="GUNICORN_THREADS for the server")
     parser.add_argument("--python-load", action="store_true", help="use the Python load generator, not wrk")
+    parser.add_argument("--reference", action="store_true",
+                        help="also load FACTS' reference (trivial token-auth view, 2 sync workers, minimal settings)")
     args = parser.parse_args()
     connection_counts = [int(c) for c in args.connections.split(",")]
 
@@ -258,25 +263,33 @@ def main() -> None:
     argv_extra = ["--worker-class", args.worker_class] if args.worker_class else []
     # The access log would cost the server as much as the view itself; production keeps it.
     argv_extra += ["--access-logfile", "/dev/null"]
-    port = free_port()
-    server = web_server_start(env=env, port=port, extra_args=tuple(argv_extra), log_path=tmp / "gunicorn.log")
+    def load(url: str, conns: int) -> dict:
+        if use_wrk:
+            return load_wrk(url=url, connections=conns, duration=args.duration, tokens_file=tokens_file, script=script)
+        return load_python(url=url, connections=conns, duration=args.duration, tokens=tokens)
+
+    server = web_server_start(env=env, port=free_port(), extra_args=tuple(argv_extra), log_path=tmp / "gunicorn.log")
     results: dict[tuple[str, int], dict] = {}
     try:
         for path in (PING_PATH, FORTUNE_PATH):
             warm(base_url=server.base_url, tokens=tokens, path=path)
         for conns in connection_counts:
             for path in (PING_PATH, FORTUNE_PATH):
-                url = server.base_url + path
-                if use_wrk:
-                    results[(path, conns)] = load_wrk(
-                        url=url, connections=conns, duration=args.duration, tokens_file=tokens_file, script=script
-                    )
-                else:
-                    results[(path, conns)] = load_python(
-                        url=url, connections=conns, duration=args.duration, tokens=tokens
-                    )
+                results[(path, conns)] = load(server.base_url + path, conns)
     finally:
         web_server_stop(server)
+    if args.reference:
+        reference_env = {**env, "DJANGO_SETTINGS_MODULE": "bench.reference_settings"}
+        server = web_server_start(
+            env=reference_env, port=free_port(), log_path=tmp / "reference.log",
+            extra_args=("--worker-class", "sync", "--access-logfile", "/dev/null"),
+        )
+        try:
+            warm(base_url=server.base_url, tokens=tokens, path=PING_PATH)
+            for conns in connection_counts:
+                results[(REFERENCE_LABEL, conns)] = load(server.base_url + PING_PATH, conns)
+        finally:
+            web_server_stop(server)
 
     threads = args.threads or "default (gunicorn.conf.py)"
     print(
@@ -289,6 +302,10 @@ def main() -> None:
         print(f"{path:<16}{conns:>6}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
               f"{r['max_ms']:>9.1f}{r['errors']:>8}")
     print()
+    if args.reference:
+        print(f"{REFERENCE_LABEL}: FACTS' setup (bench/reference_settings.py: DRF TokenAuthentication, no throttles "
+              f"or middleware beyond CommonMiddleware, persistent connections, 2 sync workers); FACTS measured "
+              f"~2,000 rps, p99 ≈ 4 ms at 4 connections")
     for conns in connection_counts:
         fortune, ping = results[(FORTUNE_PATH, conns)], results[(PING_PATH, conns)]
         rps_ratio = fortune["rps"] / ping["rps"]
