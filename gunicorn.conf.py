@@ -8,8 +8,11 @@ above that budget.
 
 import os
 
+from fortuna_api import gunicorn_worker
+
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
-worker_class = "gthread"
+# gthread, sharing new connections evenly between the worker processes (fortuna_api/gunicorn_worker.py).
+worker_class = "fortuna_api.gunicorn_worker.BalancedThreadWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
 # A gthread worker accepts connections regardless of free threads and queues them in its pool, so a
 # worker whose threads all wait on the LLM would delay everything it accepted, /healthz included.
@@ -33,3 +36,8 @@ control_socket_disable = True
 # The heartbeat file: /dev/shm avoids stalls when the container's disk is slow.
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"
+
+
+def pre_fork(server, worker):
+    # A shared-memory slot for the worker's connection count (the balanced gthread worker).
+    gunicorn_worker.slot_assign(worker, server.WORKERS.values())

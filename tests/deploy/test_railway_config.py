@@ -1,10 +1,12 @@
 """The deploy files Railway reads (issue 4, item 12): parsed, with the documented keys."""
 
+import importlib
 import runpy
 import shlex
 import tomllib
 
 import pytest
+from gunicorn.workers.gthread import ThreadWorker
 
 from tests.deploy.server import BASE_DIR, procfile_argv, procfile_command
 
@@ -81,7 +83,7 @@ def test_procfile_web_line_starts_gunicorn_threaded_on_port():
     assert argv[1] == "fortuna_api.wsgi:application"
     assert "0.0.0.0:$PORT" in argv
     assert argv[argv.index("--timeout") + 1] == "120"
-    assert argv[argv.index("--worker-class") + 1] == "gthread"
+    assert "--worker-class" not in argv  # gunicorn.conf.py's (the balanced gthread worker)
     assert "--workers" not in argv and "-w" not in argv  # the count comes from WEB_CONCURRENCY
     assert argv[argv.index("--config") + 1] == "gunicorn.conf.py"
 
@@ -104,7 +106,8 @@ def _gunicorn_conf(monkeypatch, **env: str) -> dict:
 def test_gunicorn_conf_defaults(monkeypatch, settings):
     conf = _gunicorn_conf(monkeypatch)
 
-    assert conf["worker_class"] == "gthread"
+    module, _, name = conf["worker_class"].rpartition(".")
+    assert issubclass(getattr(importlib.import_module(module), name), ThreadWorker)  # gthread
     assert conf["workers"] == 4
     assert conf["threads"] >= 8
     assert conf["timeout"] == 120
