@@ -65,7 +65,6 @@ class StoredFortune:
     API's renderer splices it into the response as it is.
     """
 
-    result_id: int
     generation_id: int
     for_date: dt.date
     source: str
@@ -77,7 +76,7 @@ class StoredFortune:
 # equivalent select_related ORM query, building two models and decoding the JSON content cost more
 # than running it (docs/BENCHMARKS.md, API).
 _FORTUNE_SQL = (
-    "SELECT r.id, r.generation_id, r.source, g.created_at, g.content{as_text} "
+    "SELECT r.generation_id, r.source, g.created_at, g.content{as_text} "
     f"FROM {FortuneResult._meta.db_table} r JOIN {FortuneGeneration._meta.db_table} g ON g.id = r.generation_id "
     "WHERE r.user_id = %s AND r.for_date = %s"
 )
@@ -94,9 +93,8 @@ def fortune_get_for_date(*, user: User, for_date: dt.date) -> StoredFortune | No
         row = cursor.fetchone()
     if row is None:
         return None
-    result_id, generation_id, source, generated_at, content_json = row
+    generation_id, source, generated_at, content_json = row
     return StoredFortune(
-        result_id=result_id,
         generation_id=generation_id,
         for_date=for_date,
         source=source,
