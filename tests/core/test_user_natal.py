@@ -9,7 +9,8 @@ from django.core.management import CommandError, call_command
 
 from core import saju
 from core.models import User
-from core.natal import LUNAR_INCOMPLETE, natal_version, user_list_natal_stale, users_refresh_natal
+from core.natal import LUNAR_INCOMPLETE
+from core.services.natal import natal_version, user_list_natal_stale, users_refresh_natal
 from tests.factories import user_create
 
 pytestmark = pytest.mark.django_db
