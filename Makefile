@@ -23,8 +23,10 @@ run: install
 	$(BIN)/python manage.py seed_demo_users --count $(DEMO_USERS) --if-empty
 	$(BIN)/python manage.py generate_daily_fortunes
 
+# ruff, then the import contracts in .importlinter (the layering of core/).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # The whole suite on SQLite, and again on PostgreSQL when TEST_DATABASE_URL is set.
 test: lint

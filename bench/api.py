@@ -110,10 +110,10 @@ def data_seed(*, database_url: str, users: int) -> list[str]:
     from django.utils import timezone
     from rest_framework.authtoken.models import Token
 
-    from core.demo import demo_users_create
     from core.fortunes.inputs import GenerationInput
     from core.fortunes.schema import Categories, GeneratedPart, Lucky, ScoredText
     from core.models import FortuneGeneration, FortuneResult, User
+    from core.services.demo import demo_users_create
 
     demo_users_create(count=users, seed=2026)
     eligible = list(User.objects.filter(is_active=True, birth_date_solar__isnull=False))

@@ -46,7 +46,7 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from core.models import BatchRun, FortuneGeneration, FortuneResult, User  # noqa: E402
-from core.natal import natal_fields, users_refresh_natal  # noqa: E402
+from core.services.natal import natal_fields, users_refresh_natal  # noqa: E402
 
 BASE = dt.date(2030, 3, 10)
 TARGET = BASE + dt.timedelta(days=1)

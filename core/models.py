@@ -1,5 +1,6 @@
 import datetime as dt
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -7,6 +8,8 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
 from django.utils import timezone
+
+from core import natal, saju
 
 EARLIEST_BIRTH_DATE = dt.date(1900, 1, 1)
 BIRTH_DATE_BEFORE_1900 = "Birth dates before 1900-01-01 are not supported."
@@ -19,6 +22,11 @@ def validate_birth_date(value: dt.date) -> None:
     today = timezone.localdate()
     if value > today:
         raise ValidationError(BIRTH_DATE_IN_FUTURE.format(today=today.isoformat()), code="future")
+
+
+def chart_options() -> saju.ChartOptions:
+    """This deployment's chart conventions, read per call so that a settings change applies at once."""
+    return saju.ChartOptions(zi_convention=settings.SAJU_ZI_CONVENTION, local_mean_time=settings.SAJU_LOCAL_MEAN_TIME)
 
 
 class User(AbstractUser):
@@ -41,7 +49,7 @@ class User(AbstractUser):
     birth_time = models.TimeField(null=True, blank=True, help_text="Korean civil time; empty = unknown.")
     gender = models.CharField(max_length=1, choices=Gender.choices, blank=True, default="")
 
-    # Natal pillars: derived from the birth data (see core.natal). natal_birth_date/time and
+    # Natal pillars: derived from the birth data (core.natal) on every save(). natal_birth_date/time and
     # natal_version record what they were computed from, so stale rows can be found in SQL.
     saju_year = models.CharField(max_length=2, blank=True, default="", editable=False)
     saju_month = models.CharField(max_length=2, blank=True, default="", editable=False)
@@ -73,13 +81,9 @@ class User(AbstractUser):
 
     def clean(self) -> None:
         super().clean()
-        from core.natal import user_apply_lunar_birth_date
-
         user_apply_lunar_birth_date(user=self)
 
     def save(self, *args, **kwargs) -> None:
-        from core.natal import user_sync_natal
-
         changed = user_sync_natal(user=self)
         update_fields = kwargs.get("update_fields")
         if update_fields is not None and changed:
@@ -94,6 +98,24 @@ class User(AbstractUser):
             "day": self.saju_day,
             "hour": self.saju_hour or None,
         }
+
+
+# Keeping derived fields in step with their source is the model's own job (save() and clean() call
+# these); services call the same two, so every write path derives the pillars one way.
+def user_apply_lunar_birth_date(*, user: User) -> bool:
+    """Derive birth_date_solar from a lunar birth date when one was given. Returns True if it changed."""
+    try:
+        return natal.lunar_birth_date_apply(birth=user)
+    except natal.BirthDataInvalid as exc:
+        raise ValidationError({exc.field: exc.message}) from None
+
+
+def user_sync_natal(*, user: User) -> list[str]:
+    """Bring the user's derived fields in step with its birth data; returns the names it changed."""
+    try:
+        return natal.pillars_sync(record=user, options=chart_options())
+    except natal.BirthDataInvalid as exc:
+        raise ValidationError({exc.field: exc.message}) from None
 
 
 class FortuneGeneration(models.Model):

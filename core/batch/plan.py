@@ -14,7 +14,7 @@ from django.db.models import Exists, OuterRef, QuerySet
 
 from core.fortunes.inputs import GenerationInput
 from core.models import FortuneResult, User
-from core.natal import natal_fields, user_list_natal_stale
+from core.services.natal import natal_fields, user_list_natal_stale
 
 PAGE_SIZE = 5000
 USER_NOT_FOUND = "User {user_id} does not exist."

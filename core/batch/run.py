@@ -144,7 +144,7 @@ def batch_generate_daily(*, options: BatchOptions, stop: StopToken | None = None
     Raises BatchLocked (another run is active: nothing written), UserNotEligible and
     ProviderConfigError (nothing written).
     """
-    from core.natal import users_refresh_natal
+    from core.services.natal import users_refresh_natal
 
     stop = stop or StopToken()
     # --max-runtime bounds the whole job, catch-up included.

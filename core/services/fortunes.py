@@ -17,8 +17,7 @@ from django.utils.dateparse import parse_datetime
 
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers import Generated, Provider, ProviderError, get_provider
-from core.models import FortuneGeneration, FortuneResult, User
-from core.natal import user_sync_natal
+from core.models import FortuneGeneration, FortuneResult, User, user_sync_natal
 from core.throttles import on_demand_quota_consume
 
 logger = logging.getLogger("fortuna.api")

@@ -11,8 +11,8 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from core import saju
-from core.models import FortuneResult, User, validate_birth_date
-from core.natal import LUNAR_FIELDS, user_apply_lunar_birth_date, user_sync_natal
+from core.models import FortuneResult, User, user_apply_lunar_birth_date, user_sync_natal, validate_birth_date
+from core.natal import LUNAR_FIELDS
 
 logger = logging.getLogger("fortuna.accounts")
 

@@ -9,7 +9,8 @@ from django.core.management import CommandError, call_command
 
 from core import saju
 from core.models import User
-from core.natal import LUNAR_INCOMPLETE, natal_version, user_list_natal_stale, users_refresh_natal
+from core.natal import LUNAR_INCOMPLETE
+from core.services.natal import natal_fields, natal_version, user_list_natal_stale, users_refresh_natal
 from tests.factories import user_create
 
 pytestmark = pytest.mark.django_db
@@ -188,3 +189,14 @@ def test_refresh_skips_unchartable_rows_and_fixes_the_rest():
     good.refresh_from_db()
     assert good.saju_day == expected_pillars(dt.date(1999, 9, 9), None)["day"]
     assert bad.saju_day == "" and bad.natal_birth_date == dt.date(2150, 1, 1)
+
+
+def test_unchartable_birth_date_is_a_validation_error_on_the_solar_field():
+    with pytest.raises(ValidationError) as excinfo:
+        natal_fields(birth_date=dt.date(2150, 1, 1), birth_time=None)
+    assert list(excinfo.value.message_dict) == ["birth_date_solar"]
+    user = User(username="too-late", birth_date_solar=dt.date(2150, 1, 1))
+    with pytest.raises(ValidationError) as excinfo:
+        user.save()
+    assert list(excinfo.value.message_dict) == ["birth_date_solar"]
+    assert not User.objects.filter(username="too-late").exists()

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from core.demo import demo_users_create
 from core.models import User
+from core.services.demo import demo_users_create
 
 MAX_COUNT = 5_000_000
 

@@ -8,7 +8,7 @@ from django.db import transaction
 
 from core import saju
 from core.models import User
-from core.natal import natal_fields
+from core.services.natal import natal_fields
 
 SURNAMES = "김이박최정강조윤장임한오서신권황안송류홍"
 GIVEN = ["민준", "서연", "도윤", "지우", "하준", "서윤", "예준", "하은", "시우", "지민", "주원", "수아", "지호", "채원"]
