@@ -1,53 +1,46 @@
 import datetime as dt
 import random
 import threading
-import time
 
 import pytest
+from django.utils import timezone
 
-from core.batch.retry import (
+from core.fortunes.inputs import GenerationInput
+from core.fortunes.providers.base import FailureReason, Generated, ProviderError
+from core.limiter import RateLimiter
+from core.resilience import (
     RETRY_AFTER_OVER_CAP,
-    RateLimiter,
     RetryPolicy,
     generate_with_retries,
     is_transient,
+    retry_after_seconds,
 )
-from core.fortunes.inputs import GenerationInput
-from core.fortunes.providers.base import (
-    REASON_BAD_REQUEST,
-    REASON_CONFIG,
-    REASON_CONNECTION,
-    REASON_INVALID_OUTPUT,
-    REASON_QUOTA,
-    REASON_RATE_LIMITED,
-    REASON_SERVER_ERROR,
-    REASON_TIMEOUT,
-    Generated,
-    ProviderError,
-)
+from tests.test_limiter import FakeClock
 
 INPUT = GenerationInput(for_date=dt.date(2030, 1, 2), year="甲子", month="丙寅", day="戊午", hour=None, gender="F")
 OK = Generated(content=None, tokens_in=10, tokens_out=20)  # the content is not looked at here
 
 
 def rate_limited(retry_after=None):
-    return ProviderError("429", reason=REASON_RATE_LIMITED, retryable=True, retry_after=retry_after, status_code=429)
+    return ProviderError(
+        "429", reason=FailureReason.RATE_LIMITED, retryable=True, retry_after=retry_after, status_code=429
+    )
 
 
 def server_error():
-    return ProviderError("500", reason=REASON_SERVER_ERROR, retryable=True, status_code=500)
+    return ProviderError("500", reason=FailureReason.SERVER_ERROR, retryable=True, status_code=500)
 
 
 def timeout():
-    return ProviderError("timed out", reason=REASON_TIMEOUT, retryable=True)
+    return ProviderError("timed out", reason=FailureReason.TIMEOUT, retryable=True)
 
 
 def invalid_output():
-    return ProviderError("not JSON", reason=REASON_INVALID_OUTPUT, retryable=True)
+    return ProviderError("not JSON", reason=FailureReason.INVALID_OUTPUT, retryable=True)
 
 
 def bad_request():
-    return ProviderError("400", reason=REASON_BAD_REQUEST, retryable=False, status_code=400)
+    return ProviderError("400", reason=FailureReason.BAD_REQUEST, retryable=False, status_code=400)
 
 
 class ScriptedProvider:
@@ -108,7 +101,7 @@ def test_gives_up_after_max_attempts_with_the_last_error():
     result = run(provider, max_attempts=4, sleep=sleeps)
     assert not result.ok and not result.stopped
     assert result.attempts == 4 == provider.calls
-    assert result.error.reason == REASON_SERVER_ERROR
+    assert result.error.reason == FailureReason.SERVER_ERROR
     assert len(sleeps) == 3  # no sleep after the last attempt
 
 
@@ -116,12 +109,12 @@ def test_one_attempt_budget_means_no_retry():
     provider = ScriptedProvider(then=timeout)
     result = run(provider, max_attempts=1)
     assert result.attempts == 1 == provider.calls
-    assert result.error.reason == REASON_TIMEOUT
+    assert result.error.reason == FailureReason.TIMEOUT
 
 
 @pytest.mark.parametrize(
     "error",
-    [bad_request, lambda: ProviderError("misconfigured", reason=REASON_CONFIG, retryable=False)],
+    [bad_request, lambda: ProviderError("misconfigured", reason=FailureReason.CONFIG, retryable=False)],
 )
 def test_non_retryable_errors_are_never_retried(error):
     provider = ScriptedProvider(then=error)
@@ -152,24 +145,24 @@ def test_retry_after_over_the_cap_fails_at_once_as_quota_exhausted():
     result = run(provider, max_retry_after=60, sleep=sleeps)
     assert result.attempts == 1 == provider.calls
     assert sleeps == []
-    assert result.error.reason == REASON_QUOTA
+    assert result.error.reason == FailureReason.QUOTA
     assert result.error.retryable is False
     assert str(result.error) == RETRY_AFTER_OVER_CAP.format(retry_after=3600, cap=60)
-    assert result.error.__cause__.reason == REASON_RATE_LIMITED
+    assert result.error.__cause__.reason == FailureReason.RATE_LIMITED
     assert is_transient(result.error)  # the end-of-run round may try it again
 
 
 @pytest.mark.parametrize(
     ("reason", "transient"),
     [
-        (REASON_RATE_LIMITED, True),
-        (REASON_QUOTA, True),
-        (REASON_SERVER_ERROR, True),
-        (REASON_TIMEOUT, True),
-        (REASON_CONNECTION, True),
-        (REASON_INVALID_OUTPUT, True),
-        (REASON_BAD_REQUEST, False),
-        (REASON_CONFIG, False),
+        (FailureReason.RATE_LIMITED, True),
+        (FailureReason.QUOTA, True),
+        (FailureReason.SERVER_ERROR, True),
+        (FailureReason.TIMEOUT, True),
+        (FailureReason.CONNECTION, True),
+        (FailureReason.INVALID_OUTPUT, True),
+        (FailureReason.BAD_REQUEST, False),
+        (FailureReason.CONFIG, False),
     ],
 )
 def test_is_transient(reason, transient):
@@ -219,7 +212,7 @@ def test_stop_during_the_backoff_ends_the_round_without_another_attempt():
     provider = ScriptedProvider(then=server_error)
     result = run(provider, stop=stop, sleep=sleep_then_stop)
     assert result.stopped and result.attempts == 1 == provider.calls
-    assert result.error.reason == REASON_SERVER_ERROR
+    assert result.error.reason == FailureReason.SERVER_ERROR
 
 
 def test_the_default_sleep_is_interrupted_by_the_stop_event():
@@ -267,119 +260,24 @@ def test_a_limiter_refusal_stops_the_round():
     assert result.stopped and provider.calls == 0
 
 
-# --- RateLimiter --------------------------------------------------------------------------------
+# --- Retry-After ---------------------------------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self, now: float = 100.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.now += seconds
-
-
-def granted_times(limiter: RateLimiter, clock: FakeClock, n: int) -> list[float]:
-    times = []
-    for _ in range(n):
-        assert limiter.acquire()
-        times.append(clock.now)
-    return times
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
+        ({"retry-after": "12"}, 12.0),
+        ({"retry-after": "0.5"}, 0.5),
+        ({"retry-after": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_seconds(headers, expected):
+    assert retry_after_seconds(headers) == expected
 
 
-def test_rate_limiter_spaces_acquisitions_evenly():
-    clock = FakeClock()
-    limiter = RateLimiter(120, clock=clock, sleep=clock.sleep)
-    times = granted_times(limiter, clock, 5)
-    assert [round(b - a, 6) for a, b in zip(times, times[1:], strict=False)] == [0.5] * 4
-
-
-def test_rate_limiter_allows_a_burst_then_the_steady_rate():
-    clock = FakeClock()
-    limiter = RateLimiter(60, burst=3, clock=clock, sleep=clock.sleep)
-    times = granted_times(limiter, clock, 6)
-    assert [round(t - 100.0, 6) for t in times] == [0, 0, 0, 1, 2, 3]
-
-
-def test_rate_limiter_does_not_bank_idle_time_beyond_the_burst():
-    clock = FakeClock()
-    limiter = RateLimiter(60, burst=2, clock=clock, sleep=clock.sleep)
-    granted_times(limiter, clock, 2)
-    clock.now += 3600  # an idle hour
-    times = granted_times(limiter, clock, 4)
-    start = times[0]
-    assert [round(t - start, 6) for t in times] == [0, 0, 1, 2]
-
-
-def test_rate_limiter_over_a_minute_never_exceeds_rpm_plus_burst():
-    clock = FakeClock()
-    limiter = RateLimiter(600, burst=5, clock=clock, sleep=clock.sleep)
-    start = clock.now
-    count = 0
-    while True:
-        assert limiter.acquire()
-        if clock.now > start + 60:
-            break
-        count += 1
-    assert 600 <= count <= 600 + 5
-
-
-def test_rate_limiter_refuses_a_slot_after_the_deadline_without_reserving_it():
-    clock = FakeClock()
-    limiter = RateLimiter(60, clock=clock, sleep=clock.sleep)
-    assert limiter.acquire()
-    assert limiter.acquire(deadline=clock.now + 0.5) is False  # the next slot is 1 s away
-    assert clock.now == 100.0  # it did not wait
-    assert limiter.acquire(deadline=clock.now + 1.0) is True
-    assert clock.now == 101.0
-
-
-def test_unlimited_rate_limiter_never_waits():
-    clock = FakeClock()
-    for rpm in (None, 0):
-        limiter = RateLimiter(rpm, clock=clock, sleep=clock.sleep)
-        assert limiter.unlimited
-        assert all(limiter.acquire() for _ in range(1000))
-    assert clock.now == 100.0
-
-
-@pytest.mark.parametrize("rpm", [-1, 1.5, "60"])
-def test_rate_limiter_rejects_nonsense_rpm(rpm):
-    with pytest.raises(ValueError):
-        RateLimiter(rpm)
-
-
-def test_rate_limiter_stop_event_interrupts_the_wait():
-    limiter = RateLimiter(1)  # one a minute
-    assert limiter.acquire()
-    stop = threading.Event()
-    threading.Timer(0.05, stop.set).start()
-    assert limiter.acquire(stop=stop) is False  # would otherwise wait ~60 s
-
-
-def test_rate_limiter_shared_by_threads_grants_no_more_than_the_rate():
-    # Real clock, many threads: counts grants inside a window; the bound is exact (never flaky),
-    # the window short (0.5 s at 6000 rpm = 100/s -> at most 50 + burst).
-    limiter = RateLimiter(6000, burst=2)
-    window = 0.5
-    start = time.monotonic()
-    grants: list[float] = []
-    lock = threading.Lock()
-
-    def worker():
-        while True:
-            if not limiter.acquire(deadline=start + window):
-                return
-            with lock:
-                grants.append(time.monotonic())
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=10)
-    assert not any(t.is_alive() for t in threads)
-    assert 1 <= len(grants) <= window * 100 + 2 + 1
+def test_retry_after_as_an_http_date():
+    when = timezone.now() + dt.timedelta(seconds=90)
+    seconds = retry_after_seconds({"retry-after": when.strftime("%a, %d %b %Y %H:%M:%S GMT")})
+    assert 80 < seconds <= 90
