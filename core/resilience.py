@@ -369,3 +369,24 @@ def generate_within_budget(
         deadline=budget.deadline,
         clock=budget.clock,
     )
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    *,
+    deadline: float,
+    interval: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], object] = time.sleep,
+) -> bool:
+    """Call `condition` every `interval` seconds until it is true (True) or the next try would come
+    after `deadline` on `clock` (False). The first try is always made."""
+    past_deadline = _Deadline(deadline=deadline, min_attempt_seconds=0.0, clock=clock)
+    loop = tenacity.Retrying(
+        retry=tenacity.retry_if_result(lambda done: not done),
+        wait=tenacity.wait_fixed(interval),
+        stop=past_deadline,
+        sleep=sleep,
+        retry_error_callback=lambda retry_state: False,
+    )
+    return bool(loop(condition))
