@@ -344,9 +344,6 @@ class BudgetedProvider:
         return self._provider.generate(inp)
 
 
-_NO_LIMIT = RateLimiter(None)
-
-
 def generate_within_budget(
     *,
     provider: BudgetedProvider,
@@ -362,7 +359,7 @@ def generate_within_budget(
         provider=provider,
         inp=inp,
         policy=policy,
-        limiter=_NO_LIMIT,
+        limiter=RateLimiter(None, clock=budget.clock),
         stop=threading.Event(),
         sleep=sleep,
         rng=rng,

@@ -1,4 +1,5 @@
 import datetime as dt
+import math
 import random
 import threading
 
@@ -9,11 +10,16 @@ from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers.base import FailureReason, Generated, ProviderError
 from core.limiter import RateLimiter
 from core.resilience import (
+    MAX_ATTEMPTS_INVALID,
     RETRY_AFTER_OVER_CAP,
+    Budget,
+    BudgetedProvider,
     RetryPolicy,
     generate_with_retries,
+    generate_within_budget,
     is_transient,
     retry_after_seconds,
+    wait_until,
 )
 from tests.test_limiter import FakeClock
 
@@ -281,3 +287,130 @@ def test_retry_after_as_an_http_date():
     when = timezone.now() + dt.timedelta(seconds=90)
     seconds = retry_after_seconds({"retry-after": when.strftime("%a, %d %b %Y %H:%M:%S GMT")})
     assert 80 < seconds <= 90
+
+
+# --- RetryPolicy ---------------------------------------------------------------------------------
+
+
+def test_a_policy_without_attempts_is_refused_with_its_message():
+    with pytest.raises(ValueError) as caught:
+        RetryPolicy(max_attempts=0, max_retry_after=1)
+    assert str(caught.value) == MAX_ATTEMPTS_INVALID.format(max_attempts=0)
+
+
+def test_without_jitter_the_delay_is_the_exponential_bound_itself():
+    policy = RetryPolicy(max_attempts=5, max_retry_after=5, base_delay=0.5, max_delay=1.5, jitter=False)
+    rng = random.Random(1)
+    assert [policy.delay(failures=n, retry_after=None, rng=rng) for n in (1, 2, 3, 4)] == [0.5, 1.0, 1.5, 1.5]
+    assert policy.delay(failures=1, retry_after=3.0, rng=rng) == 3.0
+
+
+# --- the on-demand budget ------------------------------------------------------------------------
+
+
+class ClockedProvider(ScriptedProvider):
+    """A scripted provider whose every attempt takes `duration` on a fake clock."""
+
+    def __init__(self, clock, *script, duration=0.0, then=None):
+        super().__init__(*script, then=then)
+        self.clock = clock
+        self.duration = duration
+
+    def generate(self, inp):
+        self.clock.now += self.duration
+        return super().generate(inp)
+
+
+def budgeted(clock, provider, *, seconds, cap=10.0, floor=1.0):
+    built: list[float] = []
+
+    def build(timeout):
+        built.append(timeout)
+        return provider
+
+    budget = Budget.start(seconds, clock=clock)
+    return BudgetedProvider(build=build, budget=budget, cap=cap, floor=floor), budget, built
+
+
+def test_the_attempt_timeout_is_what_the_budget_leaves_in_whole_seconds_between_floor_and_cap():
+    clock = FakeClock()
+    budget = Budget.start(20, clock=clock)
+    assert budget.attempt_timeout(cap=15, floor=1) == 15.0
+    clock.now += 12.2
+    assert budget.remaining() == pytest.approx(7.8)
+    assert budget.attempt_timeout(cap=15, floor=1) == 7.0  # floor(7.8 - 0.5)
+    clock.now += 7.5
+    assert budget.attempt_timeout(cap=15, floor=1) == 1.0
+
+
+def test_a_budgeted_provider_rebuilds_the_client_when_less_time_is_left():
+    clock = FakeClock()
+    provider = ClockedProvider(clock, server_error(), None, duration=4.0)
+    budgeted_provider, budget, built = budgeted(clock, provider, seconds=12, cap=10)
+    sleeps = Sleeps()
+    policy = RetryPolicy(max_attempts=3, max_retry_after=math.inf, min_attempt_seconds=1.0)
+    result = generate_within_budget(
+        provider=budgeted_provider, inp=INPUT, policy=policy, budget=budget, sleep=sleeps, rng=random.Random(1)
+    )
+    assert result.ok and result.attempts == 2
+    assert built == [10.0, 7.0]  # 12 s left at first, about 8 s at the second attempt
+    assert budgeted_provider.timeout == 7.0
+
+
+def test_the_first_attempt_is_made_even_with_less_than_the_minimum_left():
+    clock = FakeClock()
+    provider = ClockedProvider(clock, then=timeout, duration=0.5)
+    budgeted_provider, budget, _ = budgeted(clock, provider, seconds=0.8)
+    policy = RetryPolicy(max_attempts=3, max_retry_after=math.inf, min_attempt_seconds=1.0)
+    result = generate_within_budget(provider=budgeted_provider, inp=INPUT, policy=policy, budget=budget, sleep=Sleeps())
+    assert provider.calls == 1 and result.attempts == 1
+    assert result.stopped and result.error.reason == FailureReason.TIMEOUT
+
+
+def test_a_retry_that_would_leave_less_than_the_minimum_is_not_started():
+    clock = FakeClock()
+    # 5 s budget; the first attempt takes 3 s; a 1.5 s Retry-After would leave 0.5 s < 1 s.
+    provider = ClockedProvider(clock, rate_limited(retry_after=1.5), None, duration=3.0)
+    budgeted_provider, budget, _ = budgeted(clock, provider, seconds=5)
+    sleeps = Sleeps()
+    policy = RetryPolicy(max_attempts=3, max_retry_after=math.inf, min_attempt_seconds=1.0)
+    result = generate_within_budget(provider=budgeted_provider, inp=INPUT, policy=policy, budget=budget, sleep=sleeps)
+    assert provider.calls == 1 and sleeps == []
+    assert result.stopped and result.error.reason == FailureReason.RATE_LIMITED
+
+
+def test_a_retry_after_the_budget_allows_is_waited_even_above_the_batch_cap():
+    clock = FakeClock()
+    provider = ClockedProvider(clock, rate_limited(retry_after=2.0), None)
+    budgeted_provider, budget, _ = budgeted(clock, provider, seconds=10)
+    sleeps = Sleeps()
+    policy = RetryPolicy(max_attempts=3, max_retry_after=math.inf, min_attempt_seconds=1.0)
+    result = generate_within_budget(provider=budgeted_provider, inp=INPUT, policy=policy, budget=budget, sleep=sleeps)
+    assert result.ok and sleeps == [2.0]
+
+
+# --- wait_until ----------------------------------------------------------------------------------
+
+
+def test_wait_until_returns_as_soon_as_the_condition_holds():
+    clock = FakeClock()
+    answers = iter([False, False, True])
+    assert wait_until(lambda: next(answers), deadline=clock.now + 5, interval=0.5, clock=clock, sleep=clock.sleep)
+    assert clock.now == 101.0  # two waits of 0.5 s
+
+
+def test_wait_until_gives_up_before_a_try_that_would_come_after_the_deadline():
+    clock = FakeClock()
+    tries = []
+
+    def never():
+        tries.append(clock.now)
+        return False
+
+    assert wait_until(never, deadline=clock.now + 1.2, interval=0.5, clock=clock, sleep=clock.sleep) is False
+    assert tries == [100.0, 100.5, 101.0]
+
+
+def test_wait_until_always_tries_once():
+    clock = FakeClock()
+    assert wait_until(lambda: True, deadline=clock.now - 1, interval=0.5, clock=clock, sleep=clock.sleep)
