@@ -7,18 +7,18 @@ Discord execute-webhook `{"content", "embeds"}` (content ≤ 2000, title ≤ 256
 """
 
 import datetime as dt
-import email.utils
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal
 
+import httpx2
 from django.conf import settings
 from django.utils import timezone
+
+from core.resilience import RetryPolicy, retry_after_seconds, retrying
 
 logger = logging.getLogger("fortuna.batch")
 
@@ -165,17 +165,37 @@ def discord_payload(*, run) -> dict:
     }
 
 
-def _retry_after(error: urllib.error.HTTPError) -> float | None:
-    value = error.headers.get("Retry-After") if error.headers else None
-    if not value:
-        return None
+class _WebhookFailed(Exception):
+    def __init__(self, problem: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.status is None or self.status == 429 or self.status >= 500
+
+
+_POLICY = RetryPolicy(
+    max_attempts=MAX_ATTEMPTS,
+    max_retry_after=MAX_RETRY_AFTER,
+    base_delay=BACKOFF,
+    max_delay=BACKOFF * 2 ** MAX_ATTEMPTS,
+    jitter=False,  # one sender, once a night: nothing to spread apart
+)
+
+
+def _post_once(client: httpx2.Client, *, url: str, body: bytes) -> None:
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(value) if value else None
-        if when is None:
-            return None
-        return max(0.0, (when - dt.datetime.now(tz=dt.UTC)).total_seconds())
+        response = client.post(url, content=body)
+    except httpx2.TransportError as exc:
+        raise _WebhookFailed(f"{type(exc).__name__}: {exc}") from exc
+    if response.is_success:
+        return
+    # Only a 429's Retry-After is a request to wait; a 5xx's is not worth holding the run's exit for.
+    retry_after = retry_after_seconds(response.headers) if response.status_code == 429 else None
+    raise _WebhookFailed(f"HTTP {response.status_code}", status=response.status_code, retry_after=retry_after)
 
 
 def webhook_post(
@@ -186,40 +206,42 @@ def webhook_post(
     Never logs the URL: a webhook URL is a secret.
     """
     body = json.dumps(payload, ensure_ascii=False).encode()
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        request = urllib.request.Request(
-            url, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    attempts = 0
+
+    def attempt(client: httpx2.Client) -> None:
+        nonlocal attempts
+        attempts += 1
+        _post_once(client, url=url, body=body)
+
+    def on_retry(attempt_number: int, exc: BaseException, delay: float) -> None:
+        logger.warning(
+            "fortune run report to %s failed (%s), attempt %d/%d, retrying in %.1f s",
+            service, getattr(exc, "problem", exc), attempt_number, MAX_ATTEMPTS, delay,
         )
-        delay = BACKOFF * 2 ** (attempt - 1)
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                response.read()
-            logger.info("fortune run report sent to %s (attempt %d)", service, attempt)
-            return True
-        except urllib.error.HTTPError as exc:
-            if exc.code != 429 and exc.code < 500:
-                logger.error("fortune run report to %s rejected: HTTP %d, not retried", service, exc.code)
-                return False
-            retry_after = _retry_after(exc) if exc.code == 429 else None
-            if retry_after is not None:
-                if retry_after > MAX_RETRY_AFTER:
-                    logger.error(
-                        "fortune run report to %s: HTTP 429 asking to wait %.0f s, giving up", service, retry_after
-                    )
-                    return False
-                delay = retry_after
-            problem = f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError) as exc:
-            problem = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-        if attempt < MAX_ATTEMPTS:
-            logger.warning(
-                "fortune run report to %s failed (%s), attempt %d/%d, retrying in %.1f s",
-                service, problem, attempt, MAX_ATTEMPTS, delay,
+
+    loop = retrying(
+        policy=_POLICY,
+        retryable=lambda exc: isinstance(exc, _WebhookFailed) and exc.retryable,
+        retry_after=lambda exc: getattr(exc, "retry_after", None),
+        sleep=sleep,
+        on_retry=on_retry,
+    )
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    try:
+        with httpx2.Client(timeout=timeout, headers=headers) as client:
+            loop(attempt, client)
+    except _WebhookFailed as exc:
+        if not exc.retryable:
+            logger.error("fortune run report to %s rejected: HTTP %d, not retried", service, exc.status)
+        elif _POLICY.over_cap(exc.retry_after):
+            logger.error(
+                "fortune run report to %s: HTTP 429 asking to wait %.0f s, giving up", service, exc.retry_after
             )
-            sleep(delay)
         else:
-            logger.error("fortune run report to %s failed (%s) after %d attempts", service, problem, attempt)
-    return False
+            logger.error("fortune run report to %s failed (%s) after %d attempts", service, exc.problem, attempts)
+        return False
+    logger.info("fortune run report sent to %s (attempt %d)", service, attempts)
+    return True
 
 
 def run_report_send(*, run, sleep: Callable[[float], object] = time.sleep, timeout: float = TIMEOUT) -> None:

@@ -37,12 +37,13 @@ from core.batch.plan import (
     batch_user_check,
 )
 from core.batch.progress import ProgressReporter
-from core.batch.retry import Attempted, RateLimiter, RetryPolicy, generate_with_retries, is_transient
 from core.batch.store import BatchWriter, Flush, GeneratedItem, generation_ids_by_hash
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers import Provider, ProviderError, get_provider
 from core.fortunes.providers.base import REASON_CONFIG, REASON_CONNECTION, REASON_QUOTA, REASON_TIMEOUT
+from core.limiter import RateLimiter
 from core.models import BatchRun, FortuneResult
+from core.resilience import Attempted, RetryPolicy, generate_with_retries, is_transient
 
 logger = logging.getLogger("fortuna.batch")
 

@@ -3,21 +3,23 @@
 import datetime as dt
 import logging
 import math
-import random
 import threading
-import time
-import zlib
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers import Generated, Provider, ProviderError, get_provider
 from core.models import FortuneGeneration, FortuneResult, User, user_sync_natal
+from core.resilience import Budget, BudgetedProvider, RetryPolicy, generate_within_budget, wait_until
 from core.throttles import on_demand_quota_consume
 
 logger = logging.getLogger("fortuna.api")
@@ -33,10 +35,22 @@ SATURATED_RETRY_AFTER = 5
 ON_DEMAND_MAX_ATTEMPTS = 3
 # An attempt with less time than this left is not worth starting.
 MIN_ATTEMPT_SECONDS = 1.0
+# Backoff bounds 0.5 s then 1 s; a server's Retry-After is waited when the budget allows, whatever it is.
+ON_DEMAND_RETRY_POLICY = RetryPolicy(
+    max_attempts=ON_DEMAND_MAX_ATTEMPTS,
+    max_retry_after=math.inf,
+    base_delay=0.5,
+    max_delay=1.0,
+    min_attempt_seconds=MIN_ATTEMPT_SECONDS,
+)
 DEFAULT_RETRY_AFTER = 30
 MAX_RETRY_AFTER = 3600
-# First key of the two-key advisory lock, so these locks never collide with the batch's.
-ADVISORY_LOCK_NAMESPACE = 0x464F5254  # "FORT"
+BUSY_RETRY_AFTER = 5
+# The single-flight lock on a generation input, in the shared cache (Redis in production).
+LOCK_KEY = "fortune:on-demand-lock:{input_hash}"
+LOCK_POLL_SECONDS = 0.05
+# The holder's work is bounded by its budget; the TTL only frees the lock of a process that died.
+LOCK_TTL_MARGIN = 10
 
 
 class BirthDateMissing(Exception):
@@ -114,24 +128,13 @@ def fortune_today() -> dt.date:
     return timezone.localdate()
 
 
-@dataclass(frozen=True, slots=True)
-class _Budget:
-    deadline: float
-
-    @classmethod
-    def start(cls) -> "_Budget":
-        return cls(deadline=time.monotonic() + settings.FORTUNE_ON_DEMAND_TIMEOUT)
-
-    def remaining(self) -> float:
-        return self.deadline - time.monotonic()
-
-
 def fortune_get_or_generate_today(*, user: User) -> StoredFortune:
     """Today's (KST) fortune for the user: the stored one, or one generated now and stored.
 
-    Single-flight across processes: the generation happens inside a transaction holding a lock on
-    the generation-input hash (a PostgreSQL advisory lock; SQLite's IMMEDIATE transactions serialise
-    writers anyway), and every waiter re-checks after the lock. Raises BirthDateMissing,
+    Single-flight across processes: the generation happens under a short-lived lock on the
+    generation-input hash in the shared cache, which holds no database transaction or connection
+    state while the provider is called; every waiter re-checks after the lock, and the rows are
+    stored in short transactions of their own. Raises BirthDateMissing,
     BirthDataUnchartable, OnDemandUnavailable (nothing stored) or OnDemandLimitReached.
     """
     if user.birth_date_solar is None:
@@ -146,7 +149,7 @@ def fortune_get_or_generate_today(*, user: User) -> StoredFortune:
         logger.warning("fortune on-demand saturated: %d generations in flight in this process", slots.limit)
         raise OnDemandUnavailable(ON_DEMAND_SATURATED, reason="saturated", retry_after=SATURATED_RETRY_AFTER)
     try:
-        return _fortune_generate(user=user, for_date=today, budget=_Budget.start())
+        return _fortune_generate(user=user, for_date=today, budget=Budget.start(settings.FORTUNE_ON_DEMAND_TIMEOUT))
     finally:
         slots.release()
 
@@ -173,54 +176,57 @@ def _on_demand_slots() -> _Slots:
         return _slots
 
 
-def _fortune_generate(*, user: User, for_date: dt.date, budget: _Budget) -> StoredFortune:
+def _fortune_generate(*, user: User, for_date: dt.date, budget: Budget) -> StoredFortune:
     _user_ensure_natal(user=user)
-    timeout = _attempt_timeout(budget=budget)
     try:
-        provider = get_provider(timeout=timeout)
+        provider = BudgetedProvider(
+            build=_provider_build, budget=budget, cap=settings.OPENAI_TIMEOUT, floor=MIN_ATTEMPT_SECONDS
+        )
     except ProviderError as exc:  # e.g. FORTUNE_PROVIDER=openai without OPENAI_API_KEY
         logger.error("fortune on-demand provider unusable: %s", exc)
         raise OnDemandUnavailable(ON_DEMAND_UNAVAILABLE, reason=exc.reason) from exc
     inp = GenerationInput.for_user(user=user, for_date=for_date, generator=provider.generator)
-    input_hash = inp.hash
+    with _single_flight(input_hash=inp.hash, budget=budget):
+        stored = fortune_get_for_date(user=user, for_date=for_date)
+        if stored is not None:
+            return stored
+        generation = FortuneGeneration.objects.filter(input_hash=inp.hash).first()
+        if generation is None:
+            on_demand_quota_consume(user_id=user.pk, day=for_date)
+            generated = _generate_within_budget(provider=provider, inp=inp, budget=budget)
+            generation = _generation_store(inp=inp, provider=provider, generated=generated)
+        return _result_store(user=user, for_date=for_date, generation=generation)
+
+
+def _provider_build(timeout: float) -> Provider:
+    return get_provider(timeout=timeout)
+
+
+@contextmanager
+def _single_flight(*, input_hash: str, budget: Budget) -> Iterator[None]:
+    """Hold the lock on one generation input, waiting for it while the budget leaves an attempt's time.
+
+    cache.add() is atomic in Redis and in the local-memory cache; without REDIS_URL the lock covers
+    one process only, and the unique input hash still lets a second process share, not duplicate,
+    the stored row. Raises OnDemandUnavailable(ON_DEMAND_BUSY) when the lock is not got in time.
+    """
+    key = LOCK_KEY.format(input_hash=input_hash)
+    token = uuid.uuid4().hex
+    ttl = math.ceil(settings.FORTUNE_ON_DEMAND_TIMEOUT) + LOCK_TTL_MARGIN
+    got = wait_until(
+        lambda: cache.add(key, token, timeout=ttl),
+        deadline=budget.deadline - MIN_ATTEMPT_SECONDS,
+        interval=LOCK_POLL_SECONDS,
+        clock=budget.clock,
+    )
+    if not got:
+        raise OnDemandUnavailable(ON_DEMAND_BUSY, reason="lock_timeout", retry_after=BUSY_RETRY_AFTER)
     try:
-        with transaction.atomic():
-            _lock_input(input_hash=input_hash, budget=budget)
-            stored = fortune_get_for_date(user=user, for_date=for_date)
-            if stored is not None:
-                return stored
-            generation = FortuneGeneration.objects.filter(input_hash=input_hash).first()
-            if generation is None:
-                on_demand_quota_consume(user_id=user.pk, day=for_date)
-                generated = _generate_within_budget(
-                    provider=provider, provider_timeout=timeout, inp=inp, budget=budget
-                )
-                generation = _generation_store(inp=inp, provider=provider, generated=generated)
-            return _result_store(user=user, for_date=for_date, generation=generation)
-    except _LockTimeout:
-        raise OnDemandUnavailable(ON_DEMAND_BUSY, reason="lock_timeout", retry_after=5) from None
-
-
-class _LockTimeout(Exception):
-    pass
-
-
-def _lock_input(*, input_hash: str, budget: _Budget) -> None:
-    if connection.vendor != "postgresql":
-        return
-    wait_ms = max(1, int(budget.remaining() * 1000) - int(MIN_ATTEMPT_SECONDS * 1000))
-    key = zlib.crc32(input_hash.encode()) - 2**31  # signed int4
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{wait_ms}ms"])
-        try:
-            # A savepoint, so a lock timeout leaves the transaction usable for the rollback.
-            with transaction.atomic():
-                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [ADVISORY_LOCK_NAMESPACE, key])
-        except DatabaseError as exc:
-            if getattr(exc.__cause__, "pgcode", None) == "55P03":  # lock_not_available
-                raise _LockTimeout from exc
-            raise
-        cursor.execute("SELECT set_config('lock_timeout', '0', true)")
+        yield
+    finally:
+        # Only our own lock: after a TTL expiry (a stalled holder) another request may hold it now.
+        if cache.get(key) == token:
+            cache.delete(key)
 
 
 def _user_ensure_natal(*, user: User) -> None:
@@ -234,48 +240,25 @@ def _user_ensure_natal(*, user: User) -> None:
         user.save(update_fields=changed)
 
 
-def _attempt_timeout(*, budget: _Budget) -> float:
-    # Whole seconds: the openai provider caches one client per timeout value, so a handful of
-    # distinct values keeps that cache bounded in a long-lived web process.
-    return float(max(MIN_ATTEMPT_SECONDS, min(settings.OPENAI_TIMEOUT, math.floor(budget.remaining() - 0.5))))
-
-
 def _retry_after_from(exc: ProviderError | None) -> int:
     if exc is not None and exc.retry_after:
         return min(MAX_RETRY_AFTER, max(1, math.ceil(exc.retry_after)))
     return DEFAULT_RETRY_AFTER
 
 
-def _generate_within_budget(
-    *, provider: Provider, provider_timeout: float, inp: GenerationInput, budget: _Budget
-) -> Generated:
-    last_error: ProviderError | None = None
-    timeout = provider_timeout
-    for attempt in range(1, ON_DEMAND_MAX_ATTEMPTS + 1):
-        if attempt > 1 and budget.remaining() < MIN_ATTEMPT_SECONDS:
-            break
-        try:
-            if _attempt_timeout(budget=budget) < timeout:
-                # Waiting for the lock or an earlier attempt used time: this attempt may not outlive the budget.
-                timeout = _attempt_timeout(budget=budget)
-                provider = get_provider(name=provider.name, timeout=timeout)
-            return provider.generate(inp)
-        except ProviderError as exc:
-            last_error = exc
-            logger.warning(
-                "fortune on-demand attempt %d failed for %s: %s (%s)", attempt, inp.for_date, exc.reason, exc
-            )
-            if not exc.retryable:
-                break
-            wait = exc.retry_after if exc.retry_after is not None else random.uniform(0, min(1.0, 0.25 * 2**attempt))
-            if wait + MIN_ATTEMPT_SECONDS > budget.remaining():
-                break
-            time.sleep(wait)
-        except Exception as exc:  # a provider bug must still answer 503, not a 500 page
-            logger.exception("fortune on-demand provider crashed for %s", inp.for_date)
-            raise OnDemandUnavailable(ON_DEMAND_UNAVAILABLE, reason="provider_crash") from exc
+def _generate_within_budget(*, provider: BudgetedProvider, inp: GenerationInput, budget: Budget) -> Generated:
+    try:
+        attempted = generate_within_budget(provider=provider, inp=inp, policy=ON_DEMAND_RETRY_POLICY, budget=budget)
+    except Exception as exc:  # a provider bug must still answer 503, not a 500 page
+        logger.exception("fortune on-demand provider crashed for %s", inp.for_date)
+        raise OnDemandUnavailable(ON_DEMAND_UNAVAILABLE, reason="provider_crash") from exc
+    if attempted.ok:
+        return attempted.generated
+    last_error = attempted.error
     reason = last_error.reason if last_error is not None else "budget_exhausted"
-    logger.error("fortune on-demand gave up for %s: %s", inp.for_date, reason)
+    logger.error(
+        "fortune on-demand gave up for %s after %d attempt(s): %s", inp.for_date, attempted.attempts, reason
+    )
     raise OnDemandUnavailable(ON_DEMAND_UNAVAILABLE, reason=reason, retry_after=_retry_after_from(last_error))
 
 

@@ -83,9 +83,8 @@ def test_malformed_output_then_success_is_stored_once(openai_settings, auth_clie
 
 
 @pytest.mark.django_db(transaction=True)
-def test_healthz_answers_while_ten_generations_hang(openai_settings, settings, uses_postgres):
-    if not uses_postgres:
-        pytest.skip("SQLite serialises writers: the ten generations would queue, not hang together")
+def test_healthz_answers_while_ten_generations_hang(openai_settings, settings):
+    # No transaction is open across the LLM call, so on SQLite too the ten hang together at the stub.
     settings.FORTUNE_ON_DEMAND_TIMEOUT = 20
     openai_settings.configure(fault_hang=1.0, hang_seconds=30)
     users = [user_create(birth_date_solar=dt.date(1960 + i, 1, 15), gender="M") for i in range(10)]
@@ -115,6 +114,48 @@ def test_healthz_answers_while_ten_generations_hang(openai_settings, settings, u
             thread.join(timeout=30)
         connection.close()
     assert len(statuses) == 10
+
+
+_BACKENDS_SQL = (
+    "SELECT state, count(*) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND pid <> pg_backend_pid() GROUP BY state"
+)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_hung_provider_call_holds_no_open_transaction(openai_settings, settings, uses_postgres):
+    if not uses_postgres:
+        pytest.skip("pg_stat_activity is PostgreSQL's")
+    settings.FORTUNE_ON_DEMAND_TIMEOUT = 20
+    openai_settings.configure(fault_hang=1.0, hang_seconds=30)
+    client = client_for(user_create(birth_date_solar=dt.date(1975, 6, 7), gender="F"))
+    statuses = []
+
+    def call():
+        try:
+            statuses.append(client.get("/fortune/today").status_code)
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while openai_settings.counters()["in_flight"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)  # waiting for a condition, not asserting on time
+        assert openai_settings.counters()["in_flight"] == 1
+        with connection.cursor() as cursor:
+            cursor.execute(_BACKENDS_SQL)
+            backends = dict(cursor.fetchall())
+        assert openai_settings.counters()["in_flight"] == 1  # the call still hung while we looked
+        assert backends.get("idle", 0) >= 1  # the request's own connection, kept open between queries
+        assert not {state for state in backends if state and state.startswith("idle in transaction")}, backends
+        assert backends.get("active", 0) == 0, backends
+    finally:
+        openai_settings.reset()  # wakes the hung request
+        worker.join(timeout=30)
+        connection.close()
+    assert statuses == [200]  # after the reset the stub answers, and the fortune is stored
 
 
 @pytest.mark.django_db

@@ -4,10 +4,13 @@ import datetime as dt
 import threading
 
 import pytest
+from django.core.cache import cache, caches
 from django.db import connection
 
+from core.fortunes.inputs import GenerationInput
 from core.models import FortuneGeneration, FortuneResult
-from tests.api.conftest import client_for
+from core.services.fortunes import BUSY_RETRY_AFTER, LOCK_KEY, ON_DEMAND_BUSY
+from tests.api.conftest import client_for, fortune_store, kst_today
 from tests.factories import user_create
 
 THREADS = 10
@@ -57,3 +60,61 @@ def test_concurrent_users_with_equal_inputs_share_one_generation(fake_provider):
     assert fake_provider.calls == 1
     assert FortuneGeneration.objects.count() == 1
     assert FortuneResult.objects.count() == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_single_flight_holds_in_redis_shared_by_every_process(fake_provider, settings, redis_url):
+    # With REDIS_URL the lock is one key that every gunicorn process sees, not a per-process dict.
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis_url}}
+    redis_cache = caches["default"]
+    assert "Redis" in type(redis_cache).__name__
+    redis_cache.clear()
+    try:
+        fake_provider.delay = 0.3
+        user = user_create(birth_date_solar=dt.date(1985, 11, 3), gender="M")
+        results = _get_concurrently([client_for(user)] * THREADS)
+        assert [status for status, _ in results] == [200] * THREADS, results
+        assert fake_provider.calls == 1
+        assert FortuneGeneration.objects.count() == 1
+        inp = GenerationInput.for_user(user=user, for_date=kst_today(), generator=fake_provider.generator)
+        assert redis_cache.get(LOCK_KEY.format(input_hash=inp.hash)) is None  # released, not left to expire
+    finally:
+        redis_cache.clear()
+
+
+@pytest.mark.django_db
+def test_a_request_that_cannot_get_the_lock_in_time_is_503_busy(fake_provider, settings, user):
+    settings.FORTUNE_ON_DEMAND_TIMEOUT = 2  # waits 1 s for the lock, leaving MIN_ATTEMPT_SECONDS
+    inp = GenerationInput.for_user(user=user, for_date=kst_today(), generator=fake_provider.generator)
+    cache.add(LOCK_KEY.format(input_hash=inp.hash), "another request", timeout=60)
+    response = client_for(user).get("/fortune/today")
+    assert response.status_code == 503
+    assert response.json() == {"detail": ON_DEMAND_BUSY, "code": "lock_timeout"}
+    assert response["Retry-After"] == str(BUSY_RETRY_AFTER)
+    assert fake_provider.calls == 0
+    assert not FortuneResult.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_waiter_that_gets_the_lock_serves_what_the_holder_stored(fake_provider, user):
+    # The re-check after the lock: the holder stored the fortune while this request waited.
+    inp = GenerationInput.for_user(user=user, for_date=kst_today(), generator=fake_provider.generator)
+    key = LOCK_KEY.format(input_hash=inp.hash)
+    cache.add(key, "holder", timeout=60)
+
+    def holder_finishes():
+        try:
+            fortune_store(user=user, for_date=kst_today(), generator=fake_provider.generator)
+            cache.delete(key)
+        finally:
+            connection.close()
+
+    timer = threading.Timer(0.2, holder_finishes)
+    timer.start()
+    try:
+        response = client_for(user).get("/fortune/today")
+    finally:
+        timer.join()
+    assert response.status_code == 200
+    assert response.json()["source"] == "batch"
+    assert fake_provider.calls == 0

@@ -1,13 +1,16 @@
 import datetime as dt
+import email.utils
 import logging
 import socket
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from core.batch.notify import (
     BACKOFF,
     MAX_ATTEMPTS,
+    USER_AGENT,
     run_report_send,
     run_report_text,
     run_top_failure_reasons,
@@ -238,3 +241,33 @@ def test_slack_markup_in_a_stop_reason_is_escaped(webhooks, settings):
     body = webhooks.json("/slack")[0]
     assert "<!channel>" not in str(body)
     assert "budget &lt;!channel&gt; &amp; more" in body["blocks"][-1]["text"]["text"]
+
+
+def test_a_webhook_post_is_json_with_the_reports_user_agent(webhooks, settings):
+    settings.DISCORD_WEBHOOK_URL = ""
+    run_report_send(run=make_run(), sleep=Sleeps())
+    (request,) = webhooks.received("/slack")
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    assert headers["content-type"] == "application/json"
+    assert headers["user-agent"] == USER_AGENT
+    assert request.json()["text"]
+
+
+def test_429_retry_after_as_an_http_date_is_honoured(webhooks, settings):
+    settings.SLACK_WEBHOOK_URL = ""
+    when = email.utils.format_datetime(timezone.now() + dt.timedelta(seconds=3), usegmt=True)
+    webhooks.respond("/discord", 429, headers={"Retry-After": when})
+    sleeps = Sleeps()
+    run_report_send(run=make_run(), sleep=sleeps)
+    assert [r.status for r in webhooks.received()] == [429, 200]
+    (slept,) = sleeps
+    assert 0 < slept <= 3  # the date is whole seconds, so up to a second less than asked
+
+
+def test_a_5xx_retry_after_is_not_waited_the_backoff_is(webhooks, settings):
+    settings.SLACK_WEBHOOK_URL = ""
+    webhooks.respond("/discord", 503, headers={"Retry-After": "4"})
+    sleeps = Sleeps()
+    run_report_send(run=make_run(), sleep=sleeps)
+    assert [r.status for r in webhooks.received()] == [503, 200]
+    assert sleeps == [BACKOFF]

@@ -16,7 +16,7 @@ from core import saju
 from core.fortunes import phrases
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers import ProviderError, get_provider, local
-from core.fortunes.providers.base import REASON_BAD_REQUEST
+from core.fortunes.providers.base import FailureReason
 from core.fortunes.providers.local import (
     INVALID_DAY_PILLAR,
     MODEL,
@@ -152,7 +152,7 @@ def test_a_missing_day_pillar_is_a_non_retryable_error():
     with pytest.raises(ProviderError) as excinfo:
         PROVIDER.generate(inp)
     assert str(excinfo.value) == INVALID_DAY_PILLAR.format(day="")
-    assert excinfo.value.reason == REASON_BAD_REQUEST
+    assert excinfo.value.reason == FailureReason.BAD_REQUEST
     assert excinfo.value.retryable is False
 
 

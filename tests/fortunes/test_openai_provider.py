@@ -7,22 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from django.utils import timezone
 
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.prompt import build_messages, estimate_tokens
 from core.fortunes.providers import ProviderConfigError, ProviderError, get_provider
-from core.fortunes.providers.base import (
-    REASON_BAD_REQUEST,
-    REASON_CONFIG,
-    REASON_CONNECTION,
-    REASON_INVALID_OUTPUT,
-    REASON_QUOTA,
-    REASON_RATE_LIMITED,
-    REASON_SERVER_ERROR,
-    REASON_TIMEOUT,
-)
-from core.fortunes.providers.openai import OPENAI_KEY_MISSING, OpenAIProvider, retry_after_seconds
+from core.fortunes.providers.base import FailureReason
+from core.fortunes.providers.openai import OPENAI_KEY_MISSING, OpenAIProvider
 from core.fortunes.schema import FortuneContent, GeneratedPart
 from tests.factories import user_create
 from tests.stub_openai.server import messages_sha256
@@ -89,47 +79,47 @@ def test_malformed_output_is_a_retryable_invalid_output_error(provider, inp, ope
     errors = []
     for day in range(8):  # several requests: the stub alternates cut-off JSON and schema violations
         errors.append(_error(provider, GenerationInput(**{**_fields(inp), "for_date": FOR_DATE + dt.timedelta(day)})))
-    assert {(e.reason, e.retryable) for e in errors} == {(REASON_INVALID_OUTPUT, True)}
+    assert {(e.reason, e.retryable) for e in errors} == {(FailureReason.INVALID_OUTPUT, True)}
 
 
 def test_server_error_is_retryable_and_distinct_from_invalid_output(provider, inp, openai_settings):
     openai_settings.configure(fault_500=1.0)
     error = _error(provider, inp)
-    assert (error.reason, error.retryable, error.status_code) == (REASON_SERVER_ERROR, True, 500)
-    assert error.reason != REASON_INVALID_OUTPUT
+    assert (error.reason, error.retryable, error.status_code) == (FailureReason.SERVER_ERROR, True, 500)
+    assert error.reason != FailureReason.INVALID_OUTPUT
 
 
 def test_rate_limit_carries_retry_after_from_the_headers(provider, inp, openai_settings):
     openai_settings.configure(fault_429=1.0, retry_after=7)
     error = _error(provider, inp)
     assert (error.reason, error.retryable, error.retry_after, error.status_code) == (
-        REASON_RATE_LIMITED, True, 7.0, 429)
+        FailureReason.RATE_LIMITED, True, 7.0, 429)
 
 
 def test_rate_limit_without_retry_after(provider, inp, openai_settings):
     openai_settings.configure(fault_429=1.0, retry_after=None)
     error = _error(provider, inp)
-    assert (error.reason, error.retry_after) == (REASON_RATE_LIMITED, None)
+    assert (error.reason, error.retry_after) == (FailureReason.RATE_LIMITED, None)
 
 
 def test_exhausted_quota_is_not_retryable(provider, inp, openai_settings):
     openai_settings.configure(fail_when_contains=["戊辰"], fail_status=429, fail_code="insufficient_quota")
     error = _error(provider, inp)
-    assert (error.reason, error.retryable) == (REASON_QUOTA, False)
+    assert (error.reason, error.retryable) == (FailureReason.QUOTA, False)
 
 
 @pytest.mark.parametrize("fault", ["refusal", "length"])
 def test_refusal_and_truncated_output_are_invalid_output(provider, inp, openai_settings, fault):
     openai_settings.configure(faults={fault: 1.0})
     error = _error(provider, inp)
-    assert (error.reason, error.retryable) == (REASON_INVALID_OUTPUT, True)
+    assert (error.reason, error.retryable) == (FailureReason.INVALID_OUTPUT, True)
 
 
 def test_a_hang_beyond_the_timeout_is_a_retryable_timeout(openai_settings, inp):
     openai_settings.configure(fault_hang=1.0, hang_seconds=30)
     provider = get_provider(name="openai", timeout=1)
     error = _error(provider, inp)
-    assert (error.reason, error.retryable) == (REASON_TIMEOUT, True)
+    assert (error.reason, error.retryable) == (FailureReason.TIMEOUT, True)
     assert openai_settings.counters()["hangs"] == 1
 
 
@@ -139,14 +129,14 @@ def test_an_unreachable_base_url_is_a_retryable_connection_error(openai_settings
         port = sock.getsockname()[1]
     settings.OPENAI_BASE_URL = f"http://127.0.0.1:{port}/v1"
     error = _error(get_provider(name="openai", timeout=30), inp)
-    assert (error.reason, error.retryable) == (REASON_CONNECTION, True)
+    assert (error.reason, error.retryable) == (FailureReason.CONNECTION, True)
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 422])
 def test_other_4xx_is_a_bad_request_never_retried(provider, inp, openai_settings, status):
     openai_settings.configure(fail_when_contains=["戊辰"], fail_status=status)
     error = _error(provider, inp)
-    assert (error.reason, error.retryable, error.status_code) == (REASON_BAD_REQUEST, False, status)
+    assert (error.reason, error.retryable, error.status_code) == (FailureReason.BAD_REQUEST, False, status)
 
 
 def test_missing_api_key_is_a_clear_config_error(settings):
@@ -154,7 +144,7 @@ def test_missing_api_key_is_a_clear_config_error(settings):
     with pytest.raises(ProviderConfigError) as caught:
         get_provider(name="openai")
     assert str(caught.value) == OPENAI_KEY_MISSING
-    assert (caught.value.reason, caught.value.retryable) == (REASON_CONFIG, False)
+    assert (caught.value.reason, caught.value.retryable) == (FailureReason.CONFIG, False)
 
 
 def test_providers_share_one_client_per_configuration(openai_settings):
@@ -206,26 +196,6 @@ def test_estimate_tokens_is_close_to_what_the_stub_bills(provider, inp):
     # The stub bills with the same calibrated ratios; the estimate adds the chat framing and schema.
     assert 0.8 < generated.tokens_in / tokens_in < 1.2
     assert tokens_out > 0
-
-
-@pytest.mark.parametrize(
-    ("headers", "expected"),
-    [
-        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
-        ({"retry-after": "12"}, 12.0),
-        ({"retry-after": "0.5"}, 0.5),
-        ({"retry-after": "soon"}, None),
-        ({}, None),
-    ],
-)
-def test_retry_after_seconds(headers, expected):
-    assert retry_after_seconds(headers) == expected
-
-
-def test_retry_after_as_an_http_date():
-    when = timezone.now() + dt.timedelta(seconds=90)
-    seconds = retry_after_seconds({"retry-after": when.strftime("%a, %d %b %Y %H:%M:%S GMT")})
-    assert 80 < seconds <= 90
 
 
 def _fields(inp: GenerationInput) -> dict:

@@ -1,25 +1,39 @@
 """The provider interface: a generation input in, fortune content out."""
 
+import datetime as dt
+import email.utils
+from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.schema import FortuneContent
 
-# ProviderError.reason values (short, stable: they are counted in BatchRun.failure_sample and reports)
-REASON_RATE_LIMITED = "rate_limited"          # 429
-REASON_QUOTA = "quota_exhausted"              # 429 whose Retry-After is beyond the cap
-REASON_SERVER_ERROR = "server_error"          # 5xx
-REASON_TIMEOUT = "timeout"
-REASON_CONNECTION = "connection_error"
-REASON_INVALID_OUTPUT = "invalid_output"      # not valid JSON / not valid for the schema / refusal
-REASON_BAD_REQUEST = "bad_request"            # other 4xx: never retried
-REASON_CONFIG = "misconfigured"               # e.g. FORTUNE_PROVIDER=openai without OPENAI_API_KEY
+
+class FailureReason(StrEnum):
+    """ProviderError.reason values: short and stable, they are counted in BatchRun.failure_sample and logs."""
+
+    RATE_LIMITED = "rate_limited"          # 429
+    QUOTA = "quota_exhausted"              # 429 whose Retry-After is beyond the cap, or insufficient_quota
+    SERVER_ERROR = "server_error"          # 5xx
+    TIMEOUT = "timeout"
+    CONNECTION = "connection_error"
+    INVALID_OUTPUT = "invalid_output"      # not valid JSON / not valid for the schema / refusal
+    BAD_REQUEST = "bad_request"            # other 4xx: never retried
+    CONFIG = "misconfigured"               # e.g. FORTUNE_PROVIDER=openai without OPENAI_API_KEY
+
+
+# Aliases for core/batch/run.py until it imports FailureReason; nothing else uses them.
+REASON_CONFIG = FailureReason.CONFIG
+REASON_CONNECTION = FailureReason.CONNECTION
+REASON_QUOTA = FailureReason.QUOTA
+REASON_TIMEOUT = FailureReason.TIMEOUT
 
 
 class ProviderError(Exception):
     def __init__(
-        self, message: str, *, reason: str, retryable: bool, retry_after: float | None = None,
+        self, message: str, *, reason: FailureReason | str, retryable: bool, retry_after: float | None = None,
         status_code: int | None = None,
     ) -> None:
         super().__init__(message)
@@ -31,7 +45,7 @@ class ProviderError(Exception):
 
 class ProviderConfigError(ProviderError):
     def __init__(self, message: str) -> None:
-        super().__init__(message, reason=REASON_CONFIG, retryable=False)
+        super().__init__(message, reason=FailureReason.CONFIG, retryable=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +65,32 @@ class Provider(Protocol):
 
     def generate(self, inp: GenerationInput) -> Generated:
         """One attempt (one HTTP request for remote providers). Raises ProviderError."""
+
+
+def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds from `retry-after-ms`, else `retry-after` (seconds or an HTTP date); None if absent.
+
+    Pass a case-insensitive mapping (httpx2's Headers) or one with lower-case names.
+    """
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT by definition
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())

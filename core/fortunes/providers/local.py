@@ -35,7 +35,7 @@ from functools import lru_cache
 from core import saju
 from core.fortunes import phrases
 from core.fortunes.inputs import GenerationInput
-from core.fortunes.providers.base import REASON_BAD_REQUEST, Generated, ProviderError
+from core.fortunes.providers.base import FailureReason, Generated, ProviderError
 from core.fortunes.schema import (
     SCHEMA_VERSION,
     Categories,
@@ -198,7 +198,7 @@ class LocalProvider:
             reading, branch, element, ordinal = _day(day[0], day[1], inp.for_date)
         except (IndexError, KeyError, ValueError):
             raise ProviderError(
-                INVALID_DAY_PILLAR.format(day=day), reason=REASON_BAD_REQUEST, retryable=False
+                INVALID_DAY_PILLAR.format(day=day), reason=FailureReason.BAD_REQUEST, retryable=False
             ) from None
         ten_god, relation = reading.ten_god, reading.element_relation
         # crc32, not hash(): the same in every process whatever PYTHONHASHSEED.

@@ -4,33 +4,24 @@ Retries are the caller's job (the batch counts every HTTP attempt), so the SDK c
 max_retries=0 and one generate() is exactly one HTTP request.
 """
 
-import datetime as dt
-import email.utils
 import functools
 import logging
 import threading
-from collections.abc import Mapping
 
 import openai
 import pydantic
 from django.conf import settings
-from django.utils import timezone
 from openai.lib._parsing._completions import type_to_response_format_param
 from openai.types.chat import ChatCompletion
 
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.prompt import build_messages
 from core.fortunes.providers.base import (
-    REASON_BAD_REQUEST,
-    REASON_CONNECTION,
-    REASON_INVALID_OUTPUT,
-    REASON_QUOTA,
-    REASON_RATE_LIMITED,
-    REASON_SERVER_ERROR,
-    REASON_TIMEOUT,
+    FailureReason,
     Generated,
     ProviderConfigError,
     ProviderError,
+    retry_after_seconds,
 )
 from core.fortunes.schema import GeneratedPart
 
@@ -86,44 +77,18 @@ def openai_clients_close() -> None:
         client.close()
 
 
-def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds from `retry-after-ms`, else `retry-after` (seconds or an HTTP date); None if absent."""
-    if headers is None:
-        return None
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # an HTTP date is GMT by definition
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, (when - timezone.now()).total_seconds())
-
-
 def _status_error(exc: openai.APIStatusError) -> ProviderError:
     status = exc.status_code
     message = f"HTTP {status}: {exc.message}"[:300]
     if status == 429:
         if exc.code == QUOTA_ERROR_CODE:
-            return ProviderError(message, reason=REASON_QUOTA, retryable=False, status_code=status)
-        return ProviderError(message, reason=REASON_RATE_LIMITED, retryable=True, status_code=status,
+            return ProviderError(message, reason=FailureReason.QUOTA, retryable=False, status_code=status)
+        return ProviderError(message, reason=FailureReason.RATE_LIMITED, retryable=True, status_code=status,
                              retry_after=retry_after_seconds(exc.response.headers))
     if status >= 500:
-        return ProviderError(message, reason=REASON_SERVER_ERROR, retryable=True, status_code=status,
+        return ProviderError(message, reason=FailureReason.SERVER_ERROR, retryable=True, status_code=status,
                              retry_after=retry_after_seconds(exc.response.headers))
-    return ProviderError(message, reason=REASON_BAD_REQUEST, retryable=False, status_code=status)
+    return ProviderError(message, reason=FailureReason.BAD_REQUEST, retryable=False, status_code=status)
 
 
 @functools.cache
@@ -153,7 +118,7 @@ def chat_completion_create(client: openai.OpenAI, *, model: str, messages: list[
 
 
 def _invalid(message: str) -> ProviderError:
-    return ProviderError(message, reason=REASON_INVALID_OUTPUT, retryable=True)
+    return ProviderError(message, reason=FailureReason.INVALID_OUTPUT, retryable=True)
 
 
 class OpenAIProvider:
@@ -185,10 +150,12 @@ class OpenAIProvider:
         try:
             completion = chat_completion_create(self._client, model=self.model, messages=build_messages(inp))
         except openai.APITimeoutError as exc:
-            raise ProviderError(f"timed out after {self.timeout:g} s", reason=REASON_TIMEOUT, retryable=True) from exc
+            raise ProviderError(
+                f"timed out after {self.timeout:g} s", reason=FailureReason.TIMEOUT, retryable=True
+            ) from exc
         except openai.APIConnectionError as exc:
             cause = exc.__cause__ or exc
-            raise ProviderError(f"connection failed: {cause}"[:300], reason=REASON_CONNECTION,
+            raise ProviderError(f"connection failed: {cause}"[:300], reason=FailureReason.CONNECTION,
                                 retryable=True) from exc
         except openai.APIStatusError as exc:
             raise _status_error(exc) from exc

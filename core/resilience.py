@@ -1,0 +1,357 @@
+"""Outbound calls that may fail for a while: one retry policy, one Retry-After parser, one loop.
+
+Used by the batch (generate_with_retries), the on-demand path (the same, under a Budget, through a
+BudgetedProvider) and the run-report webhooks (retrying()). Every provider.generate() is one HTTP
+attempt (the providers turn the SDK's own retries off), so the policy's max_attempts is the only
+retry budget: two retry loops never multiply.
+
+The loop is tenacity's (https://tenacity.readthedocs.io), adopted rather than written: it already
+has what the three callers need as plug-in points (stop, wait, retry predicate, sleep), computes the
+wait before the stop check (so a deadline can refuse a wait that would pass it), and is widely used
+and maintained. stamina was the other candidate; it wraps tenacity with fixed choices (its own
+jittered backoff, no injectable sleep outside its test mode) that leave no place for waiting a
+Retry-After exactly or for a stop event. What is ours is only the policy: full jitter or the
+server's Retry-After, the Retry-After cap, the stop event and the deadline.
+"""
+
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import tenacity
+from django.conf import settings
+
+from core.fortunes.inputs import GenerationInput
+from core.fortunes.providers.base import FailureReason, Generated, Provider, ProviderError
+from core.limiter import RateLimiter
+
+logger = logging.getLogger("fortuna.resilience")
+
+TRANSIENT_REASONS = frozenset(
+    {
+        FailureReason.RATE_LIMITED,
+        FailureReason.QUOTA,
+        FailureReason.SERVER_ERROR,
+        FailureReason.TIMEOUT,
+        FailureReason.CONNECTION,
+        FailureReason.INVALID_OUTPUT,
+    }
+)
+RETRY_AFTER_OVER_CAP = "The server asked to wait {retry_after:.0f} s before retrying, over the {cap:.0f} s cap."
+MAX_ATTEMPTS_INVALID = "max_attempts must be at least 1, got {max_attempts}."
+
+_rng = random.Random()
+
+
+def is_transient(error: ProviderError) -> bool:
+    """Worth another round after a cool-down (the end-of-run second pass), as opposed to a bad request."""
+    return error.reason in TRANSIENT_REASONS
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How many attempts, how long to wait between them, and which Retry-After is too long to wait.
+
+    `jitter=False` waits the exponential bound itself (for a single sender, where spreading many
+    clients apart buys nothing). `min_attempt_seconds`: a retry with less time than this left before
+    the deadline is not worth starting.
+    """
+
+    max_attempts: int
+    max_retry_after: float
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    jitter: bool = True
+    min_attempt_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(MAX_ATTEMPTS_INVALID.format(max_attempts=self.max_attempts))
+
+    @classmethod
+    def from_settings(cls, *, max_attempts: int | None = None) -> "RetryPolicy":
+        return cls(
+            max_attempts=max_attempts or settings.FORTUNE_MAX_ATTEMPTS,
+            max_retry_after=float(settings.FORTUNE_MAX_RETRY_AFTER),
+        )
+
+    def backoff_bound(self, failures: int) -> float:
+        """Upper bound of the full-jitter delay after the `failures`-th failed attempt (1-based)."""
+        return min(self.max_delay, self.base_delay * 2 ** (failures - 1))
+
+    def delay(self, *, failures: int, retry_after: float | None, rng: random.Random) -> float:
+        """The wait before the next attempt: the server's Retry-After exactly, else the backoff."""
+        if retry_after is not None:
+            return max(0.0, retry_after)
+        bound = self.backoff_bound(failures)
+        return rng.uniform(0, bound) if self.jitter else bound
+
+    def over_cap(self, retry_after: float | None) -> bool:
+        return retry_after is not None and retry_after > self.max_retry_after
+
+
+@dataclass
+class _Deadline:
+    """tenacity stop condition: the wait would end past `deadline` (recorded, so the caller can tell
+    "stopped" from "failed")."""
+
+    deadline: float | None
+    min_attempt_seconds: float
+    clock: Callable[[], float]
+    hit: bool = field(default=False, init=False)
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        if self.deadline is None:
+            return False
+        upcoming = retry_state.upcoming_sleep or 0.0
+        self.hit = self.clock() + upcoming + self.min_attempt_seconds > self.deadline
+        return self.hit
+
+
+def retrying(
+    *,
+    policy: RetryPolicy,
+    retryable: Callable[[BaseException], bool],
+    retry_after: Callable[[BaseException], float | None],
+    sleep: Callable[[float], object],
+    rng: random.Random | None = None,
+    deadline: _Deadline | None = None,
+    describe: Callable[[BaseException], str] = repr,
+    on_retry: Callable[[int, BaseException, float], object] | None = None,
+) -> tenacity.Retrying:
+    """A tenacity.Retrying for `policy`: retries while `retryable(exc)` and the server's Retry-After
+    (from `retry_after(exc)`) is within the cap, up to max_attempts, never past `deadline`. The last
+    exception is re-raised as it is (no RetryError). `on_retry(attempt, exc, delay)` is called before
+    each wait (default: a debug log line)."""
+    rng = rng or _rng
+
+    def should_retry(exc: BaseException) -> bool:
+        return retryable(exc) and not policy.over_cap(retry_after(exc))
+
+    def wait(retry_state: tenacity.RetryCallState) -> float:
+        exc = retry_state.outcome.exception()
+        return policy.delay(failures=retry_state.attempt_number, retry_after=retry_after(exc), rng=rng)
+
+    def before_sleep(retry_state: tenacity.RetryCallState) -> None:
+        if on_retry is not None:
+            on_retry(retry_state.attempt_number, retry_state.outcome.exception(), retry_state.upcoming_sleep)
+            return
+        logger.debug(
+            "retry: attempt %d failed (%s), retrying in %.2f s",
+            retry_state.attempt_number, describe(retry_state.outcome.exception()), retry_state.upcoming_sleep,
+        )
+
+    stop = tenacity.stop_after_attempt(policy.max_attempts)
+    if deadline is not None:
+        stop = stop | deadline
+    return tenacity.Retrying(
+        stop=stop,
+        wait=wait,
+        retry=tenacity.retry_if_exception(should_retry),
+        sleep=lambda seconds: sleep(float(seconds)),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+@dataclass
+class Attempted:
+    """The outcome of one round: `generated` on success, else the last `error`.
+
+    `stopped` is True when the round ended because of the stop event or the deadline, not because
+    the provider failed for good: such an input is neither done nor failed (the next run retries it).
+    """
+
+    generated: Generated | None
+    error: ProviderError | None
+    attempts: int
+    stopped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.generated is not None
+
+
+class _Stopped(Exception):
+    """Raised inside an attempt that must not start (stop event, no rate-limiter slot in time)."""
+
+
+def _provider_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ProviderError) and exc.retryable
+
+
+def _provider_retry_after(exc: BaseException) -> float | None:
+    return exc.retry_after if isinstance(exc, ProviderError) else None
+
+
+def _provider_describe(exc: BaseException) -> str:
+    return str(getattr(exc, "reason", type(exc).__name__))
+
+
+def generate_with_retries(
+    *,
+    provider: Provider,
+    inp: GenerationInput,
+    policy: RetryPolicy,
+    limiter: RateLimiter,
+    stop: threading.Event,
+    sleep: Callable[[float], object] | None = None,
+    rng: random.Random | None = None,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Attempted:
+    """Generate one input: up to policy.max_attempts HTTP attempts, each after a rate-limiter slot.
+
+    Retries only retryable ProviderErrors. A Retry-After within policy.max_retry_after is waited
+    exactly; a longer one fails the round at once as quota_exhausted (still transient, so the
+    end-of-run round may try it again). Other exceptions propagate: they are bugs, not outcomes.
+    """
+    attempts = 0
+    last_error: ProviderError | None = None
+
+    def attempt() -> Generated:
+        nonlocal attempts, last_error
+        if stop.is_set() or not limiter.acquire(deadline, stop=stop):
+            raise _Stopped
+        attempts += 1
+        try:
+            return provider.generate(inp)
+        except ProviderError as exc:
+            last_error = exc
+            raise
+
+    past_deadline = _Deadline(deadline=deadline, min_attempt_seconds=policy.min_attempt_seconds, clock=clock)
+    loop = retrying(
+        policy=policy,
+        retryable=_provider_retryable,
+        retry_after=_provider_retry_after,
+        sleep=stop.wait if sleep is None else sleep,
+        rng=rng,
+        deadline=past_deadline,
+        describe=_provider_describe,
+    )
+    try:
+        generated = loop(attempt)
+    except _Stopped:
+        return Attempted(generated=None, error=last_error, attempts=attempts, stopped=True)
+    except ProviderError as exc:
+        if past_deadline.hit:
+            return Attempted(generated=None, error=exc, attempts=attempts, stopped=True)
+        if exc.retryable and policy.over_cap(exc.retry_after):
+            quota = ProviderError(
+                RETRY_AFTER_OVER_CAP.format(retry_after=exc.retry_after, cap=policy.max_retry_after),
+                reason=FailureReason.QUOTA,
+                retryable=False,
+                retry_after=exc.retry_after,
+                status_code=exc.status_code,
+            )
+            quota.__cause__ = exc
+            return Attempted(generated=None, error=quota, attempts=attempts)
+        return Attempted(generated=None, error=exc, attempts=attempts)
+    return Attempted(generated=generated, error=None, attempts=attempts)
+
+
+# --- the on-demand path: one web request's time budget ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A per-request time budget on the monotonic clock."""
+
+    deadline: float
+    clock: Callable[[], float] = time.monotonic
+
+    @classmethod
+    def start(cls, seconds: float, *, clock: Callable[[], float] = time.monotonic) -> "Budget":
+        return cls(deadline=clock() + seconds, clock=clock)
+
+    def remaining(self) -> float:
+        return self.deadline - self.clock()
+
+    def attempt_timeout(self, *, cap: float, floor: float) -> float:
+        """The timeout for an attempt starting now: what is left (less a margin to answer in), at most
+        `cap`, at least `floor`. Whole seconds: the openai provider caches one client per timeout value,
+        so a handful of distinct values keeps that cache bounded in a long-lived web process."""
+        return float(max(floor, min(cap, math.floor(self.remaining() - 0.5))))
+
+
+class BudgetedProvider:
+    """A provider whose every attempt gets a timeout that ends inside the budget: when less time is
+    left than the current client's timeout (the lock wait or an earlier attempt used some), it is
+    rebuilt through `build(timeout)` with a shorter one."""
+
+    def __init__(self, *, build: Callable[[float], Provider], budget: Budget, cap: float, floor: float) -> None:
+        self._build = build
+        self._budget = budget
+        self._cap = cap
+        self._floor = floor
+        self.timeout = budget.attempt_timeout(cap=cap, floor=floor)
+        self._provider = build(self.timeout)
+
+    @property
+    def name(self) -> str:
+        return self._provider.name
+
+    @property
+    def model(self) -> str:
+        return self._provider.model
+
+    @property
+    def generator(self) -> str:
+        return self._provider.generator
+
+    def generate(self, inp: GenerationInput) -> Generated:
+        timeout = self._budget.attempt_timeout(cap=self._cap, floor=self._floor)
+        if timeout < self.timeout:
+            self.timeout = timeout
+            self._provider = self._build(timeout)
+        return self._provider.generate(inp)
+
+
+def generate_within_budget(
+    *,
+    provider: BudgetedProvider,
+    inp: GenerationInput,
+    policy: RetryPolicy,
+    budget: Budget,
+    sleep: Callable[[float], object] = time.sleep,
+    rng: random.Random | None = None,
+) -> Attempted:
+    """generate_with_retries under a web request's budget: no rate limit, no stop event; a retry
+    (or a wait for one) that would leave less than policy.min_attempt_seconds is not started."""
+    return generate_with_retries(
+        provider=provider,
+        inp=inp,
+        policy=policy,
+        limiter=RateLimiter(None, clock=budget.clock),
+        stop=threading.Event(),
+        sleep=sleep,
+        rng=rng,
+        deadline=budget.deadline,
+        clock=budget.clock,
+    )
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    *,
+    deadline: float,
+    interval: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], object] = time.sleep,
+) -> bool:
+    """Call `condition` every `interval` seconds until it is true (True) or the next try would come
+    after `deadline` on `clock` (False). The first try is always made."""
+    past_deadline = _Deadline(deadline=deadline, min_attempt_seconds=0.0, clock=clock)
+    loop = tenacity.Retrying(
+        retry=tenacity.retry_if_result(lambda done: not done),
+        wait=tenacity.wait_fixed(interval),
+        stop=past_deadline,
+        sleep=sleep,
+        retry_error_callback=lambda retry_state: False,
+    )
+    return bool(loop(condition))
