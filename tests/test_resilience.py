@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from core.fortunes.inputs import GenerationInput
-from core.fortunes.providers.base import FailureReason, Generated, ProviderError
+from core.fortunes.providers.base import FailureReason, Generated, ProviderError, retry_after_seconds
 from core.limiter import RateLimiter
 from core.resilience import (
     MAX_ATTEMPTS_INVALID,
@@ -18,7 +18,6 @@ from core.resilience import (
     generate_with_retries,
     generate_within_budget,
     is_transient,
-    retry_after_seconds,
     wait_until,
 )
 from tests.test_limiter import FakeClock

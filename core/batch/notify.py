@@ -18,7 +18,8 @@ import httpx2
 from django.conf import settings
 from django.utils import timezone
 
-from core.resilience import RetryPolicy, retry_after_seconds, retrying
+from core.fortunes.providers.base import retry_after_seconds
+from core.resilience import RetryPolicy, retrying
 
 logger = logging.getLogger("fortuna.batch")
 
