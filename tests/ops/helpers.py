@@ -13,7 +13,7 @@ _hashes = itertools.count(1)
 
 def generation_create(*, for_date: dt.date) -> FortuneGeneration:
     return FortuneGeneration.objects.create(
-        input_hash=f"ops-test-{next(_hashes):058d}", for_date=for_date, content={"summary": "test"}, provider="local",
+        input_hash=f"ops-test-{next(_hashes):055d}", for_date=for_date, content={"summary": "test"}, provider="local",
     )
 
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from core.models import BatchRun, FortuneResult
@@ -125,3 +126,6 @@ def test_ops_pages_live_counter_rises_without_a_reload(page, live_server, stub_o
         assert response.status == 200, path
         _shoot(page, tmp_path, name)
     assert page.locator("svg.chart").count() == 6
+    # Under Playwright's sync API the test body runs in a context of its own, so its database
+    # connection is not the one pytest-django closes; left open it blocks dropping the test database.
+    connection.close()
