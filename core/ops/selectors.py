@@ -15,6 +15,7 @@ from django.db.models import Count, Exists, OuterRef, Q
 from django.utils import timezone
 
 from core.models import BatchRun, FortuneResult, User
+from core.services.health import batch_health
 
 # A live run saves its counters every few seconds (its heartbeat); this long without one means its
 # process probably died (the next run for that date marks it interrupted).
@@ -131,6 +132,8 @@ class RunView:
     failures_sampled: int  # failed users the failure sample accounts for (it keeps the first inputs only)
     missing: int  # eligible users this run left without a fortune, by its own counters
     command: str
+    # Celery chunks, Batch API batches: filled for running runs only (see _related_summaries).
+    related: list["RelatedSummary"] = field(default_factory=list)
 
     @property
     def eta_text(self) -> str:
@@ -203,6 +206,44 @@ def _related_rows(run: BatchRun) -> list[RelatedRows]:
     return sections
 
 
+@dataclass(frozen=True, slots=True)
+class RelatedSummary:
+    """What a running run's related rows say at a glance: states counted, worker hosts seen."""
+
+    title: str
+    states: list[tuple[str, int]]
+    hosts: list[str]
+
+    @property
+    def text(self) -> str:
+        parts = [", ".join(f"{n} {state}" for state, n in self.states)] if self.states else []
+        if self.hosts:
+            parts.append("hosts " + ", ".join(self.hosts))
+        return f"{self.title}: {'; '.join(parts) or 'none yet'}"
+
+
+STATE_FIELDS = ("status", "state")
+HOST_FIELDS = ("hostname", "worker", "worker_hostname")
+
+
+def _related_summaries(run: BatchRun) -> list[RelatedSummary]:
+    summaries = []
+    for relation in BatchRun._meta.related_objects:
+        if relation.many_to_many:
+            continue
+        model, fk = relation.related_model, relation.field
+        names = {f.name for f in model._meta.concrete_fields}
+        rows = model._default_manager.filter(**{fk.name: run})
+        state = next((n for n in STATE_FIELDS if n in names), None)
+        host = next((n for n in HOST_FIELDS if n in names), None)
+        states = (sorted(rows.order_by().values_list(state).annotate(n=Count("*")), key=lambda i: (-i[1], i[0]))
+                  if state else [])
+        hosts = (sorted(rows.order_by().exclude(**{host: ""}).values_list(host, flat=True).distinct()[:20])
+                 if host else [])
+        summaries.append(RelatedSummary(title=str(model._meta.verbose_name_plural), states=states, hosts=hosts))
+    return summaries
+
+
 @dataclass(slots=True)
 class OpsNow:
     now: dt.datetime
@@ -213,10 +254,12 @@ class OpsNow:
 
 
 def ops_now(*, now: dt.datetime | None = None) -> OpsNow:
-    from core.services.health import batch_health
-
     now = now or timezone.now()
-    running = [_run_view(run, now=now) for run in BatchRun.objects.filter(status=BatchRun.Status.RUNNING)]
+    running = []
+    for run in BatchRun.objects.filter(status=BatchRun.Status.RUNNING):
+        view = _run_view(run, now=now)
+        view.related = _related_summaries(run)
+        running.append(view)
     last = BatchRun.objects.exclude(status=BatchRun.Status.RUNNING).order_by("-started_at").first()
     health = batch_health(now=now)
     return OpsNow(

@@ -5,11 +5,17 @@ from rest_framework import serializers
 
 
 class FailureReasonSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "OpsFailureReason"
+
     reason = serializers.CharField()
     users = serializers.IntegerField()
 
 
 class RunSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "OpsRun"
+
     id = serializers.IntegerField()
     url = serializers.SerializerMethodField()
     target_date = serializers.DateField()
@@ -49,12 +55,19 @@ class RunSerializer(serializers.Serializer):
     failures = FailureReasonSerializer(many=True)
     missing = serializers.IntegerField()
     command = serializers.CharField()
+    related = serializers.SerializerMethodField()
+
+    def get_related(self, run) -> list[str]:
+        return [summary.text for summary in run.related]
 
     def get_url(self, run) -> str:
         return reverse("ops:run", args=[run.id])
 
 
 class CoverageSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "OpsCoverage"
+
     for_date = serializers.DateField()
     label = serializers.CharField()
     eligible = serializers.IntegerField()
@@ -67,12 +80,18 @@ class CoverageSerializer(serializers.Serializer):
 
 
 class HealthSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "OpsHealth"
+
     ok = serializers.BooleanField(source="health_ok")
     problems = serializers.ListField(child=serializers.CharField(), source="health_problems")
 
 
 class StatusSerializer(serializers.Serializer):
     """ok: the batch dead-man's switch is happy and tomorrow has no gap."""
+
+    class Meta:
+        ref_name = "OpsStatus"
 
     ok = serializers.BooleanField()
     generated_at = serializers.DateTimeField()

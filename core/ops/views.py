@@ -8,6 +8,7 @@ from django.http import Http404
 from django.urls import reverse_lazy
 from django.utils import timezone
 from django.views.generic import TemplateView
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
@@ -143,6 +144,7 @@ class OpsStatusApi(APIView):
 
     permission_classes = [IsAdminUser]
 
+    @extend_schema(operation_id="ops_status", responses={200: StatusSerializer})
     def get(self, request: Request) -> Response:
         extra = None
         if request.query_params.get("date"):

@@ -257,7 +257,7 @@ RUN_KEYS = {
     "eligible", "already_present", "total", "done", "failed", "percent", "rate", "eta_seconds", "eta_text",
     "in_flight", "generations", "llm_requests", "tokens_in", "tokens_out", "estimated_cost", "workers",
     "workers_text", "hostname", "pid", "started_at", "heartbeat_at", "finished_at", "duration_seconds",
-    "duration_text", "stale", "stop_reason", "failures", "missing", "command",
+    "duration_text", "stale", "stop_reason", "failures", "missing", "command", "related",
 }
 COVERAGE_KEYS = {"for_date", "label", "eligible", "with_fortune", "gap", "ok", "percent", "on_demand", "command"}
 

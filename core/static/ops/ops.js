@@ -12,6 +12,7 @@
     if (key === "rate") return value.toFixed(1);
     if (key === "failures") return value.length ? value.map(function (f) { return f.reason + " " + f.users; }).join(", ") : "none";
     if (key === "problems") return value.join(" ");
+    if (key === "related") return value.join(" · ");
     if (/_at$/.test(key)) return new Date(value).toLocaleTimeString("en-GB", { timeZone: "Asia/Seoul" });
     return String(value);
   }
