@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export DEBUG ?= 1
 DEMO_USERS ?= 1000
 
-.PHONY: run test install lint bench clean
+.PHONY: run test install lint bench clean ops-screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ test: lint
 
 bench: install
 	$(BIN)/python bench/saju.py
+
+# Screenshots of every /ops/ page (headless Debian chromium, a real batch against the stub) into docs/img/.
+ops-screenshots: install
+	OPS_SCREENSHOT_DIR=$(CURDIR)/docs/img env -u DATABASE_URL $(BIN)/python -m pytest -q \
+		tests/ops/test_browser.py -rs
 
 clean:
 	rm -rf $(VENV) db.sqlite3* test-db.sqlite3*

@@ -1,0 +1,101 @@
+"""The JSON form of the ops selectors' data: /ops/status.json and the pages' live refresh."""
+
+from django.urls import reverse
+from rest_framework import serializers
+
+
+class FailureReasonSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "OpsFailureReason"
+
+    reason = serializers.CharField()
+    users = serializers.IntegerField()
+
+
+class RunSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "OpsRun"
+
+    id = serializers.IntegerField()
+    url = serializers.SerializerMethodField()
+    target_date = serializers.DateField()
+    base_date = serializers.DateField()
+    status = serializers.CharField()
+    catch_up = serializers.BooleanField()
+    forced = serializers.BooleanField()
+    user_id_filter = serializers.IntegerField(allow_null=True)
+    provider = serializers.CharField()
+    model = serializers.CharField()
+    eligible = serializers.IntegerField()
+    already_present = serializers.IntegerField()
+    total = serializers.IntegerField()
+    done = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    percent = serializers.FloatField()
+    rate = serializers.FloatField()
+    eta_seconds = serializers.FloatField(allow_null=True)
+    eta_text = serializers.CharField()
+    in_flight = serializers.IntegerField(allow_null=True)
+    generations = serializers.IntegerField()
+    llm_requests = serializers.IntegerField()
+    tokens_in = serializers.IntegerField()
+    tokens_out = serializers.IntegerField()
+    estimated_cost = serializers.DecimalField(max_digits=12, decimal_places=6)
+    workers = serializers.IntegerField()
+    workers_text = serializers.CharField()
+    hostname = serializers.CharField()
+    pid = serializers.IntegerField(allow_null=True)
+    started_at = serializers.DateTimeField()
+    heartbeat_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    duration_seconds = serializers.FloatField()
+    duration_text = serializers.CharField()
+    stale = serializers.CharField()
+    stop_reason = serializers.CharField()
+    failures = FailureReasonSerializer(many=True)
+    missing = serializers.IntegerField()
+    command = serializers.CharField()
+    related = serializers.SerializerMethodField()
+
+    def get_related(self, run) -> list[str]:
+        return [summary.text for summary in run.related]
+
+    def get_url(self, run) -> str:
+        return reverse("ops:run", args=[run.id])
+
+
+class CoverageSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "OpsCoverage"
+
+    for_date = serializers.DateField()
+    label = serializers.CharField()
+    eligible = serializers.IntegerField()
+    with_fortune = serializers.IntegerField()
+    gap = serializers.IntegerField()
+    ok = serializers.BooleanField()
+    percent = serializers.FloatField()
+    on_demand = serializers.IntegerField()
+    command = serializers.CharField()
+
+
+class HealthSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "OpsHealth"
+
+    ok = serializers.BooleanField(source="health_ok")
+    problems = serializers.ListField(child=serializers.CharField(), source="health_problems")
+
+
+class StatusSerializer(serializers.Serializer):
+    """ok: the batch dead-man's switch is happy and tomorrow has no gap."""
+
+    class Meta:
+        ref_name = "OpsStatus"
+
+    ok = serializers.BooleanField()
+    generated_at = serializers.DateTimeField()
+    health = HealthSerializer(source="now")
+    running = RunSerializer(many=True, source="now.running")
+    last_finished = RunSerializer(allow_null=True, source="now.last_finished")
+    coverage = CoverageSerializer(many=True)
