@@ -9,9 +9,9 @@ from django.core.management.base import CommandError
 
 from core.batch import scheduler as scheduler_module
 from core.batch import store as store_module
-from core.batch.plan import USER_INACTIVE, USER_NO_BIRTH_DATE, USER_NOT_FOUND
 from core.batch.nightly import batch_nightly
 from core.batch.options import BatchOptions
+from core.batch.plan import USER_INACTIVE, USER_NO_BIRTH_DATE, USER_NOT_FOUND
 from core.management.commands import generate_daily_fortunes as command
 from core.models import BatchRun, FortuneGeneration, FortuneResult, User
 from tests.batch.helpers import BASE, TARGET, eligible_ids, fortune_map, run_batch, table_counts
