@@ -6,18 +6,16 @@ Discord execute-webhook `{"content", "embeds"}` (content ≤ 2000, title ≤ 256
 ≤ 25 fields, field value ≤ 1024) — https://discord.com/developers/docs/resources/webhook
 """
 
-import datetime as dt
 import json
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
-from decimal import Decimal
 
 import httpx2
 from django.conf import settings
 from django.utils import timezone
 
+from core.batch.summary import RunSummary, failure_reason_counts
 from core.fortunes.providers.base import retry_after_seconds
 from core.resilience import RetryPolicy, retrying
 
@@ -46,73 +44,42 @@ STATUS_COLOR = {  # Discord embed colours (decimal RGB)
 }
 
 
-def _reason_of(item) -> str:
-    if isinstance(item, dict):
-        return str(item.get("reason") or item.get("error") or "unknown")
-    return str(item)
-
-
 def run_top_failure_reasons(*, run, limit: int = TOP_REASONS) -> list[tuple[str, int]]:
-    """(reason, count) from run.failure_sample: a list of {"reason": ...} items, of plain reason
-    strings, or a {reason: count} mapping."""
-    sample = run.failure_sample or []
-    counts: Counter[str] = Counter()
-    if isinstance(sample, dict):
-        for reason, count in sample.items():
-            counts[str(reason)] += int(count) if isinstance(count, int) else 1
-    else:
-        for item in sample:
-            if isinstance(item, dict) and isinstance(item.get("count"), int):
-                counts[_reason_of(item)] += item["count"]
-            else:
-                counts[_reason_of(item)] += 1
-    return counts.most_common(limit)
+    """(reason, count) of the run's failures, most common first (core.batch.summary counts them)."""
+    return failure_reason_counts(run.failure_sample)[:limit]
 
 
-def _duration(run) -> dt.timedelta:
-    end = run.finished_at or timezone.now()
-    return max(end - run.started_at, dt.timedelta(0))
-
-
-def _format_duration(delta: dt.timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
-
-
-def _facts(run) -> list[tuple[str, str]]:
-    cost = Decimal(run.estimated_cost or 0)
-    provider = f"{run.provider}:{run.model}" if run.model else (run.provider or "?")
-    facts = [
-        ("Status", run.status),
-        ("Target date", f"{run.target_date.isoformat()} (base {run.base_date.isoformat()})"),
-        ("Eligible", f"{run.eligible:,}"),
-        ("Already present", f"{run.already_present:,}"),
-        ("Generated", f"{run.generated:,}"),
-        ("Failed", f"{run.failed:,}"),
-        ("LLM requests", f"{run.llm_requests:,} (tokens {run.tokens_in:,} in / {run.tokens_out:,} out)"),
-        ("Duration", _format_duration(_duration(run))),
-        ("Estimated cost", f"${cost:.4f}"),
-        ("Provider", f"{provider}, {run.workers} workers"),
+def _facts(summary: RunSummary) -> list[tuple[str, str]]:
+    provider = f"{summary.provider}:{summary.model}" if summary.model else (summary.provider or "?")
+    return [
+        ("Status", summary.status),
+        ("Target date", f"{summary.target_date.isoformat()} (base {summary.base_date.isoformat()})"),
+        ("Eligible", f"{summary.eligible:,}"),
+        ("Already present", f"{summary.already_present:,}"),
+        ("Generated", f"{summary.generated:,}"),
+        ("Failed", f"{summary.failed:,}"),
+        ("LLM requests", f"{summary.llm_requests:,} (tokens {summary.tokens_in:,} in / {summary.tokens_out:,} out)"),
+        ("Duration", summary.duration),
+        ("Estimated cost", f"${summary.estimated_cost:.4f}"),
+        ("Provider", f"{provider}, {summary.workers} workers"),
     ]
-    return facts
 
 
-def _title(run) -> str:
-    extra = " (catch-up)" if getattr(run, "catch_up", False) else ""
-    return f"Fortuna daily fortunes{extra}: {run.status} for {run.target_date.isoformat()}"
+def _title(summary: RunSummary) -> str:
+    extra = " (catch-up)" if summary.catch_up else ""
+    return f"Fortuna daily fortunes{extra}: {summary.status} for {summary.target_date.isoformat()}"
 
 
 def run_report_text(*, run) -> str:
-    """The human summary of a run, for logs and both webhooks."""
-    lines = [_title(run)]
-    lines += [f"{name}: {value}" for name, value in _facts(run)[1:]]
-    reasons = run_top_failure_reasons(run=run)
+    """The human summary of a run, for both webhooks."""
+    summary = RunSummary.from_run(run)
+    lines = [_title(summary)]
+    lines += [f"{name}: {value}" for name, value in _facts(summary)[1:]]
+    reasons = summary.reasons[:TOP_REASONS]
     if reasons:
         lines.append("Top failure reasons: " + ", ".join(f"{reason} ×{count}" for reason, count in reasons))
-    if run.stop_reason:
-        lines.append(f"Stopped: {run.stop_reason}")
+    if summary.stop_reason:
+        lines.append(f"Stopped: {summary.stop_reason}")
     return "\n".join(lines)
 
 
@@ -121,9 +88,10 @@ def _slack_escape(text: str) -> str:
 
 
 def slack_payload(*, run) -> dict:
-    facts = _facts(run)
+    summary = RunSummary.from_run(run)
+    facts = _facts(summary)
     blocks: list[dict] = [
-        {"type": "header", "text": {"type": "plain_text", "text": _title(run)[:150], "emoji": True}},
+        {"type": "header", "text": {"type": "plain_text", "text": _title(summary)[:150], "emoji": True}},
         {
             "type": "section",
             "fields": [
@@ -132,35 +100,36 @@ def slack_payload(*, run) -> dict:
             ],
         },
     ]
-    reasons = run_top_failure_reasons(run=run)
+    reasons = summary.reasons[:TOP_REASONS]
     notes = []
     if reasons:
         notes.append("*Top failure reasons:* " + ", ".join(f"`{_slack_escape(r)}` ×{n}" for r, n in reasons))
-    if run.stop_reason:
-        notes.append(f"*Stopped:* {_slack_escape(run.stop_reason)}")
+    if summary.stop_reason:
+        notes.append(f"*Stopped:* {_slack_escape(summary.stop_reason)}")
     if notes:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(notes)[:3000]}})
-    text = f"{STATUS_EMOJI.get(run.status, '')} {run_report_text(run=run)}".strip()
+    text = f"{STATUS_EMOJI.get(summary.status, '')} {run_report_text(run=run)}".strip()
     return {"text": _slack_escape(text)[:3000], "blocks": blocks}
 
 
 def discord_payload(*, run) -> dict:
-    fields = [{"name": name, "value": value[:1024], "inline": True} for name, value in _facts(run)]
-    reasons = run_top_failure_reasons(run=run)
+    summary = RunSummary.from_run(run)
+    fields = [{"name": name, "value": value[:1024], "inline": True} for name, value in _facts(summary)]
+    reasons = summary.reasons[:TOP_REASONS]
     if reasons:
         fields.append(
             {"name": "Top failure reasons", "value": "\n".join(f"{r} ×{n}" for r, n in reasons)[:1024], "inline": False}
         )
-    description = f"Stopped: {run.stop_reason}" if run.stop_reason else f"Run #{run.pk}"
+    description = f"Stopped: {summary.stop_reason}" if summary.stop_reason else f"Run #{summary.pk}"
     embed = {
-        "title": _title(run)[:256],
+        "title": _title(summary)[:256],
         "description": description[:4096],
-        "color": STATUS_COLOR.get(run.status, 0x95A5A6),
+        "color": STATUS_COLOR.get(summary.status, 0x95A5A6),
         "fields": fields[:25],
-        "timestamp": (run.finished_at or timezone.now()).isoformat(),
+        "timestamp": (summary.finished_at or timezone.now()).isoformat(),
     }
     return {
-        "content": _title(run)[:2000],
+        "content": _title(summary)[:2000],
         "embeds": [embed],
         "allowed_mentions": {"parse": []},  # a stop reason must never ping anyone
     }

@@ -6,19 +6,12 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from core.batch.summary import format_duration
+
 logger = logging.getLogger("fortuna.batch")
 
 TTY_MIN_REDRAW = 0.2  # seconds: at most ~5 redraws a second
 BAR_WIDTH = 30
-
-
-def format_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 class ProgressReporter:
@@ -88,7 +81,7 @@ class ProgressReporter:
             filled = int(BAR_WIDTH * pct / 100)
             line = (
                 f"{self.label} [{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {processed}/{self.total} "
-                f"{pct:5.1f}% {rate:,.1f}/s ETA {format_eta(eta)} failed {self._failed}"
+                f"{pct:5.1f}% {rate:,.1f}/s ETA {format_duration(eta)} failed {self._failed}"
             )
             # Pad over the previous, possibly longer, line.
             padded = line.ljust(self._width)
@@ -104,6 +97,6 @@ class ProgressReporter:
             self.total,
             pct,
             rate,
-            format_eta(eta),
+            format_duration(eta),
             self._failed,
         )

@@ -1,6 +1,7 @@
 import io
 
-from core.batch.progress import ProgressReporter, format_eta
+from core.batch.progress import ProgressReporter
+from core.batch.summary import format_duration
 
 
 class FakeClock:
@@ -16,10 +17,10 @@ def progress_lines(caplog):
     return [r.getMessage() for r in caplog.records if r.name == "fortuna.batch" and "progress" in r.getMessage()]
 
 
-def test_format_eta():
-    assert format_eta(None) == "?"
-    assert format_eta(0) == "0:00:00"
-    assert format_eta(3725.4) == "1:02:05"
+def test_format_duration():
+    assert format_duration(None) == "?"
+    assert format_duration(0) == "0:00:00"
+    assert format_duration(3725.4) == "1:02:05"
 
 
 def test_non_tty_logs_a_line_every_interval_with_rate_eta_and_failures(batch_log):

@@ -7,10 +7,11 @@ import logging
 import pytest
 from django.core.management.base import CommandError
 
-from core.batch import run as run_module
+from core.batch import scheduler as scheduler_module
 from core.batch import store as store_module
+from core.batch.nightly import batch_nightly
+from core.batch.options import BatchOptions
 from core.batch.plan import USER_INACTIVE, USER_NO_BIRTH_DATE, USER_NOT_FOUND
-from core.batch.run import BatchOptions, batch_generate_daily
 from core.management.commands import generate_daily_fortunes as command
 from core.models import BatchRun, FortuneGeneration, FortuneResult, User
 from tests.batch.helpers import BASE, TARGET, eligible_ids, fortune_map, run_batch, table_counts
@@ -110,6 +111,10 @@ def test_user_id_runs_for_that_user_only(population):
         (["--workers", "0"], command.WORKERS_INVALID.format(value=0)),
         (["--workers", "-1"], command.WORKERS_INVALID.format(value=-1)),
         (["--workers", "10000"], command.WORKERS_INVALID.format(value=10000)),
+        (["--workers", "five"], command.WORKERS_INVALID.format(value="five")),
+        (["--max-cost", "nan"], command.COST_INVALID.format(value="nan")),
+        (["--retry-cooldown", "-1"], command.COOLDOWN_INVALID.format(value=-1.0)),
+        (["--user-id", "me"], command.USER_ID_INVALID.format(value="me")),
         (["--rpm", "0"], command.RPM_INVALID.format(value=0)),
         (["--max-attempts", "0"], command.ATTEMPTS_INVALID.format(value=0)),
         (["--max-attempts", "21"], command.ATTEMPTS_INVALID.format(value=21)),
@@ -189,8 +194,8 @@ def test_users_asking_for_a_generation_already_handed_to_the_writer_get_it(monke
     twins = [user_create(birth_date_solar=dt.date(1991, 1, 1), gender="M") for _ in range(6)]
     # One user per page and a flush per generation: every twin after the first asks for a
     # generation that is with the writer (or just stored), never for a new one.
-    monkeypatch.setattr(run_module, "FLUSH_GENERATIONS", 1)
-    (run,) = batch_generate_daily(options=BatchOptions(base_date=BASE, page_size=1))
+    monkeypatch.setattr(scheduler_module, "FLUSH_GENERATIONS", 1)
+    (run,) = batch_nightly(options=BatchOptions(base_date=BASE, page_size=1)).runs
     results = fortune_map()
     assert set(results) == {u.pk for u in users + twins}
     assert len({results[t.pk] for t in twins}) == 1
@@ -207,9 +212,9 @@ def test_a_failing_write_fails_the_run_cleanly(monkeypatch):
         raise RuntimeError("database went away")
 
     monkeypatch.setattr(store_module, "batch_output_store", failing_store)
-    monkeypatch.setattr(run_module, "FLUSH_GENERATIONS", 1)
+    monkeypatch.setattr(scheduler_module, "FLUSH_GENERATIONS", 1)
     with pytest.raises(RuntimeError, match="database went away"):
-        batch_generate_daily(options=BatchOptions(base_date=BASE, page_size=2))
+        batch_nightly(options=BatchOptions(base_date=BASE, page_size=2))
     run = BatchRun.objects.get()
     assert run.status == "failed" and "database went away" in run.stop_reason
     assert calls and FortuneResult.objects.count() == 0

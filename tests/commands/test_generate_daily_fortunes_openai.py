@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 from django.core.management.base import CommandError
 
-from core.batch.run import STOP_BUDGET, STOP_DEADLINE
+from core.batch.guards import STOP_BUDGET, STOP_DEADLINE
 from core.management.commands import generate_daily_fortunes as command
 from core.models import BatchRun, FortuneGeneration, User
 from tests.batch.helpers import BASE, TARGET, eligible_ids, fortune_map, run_batch

@@ -16,7 +16,7 @@ from django.db import connection
 from core.batch.lock import BATCH_LOCKED
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.prompt import build_messages
-from core.management.commands.generate_daily_fortunes import EXIT_INCOMPLETE, EXIT_LOCKED
+from core.management.commands.generate_daily_fortunes import EXIT_INCOMPLETE, EXIT_LOCKED, EXIT_USAGE, WORKERS_INVALID
 from core.models import BatchRun, FortuneGeneration, FortuneResult, User
 from tests.batch.helpers import BASE, TARGET, eligible_ids, fortune_map, table_counts
 from tests.factories import users_create_many
@@ -131,3 +131,20 @@ def test_a_concurrent_second_run_is_refused_at_once_and_writes_nothing(slow_stub
     assert first.poll() is None
     first.send_signal(signal.SIGTERM)
     first.communicate(timeout=WAIT)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "0"], WORKERS_INVALID.format(value=0)),
+        (["--workers", "many"], WORKERS_INVALID.format(value="many")),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_a_bad_flag_on_the_command_line_exits_with_the_usage_code_and_its_message(stub_openai, args, message):
+    before = table_counts()
+    proc = _start(stub_openai, *args)
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == EXIT_USAGE  # not argparse's own 2, which here means an incomplete run
+    assert err.strip().splitlines()[-1] == f"CommandError: {message}"
+    assert table_counts() == before

@@ -24,11 +24,6 @@ class FailureReason(StrEnum):
     CONFIG = "misconfigured"               # e.g. FORTUNE_PROVIDER=openai without OPENAI_API_KEY
 
 
-# Aliases for core/batch/run.py until it imports FailureReason; nothing else uses them.
-REASON_CONFIG = FailureReason.CONFIG
-REASON_CONNECTION = FailureReason.CONNECTION
-REASON_QUOTA = FailureReason.QUOTA
-REASON_TIMEOUT = FailureReason.TIMEOUT
 
 
 class ProviderError(Exception):

@@ -1,0 +1,102 @@
+"""Why a run stops taking new work: a signal or a caller's request, the cost budget, the runtime
+deadline, or a provider that is plainly unusable. One object answers, so every loop asks it."""
+
+import threading
+import time
+from collections.abc import Callable
+from decimal import Decimal
+
+from core.batch.pricing import batch_cost
+from core.fortunes.providers.base import FailureReason
+
+# Consecutive generations failing for a reason that means "the provider is unusable" (nothing will
+# succeed: wrong URL, bad key, quota gone) before the run stops instead of grinding through everyone.
+PROVIDER_DOWN_REASONS = frozenset(
+    {FailureReason.CONNECTION, FailureReason.TIMEOUT, FailureReason.QUOTA, FailureReason.CONFIG}
+)
+PROVIDER_DOWN_MIN_STREAK = 10
+
+STOP_BUDGET = "cost budget reached: estimated ${cost} of ${budget}"
+STOP_DEADLINE = "max runtime of {minutes:g} min reached"
+STOP_PROVIDER_DOWN = "provider unusable: {count} generations in a row failed ({reason})"
+STOP_SIGNAL = "interrupted by {signal}"
+
+
+class StopToken:
+    """Ask a running batch to stop taking new work (a signal handler, a Celery revoke, a test).
+    The first request wins: its reason is the one reported."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason = ""
+        self.interrupted = False
+
+    def request(self, reason: str, *, interrupted: bool = False) -> None:
+        if not self.event.is_set():
+            self.reason = reason
+            self.interrupted = interrupted
+            self.event.set()
+
+    @property
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+
+class StopGuards:
+    """The stop rules of one night. `deadline` is a clock() value; budget 0 means none."""
+
+    def __init__(
+        self, *, stop: StopToken, deadline: float, max_runtime_minutes: float, budget: Decimal = Decimal(0),
+        workers: int = 1, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stop = stop
+        self.deadline = deadline
+        self.max_runtime_minutes = max_runtime_minutes
+        self.budget = Decimal(budget or 0)
+        self.down_streak_limit = max(PROVIDER_DOWN_MIN_STREAK, 2 * workers)
+        self.failure_streak = 0
+        self._clock = clock
+
+    @property
+    def stopped(self) -> bool:
+        """A stop was requested (without checking the clock)."""
+        return self.stop.is_set
+
+    def should_stop(self) -> bool:
+        if not self.stop.is_set and self._clock() >= self.deadline:
+            self.stop.request(STOP_DEADLINE.format(minutes=self.max_runtime_minutes))
+        return self.stop.is_set
+
+    def why(self) -> str:
+        """The reason to stop (checking the deadline first), or "" to go on."""
+        return self.stop.reason if self.should_stop() else ""
+
+    @property
+    def reason(self) -> str:
+        """Why the run stopped, as it was stopped; "" if it was not."""
+        return self.stop.reason if self.stop.is_set else ""
+
+    @property
+    def interrupted(self) -> bool:
+        """Stopped by a signal or a caller, not by one of the run's own limits."""
+        return self.stop.is_set and self.stop.interrupted
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to seconds; True if a stop came meanwhile."""
+        return self.stop.event.wait(seconds)
+
+    def succeeded(self, *, tokens_in: int, tokens_out: int) -> None:
+        """A generation arrived; tokens_* are the run's running totals."""
+        self.failure_streak = 0
+        if self.budget:
+            cost = batch_cost(tokens_in=tokens_in, tokens_out=tokens_out)
+            if cost >= self.budget:
+                self.stop.request(STOP_BUDGET.format(cost=cost, budget=self.budget))
+
+    def failed(self, *, reason: str) -> None:
+        if reason not in PROVIDER_DOWN_REASONS:
+            self.failure_streak = 0
+            return
+        self.failure_streak += 1
+        if self.failure_streak >= self.down_streak_limit:
+            self.stop.request(STOP_PROVIDER_DOWN.format(count=self.failure_streak, reason=reason))

@@ -1,0 +1,145 @@
+"""A BatchRun row's life: created when a target's run starts, its counters saved as a heartbeat
+while it runs, finished with a status (or marked failed on a crash, or stale when its process died)."""
+
+import datetime as dt
+import logging
+import os
+import socket
+import time
+
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+
+from core.batch.dates import BatchTarget
+from core.batch.jobs import JobState
+from core.batch.options import BatchOptions
+from core.batch.plan import REASON_NO_NATAL, batch_eligible_users
+from core.batch.pricing import batch_cost
+from core.batch.progress import ProgressReporter
+from core.batch.scheduler import Scheduler
+from core.batch.summary import batch_run_summary
+from core.fortunes.providers import Provider
+from core.models import BatchRun, FortuneResult
+
+logger = logging.getLogger("fortuna.batch")
+
+HEARTBEAT_SECONDS = 2.0  # BatchRun progress fields are promised at least every 5 s
+FAILURE_SAMPLE_SIZE = 20
+STILL_MISSING = "{count} eligible users still have no fortune for {target_date}"
+STALE = "stale: its process died without finishing (the lock was free)"
+CRASHED = "crashed: {error}"
+_COUNTER_FIELDS = ["eligible", "already_present", "generated", "generations", "failed", "llm_requests",
+                   "tokens_in", "tokens_out", "estimated_cost", "heartbeat_at", "failure_sample", "notes"]
+
+
+def batch_runs_mark_stale(*, target_date: dt.date) -> int:
+    """Mark `running` rows for target_date interrupted. Call only while holding its lock: then no
+    live process can own them (a killed run never got to finish its row)."""
+    count = BatchRun.objects.filter(target_date=target_date, status=BatchRun.Status.RUNNING).update(
+        status=BatchRun.Status.INTERRUPTED, finished_at=timezone.now(), stop_reason=STALE,
+    )
+    if count:
+        logger.warning("fortune batch: marked %d stale running run(s) for %s interrupted", count, target_date)
+    return count
+
+
+def batch_run_create(*, target: BatchTarget, options: BatchOptions, provider: Provider, notes: list[str]) -> BatchRun:
+    return BatchRun.objects.create(
+        base_date=target.base_date, target_date=target.target_date, catch_up=target.catch_up,
+        forced=options.force, user_id_filter=options.user_id, workers=options.workers,
+        provider=provider.name, model=provider.model, pid=os.getpid(), hostname=socket.gethostname()[:255],
+        notes="\n".join(notes),
+    )
+
+
+def batch_run_status(*, failed: int, stored: int, stop_reason: str, interrupted: bool, missing: int) -> str:
+    if interrupted:
+        return BatchRun.Status.INTERRUPTED
+    if not failed and not stop_reason and not missing:
+        return BatchRun.Status.SUCCEEDED
+    if stored == 0 and (failed or stop_reason):
+        return BatchRun.Status.FAILED
+    return BatchRun.Status.PARTIAL
+
+
+def failure_sample(*, scheduler: Scheduler, limit: int = FAILURE_SAMPLE_SIZE) -> list[dict]:
+    """Up to limit failed inputs (reason, error, users), then the users without natal pillars."""
+    sample = []
+    for job in scheduler.table:
+        if len(sample) >= limit:
+            break
+        if job.state is not JobState.FAILED:
+            continue
+        sample.append({
+            "reason": job.error.reason if job.error else "unknown",
+            "error": str(job.error)[:200],
+            "input": job.hash[:16],
+            "count": len(job.user_ids),
+            "user_ids": job.user_ids[:5],
+        })
+    unplannable = scheduler.tally.unplannable
+    if unplannable and len(sample) < limit:
+        sample.append({"reason": REASON_NO_NATAL, "error": "natal pillars could not be computed",
+                       "input": "", "count": len(unplannable), "user_ids": unplannable[:5]})
+    return sample
+
+
+class RunRecorder:
+    """Keeps one BatchRun (and the progress display) in step with its scheduler."""
+
+    def __init__(self, *, run: BatchRun, progress: ProgressReporter | None = None) -> None:
+        self.run = run
+        self.progress = progress
+        self.scheduler: Scheduler | None = None
+        self.last_heartbeat = 0.0
+
+    def note(self, text: str) -> None:
+        self.run.notes = f"{self.run.notes}\n{text}".strip()
+
+    def tick(self, force: bool = False) -> None:
+        if force or time.monotonic() - self.last_heartbeat >= HEARTBEAT_SECONDS:
+            self.save()
+        if self.progress is not None and self.scheduler is not None:
+            self.progress.update(done=self.scheduler.tally.stored_users, failed=self.scheduler.failed_users)
+
+    def save(self, *, final: bool = False) -> None:
+        run, scheduler = self.run, self.scheduler
+        if scheduler is not None:
+            tally = scheduler.tally
+            run.generated, run.generations, run.failed = tally.stored_users, tally.generations, scheduler.failed_users
+            run.llm_requests, run.tokens_in, run.tokens_out = tally.requests, tally.tokens_in, tally.tokens_out
+            run.estimated_cost = batch_cost(tokens_in=tally.tokens_in, tokens_out=tally.tokens_out)
+            run.failure_sample = failure_sample(scheduler=scheduler)
+        run.heartbeat_at = timezone.now()
+        run.save(update_fields=_COUNTER_FIELDS + (["status", "stop_reason", "finished_at"] if final else []))
+        self.last_heartbeat = time.monotonic()
+
+    def close_progress(self) -> None:
+        if self.progress is not None:
+            if self.scheduler is not None:
+                self.progress.update(done=self.scheduler.tally.stored_users, failed=self.scheduler.failed_users)
+            self.progress.close()
+
+    def finish(self, *, target: BatchTarget, user_id: int | None, stop_reason: str, interrupted: bool) -> None:
+        run, scheduler = self.run, self.scheduler
+        missing = (
+            batch_eligible_users(user_id=user_id)
+            .filter(~Exists(FortuneResult.objects.filter(user=OuterRef("pk"), for_date=target.target_date)))
+            .count()
+        )
+        failed = scheduler.failed_users
+        status = batch_run_status(failed=failed, stored=scheduler.tally.stored_users, stop_reason=stop_reason,
+                                  interrupted=interrupted, missing=missing)
+        if not stop_reason and missing and not failed:
+            stop_reason = STILL_MISSING.format(count=missing, target_date=target.target_date)
+        run.status, run.stop_reason, run.finished_at = status, stop_reason[:255], timezone.now()
+        self.save(final=True)
+        logger.info("fortune batch %s finished: %s", target.target_date, batch_run_summary(run=run))
+
+    def crash(self, exc: BaseException) -> None:
+        run = self.run
+        run.status = BatchRun.Status.FAILED
+        run.stop_reason = CRASHED.format(error=f"{type(exc).__name__}: {exc}")[:255]
+        run.finished_at = timezone.now()
+        self.save(final=True)
+        logger.exception("fortune batch %s: %s", run.target_date, run.stop_reason)

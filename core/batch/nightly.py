@@ -1,0 +1,280 @@
+"""The nightly batch as one service: lock, refresh natal pillars, one run per target date
+(catch-up first), run reports, retention, connections closed. The command and a Celery task call
+batch_nightly(); nothing the night needs lives in either.
+
+Extension points: `backend` makes a target's generations (BackendFactory: the thread pool or inline
+today; Celery workers or a provider's batch API later), and `hooks` run before and after each
+target (e.g. collect/cancel a batch submitted the night before, submit the next one).
+"""
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import connection
+
+from core.batch.dates import BatchTarget, batch_lock_dates, batch_targets
+from core.batch.guards import StopGuards, StopToken
+from core.batch.lifecycle import RunRecorder, batch_run_create, batch_runs_mark_stale
+from core.batch.lock import batch_lock
+from core.batch.notify import run_report_send
+from core.batch.options import BatchOptions
+from core.batch.plan import batch_plan_counts, batch_plan_pages, batch_user_check
+from core.batch.pool import GenerationBackend, InlineBackend, ThreadBackend
+from core.batch.pricing import batch_cost
+from core.batch.process import connections_close, gc_paused, gc_skip_at_exit, stop_on_signals
+from core.batch.progress import ProgressReporter
+from core.batch.retention import fortunes_prune
+from core.batch.scheduler import Scheduler
+from core.batch.store import BatchWriter, generation_ids_by_hash
+from core.batch.summary import DryRunReport, RunSummary
+from core.fortunes.inputs import GenerationInput
+from core.fortunes.prompt import estimate_tokens
+from core.fortunes.providers import Provider, get_provider
+from core.limiter import RateLimiter
+from core.models import BatchRun
+from core.resilience import RetryPolicy, generate_with_retries
+from core.services.natal import users_refresh_natal
+
+logger = logging.getLogger("fortuna.batch")
+
+NOTE_CATCH_UP = "catch-up: no successful run for {target_date} (missed night or a start after KST midnight)"
+NOTE_INLINE = "local provider: generated inline on the main thread (no network, so no thread pool)"
+NOTE_NATAL_FAILED = "natal refresh failed ({error}); users without pillars are counted failed"
+
+BackendFactory = Callable[..., GenerationBackend]  # (*, provider, options, guards) -> backend
+
+
+def generation_backend(*, provider: Provider, options: BatchOptions, guards: StopGuards) -> GenerationBackend:
+    """The default backend: inline for the local provider, else a thread pool calling it with retries
+    under one rate limit."""
+    if provider.name == "local":
+        return InlineBackend(provider=provider)
+    policy = RetryPolicy.from_settings(max_attempts=options.max_attempts)
+    rpm = options.rpm if options.rpm is not None else settings.OPENAI_RPM
+    limiter = RateLimiter(rpm or None)
+
+    def call(inp: GenerationInput):
+        return generate_with_retries(provider=provider, inp=inp, policy=policy, limiter=limiter,
+                                     stop=guards.stop.event, deadline=guards.deadline)
+
+    return ThreadBackend(workers=options.workers, call=call)
+
+
+class NightHooks:
+    """Steps around each target's run; the defaults do nothing."""
+
+    def before_target(self, *, target: BatchTarget, provider: Provider) -> None:
+        pass
+
+    def after_target(self, *, target: BatchTarget, provider: Provider, run: BatchRun) -> None:
+        pass
+
+
+@dataclass
+class NightReport:
+    runs: list[BatchRun] = field(default_factory=list)
+    plans: list[DryRunReport] = field(default_factory=list)  # dry run only
+    pruned: int | None = None  # fortunes pruned; None when pruning was skipped or failed
+
+    @property
+    def summaries(self) -> list[RunSummary]:
+        return [RunSummary.from_run(run) for run in self.runs]
+
+    @property
+    def incomplete(self) -> list[RunSummary]:
+        return [summary for summary in self.summaries if not summary.succeeded]
+
+
+@contextmanager
+def batch_locks(*, base_date: dt.date | None) -> Iterator[None]:
+    """Every target date this run may touch, locked before any planning (raises BatchLocked)."""
+    with ExitStack() as stack:
+        for target_date in batch_lock_dates(base_date=base_date):
+            stack.enter_context(batch_lock(target_date=target_date))
+        yield
+
+
+def batch_nightly(
+    *, options: BatchOptions, stop: StopToken | None = None, backend: BackendFactory = generation_backend,
+    hooks: NightHooks | None = None,
+) -> NightReport:
+    """The whole night (or, with options.dry_run, what it would do, writing nothing).
+
+    Raises BatchLocked (another run is active), UserNotEligible and ProviderConfigError, with
+    nothing written; a crash fails its BatchRun and is raised.
+    """
+    stop = stop or StopToken()
+    gc_skip_at_exit()
+    try:
+        if options.dry_run:
+            return NightReport(plans=batch_plan_night(options=options))
+        with stop_on_signals(stop) if options.handle_signals else nullcontext():
+            runs = batch_generate_night(options=options, stop=stop, backend=backend, hooks=hooks or NightHooks())
+    finally:
+        connections_close()
+    for run in runs:
+        run_report_send(run=run)
+    pruned = None
+    if runs and options.user_id is None:
+        pruned = _prune(today=runs[-1].base_date)
+    return NightReport(runs=runs, pruned=pruned)
+
+
+def batch_generate_night(
+    *, options: BatchOptions, stop: StopToken, backend: BackendFactory = generation_backend,
+    hooks: NightHooks | None = None,
+) -> list[BatchRun]:
+    """Lock, refresh natal pillars, then one BatchRun per target (catch-up first)."""
+    hooks = hooks or NightHooks()
+    # --max-runtime bounds the whole night, catch-up included.
+    deadline = time.monotonic() + options.max_runtime_minutes * 60
+    with batch_locks(base_date=options.base_date):
+        if options.user_id is not None:
+            batch_user_check(user_id=options.user_id)
+        provider = get_provider(name=options.provider_name)
+        targets = batch_targets(base_date=options.base_date, catch_up_allowed=options.user_id is None)
+        for target in targets:
+            batch_runs_mark_stale(target_date=target.target_date)
+        notes = _natal_refresh()
+        runs = []
+        for target in targets:
+            if stop.is_set:
+                break
+            hooks.before_target(target=target, provider=provider)
+            run = batch_run_target(target=target, options=options, provider=provider, stop=stop,
+                                   deadline=deadline, notes=notes, backend=backend)
+            runs.append(run)
+            hooks.after_target(target=target, provider=provider, run=run)
+        return runs
+
+
+def _natal_refresh() -> list[str]:
+    try:
+        refreshed = users_refresh_natal()
+    except Exception as exc:  # one bad row must not cost every user their fortune
+        logger.exception("fortune batch: natal refresh failed")
+        return [NOTE_NATAL_FAILED.format(error=exc)]
+    if refreshed:
+        logger.info("fortune batch: natal pillars refreshed for %d users", refreshed)
+    return []
+
+
+def batch_run_target(
+    *, target: BatchTarget, options: BatchOptions, provider: Provider, stop: StopToken, deadline: float,
+    notes: list[str] | None = None, backend: BackendFactory = generation_backend,
+) -> BatchRun:
+    """One BatchRun for one target date. The caller holds the target's lock."""
+    notes = list(notes or [])
+    if target.catch_up:
+        notes.append(NOTE_CATCH_UP.format(target_date=target.target_date))
+        logger.warning("fortune batch: %s; filling its gaps first", notes[-1])
+    run = batch_run_create(target=target, options=options, provider=provider, notes=notes)
+    budget = options.max_cost if options.max_cost is not None else settings.FORTUNE_MAX_COST_PER_RUN
+    guards = StopGuards(stop=stop, deadline=deadline, max_runtime_minutes=options.max_runtime_minutes,
+                        budget=Decimal(budget or 0), workers=options.workers)
+    recorder = RunRecorder(run=run)
+    scheduler = None
+    try:
+        counts = batch_plan_counts(target_date=target.target_date, user_id=options.user_id)
+        run.eligible, run.already_present = counts.eligible, counts.already_present
+        total = counts.eligible if options.force else counts.eligible - counts.already_present
+        generations = writer = None
+        try:
+            generations = backend(provider=provider, options=options, guards=guards)
+            logger.info(
+                "fortune batch %s (base %s%s): %d eligible, %d already present, %d to do; provider %s, %s",
+                target.target_date, target.base_date, ", catch-up" if target.catch_up else "", counts.eligible,
+                counts.already_present, total, provider.generator,
+                "inline" if generations.inline else f"{options.workers} workers",
+            )
+            if generations.inline:
+                recorder.note(NOTE_INLINE)
+            recorder.save()
+            recorder.progress = ProgressReporter(
+                total=total, stream=options.progress_stream, is_tty=options.progress_is_tty,
+                interval=options.progress_interval, label=f"fortunes {target.target_date}",
+            )
+            writer = BatchWriter(
+                for_date=target.target_date, provider=provider.name, model=provider.model, replace=options.force,
+                # A writer connection of its own cannot see a caller's uncommitted rows; SQLite allows
+                # one writer at a time anyway.
+                threaded=connection.vendor == "postgresql" and not connection.in_atomic_block,
+            )
+            pages = batch_plan_pages(
+                target_date=target.target_date, generator=provider.generator, force=options.force,
+                nonce=f"force-run-{run.pk}" if options.force else "", user_id=options.user_id,
+                page_size=options.page_size, language=settings.FORTUNE_LANGUAGE,
+            )
+            scheduler = recorder.scheduler = Scheduler(
+                pages=pages, lookup=_stored_ids, guards=guards, backend=generations, writer=writer,
+                max_in_flight=options.page_size, retry_cooldown=options.retry_cooldown,
+                grace_seconds=options.grace_seconds, on_tick=recorder.tick, on_note=recorder.note,
+            )
+            with gc_paused():
+                scheduler.run()
+        finally:
+            if generations is not None:
+                generations.close()
+            if writer is not None:
+                writer.close()  # on a crash, still writes what was queued
+            recorder.close_progress()
+        recorder.finish(target=target, user_id=options.user_id, stop_reason=guards.reason,
+                        interrupted=guards.interrupted)
+    except BaseException as exc:
+        if scheduler is not None:
+            scheduler.abandon()
+            scheduler.settle_writer()
+        recorder.crash(exc)
+        raise
+    return run
+
+
+def _stored_ids(hashes) -> dict[str, int]:
+    return generation_ids_by_hash(hashes=hashes)
+
+
+def batch_plan_night(*, options: BatchOptions) -> list[DryRunReport]:
+    """What a real night would do, through the same scheduler in plan-only mode: nothing written,
+    no provider called."""
+    provider = get_provider(name=options.provider_name)
+    estimate = None if provider.name == "local" else estimate_tokens
+    with batch_locks(base_date=options.base_date):
+        if options.user_id is not None:
+            batch_user_check(user_id=options.user_id)
+        reports = []
+        for target in batch_targets(base_date=options.base_date, catch_up_allowed=options.user_id is None):
+            counts = batch_plan_counts(target_date=target.target_date, user_id=options.user_id)
+            pages = batch_plan_pages(
+                target_date=target.target_date, generator=provider.generator, force=options.force,
+                nonce="dry-run" if options.force else "", user_id=options.user_id, page_size=options.page_size,
+                compute_stale_natal=True, language=settings.FORTUNE_LANGUAGE,
+            )
+            tally = Scheduler(pages=pages, lookup=_stored_ids, estimate=estimate).plan()
+            reports.append(DryRunReport(
+                target=target, eligible=counts.eligible, already_present=counts.already_present,
+                to_generate=tally.to_generate, generations=tally.planned, reused=tally.reused_users,
+                unplannable=len(tally.unplannable), tokens_in=tally.tokens_in, tokens_out=tally.tokens_out,
+                estimated_cost=batch_cost(tokens_in=tally.tokens_in, tokens_out=tally.tokens_out),
+                sample_user_ids=tally.sample_user_ids, provider=provider.generator,
+            ))
+        return reports
+
+
+def _prune(*, today: dt.date) -> int | None:
+    try:
+        pruned = fortunes_prune(today=today, retention_days=settings.FORTUNE_RETENTION_DAYS)
+    except Exception:  # housekeeping never fails the night's fortunes
+        logger.exception("fortune retention: pruning failed")
+        return None
+    else:
+        logger.info("fortune retention: pruned %d fortunes older than %d days", pruned,
+                    settings.FORTUNE_RETENTION_DAYS)
+        return pruned
+    finally:
+        connections_close()

@@ -1,0 +1,133 @@
+"""The one summary of a run (stdout, logs and the webhooks all read it) and of a dry run."""
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.utils import timezone
+
+from core.batch.dates import BatchTarget
+
+
+def format_duration(seconds: float | None) -> str:
+    """H:MM:SS, or "?" when unknown."""
+    if seconds is None:
+        return "?"
+    hours, rest = divmod(int(round(seconds)), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def _reason_of(item) -> str:
+    if isinstance(item, dict):
+        return str(item.get("reason") or item.get("error") or "unknown")
+    return str(item)
+
+
+def failure_reason_counts(sample) -> list[tuple[str, int]]:
+    """(reason, users) from a failure sample, most common first. The sample is a list of
+    {"reason", "count"} entries (one per failed input, as the batch writes it), of plain reason
+    strings, or a {reason: count} mapping; an entry without a count counts once."""
+    counts: Counter[str] = Counter()
+    if isinstance(sample, dict):
+        for reason, count in sample.items():
+            counts[str(reason)] += int(count) if isinstance(count, int) else 1
+        return counts.most_common()
+    for item in sample or []:
+        if isinstance(item, dict) and isinstance(item.get("count"), int):
+            counts[_reason_of(item)] += item["count"]
+        else:
+            counts[_reason_of(item)] += 1
+    return counts.most_common()
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    pk: int | None
+    base_date: dt.date | None
+    target_date: dt.date | None
+    catch_up: bool
+    status: str
+    eligible: int
+    already_present: int
+    generated: int
+    failed: int
+    generations: int
+    llm_requests: int
+    tokens_in: int
+    tokens_out: int
+    estimated_cost: Decimal
+    seconds: float
+    provider: str
+    model: str
+    workers: int
+    stop_reason: str
+    finished_at: dt.datetime | None
+    reasons: list[tuple[str, int]] = field(default_factory=list)
+
+    @classmethod
+    def from_run(cls, run) -> "RunSummary":
+        end = run.finished_at or timezone.now()
+        seconds = max((end - run.started_at).total_seconds(), 0.0) if run.started_at else 0.0
+        return cls(
+            pk=run.pk, base_date=run.base_date, target_date=run.target_date, catch_up=bool(run.catch_up),
+            status=str(run.status), eligible=run.eligible, already_present=run.already_present,
+            generated=run.generated, failed=run.failed, generations=run.generations, llm_requests=run.llm_requests,
+            tokens_in=run.tokens_in, tokens_out=run.tokens_out, estimated_cost=Decimal(run.estimated_cost or 0),
+            seconds=seconds, provider=run.provider or "", model=run.model or "", workers=run.workers,
+            stop_reason=run.stop_reason or "", finished_at=run.finished_at,
+            reasons=failure_reason_counts(run.failure_sample),
+        )
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    @property
+    def duration(self) -> str:
+        return format_duration(self.seconds)
+
+    def line(self) -> str:
+        """The one-line human summary (stdout, logs, the command's error)."""
+        text = (
+            f"fortune batch {self.target_date}{' (catch-up)' if self.catch_up else ''}: {self.status} — "
+            f"{self.eligible} eligible, {self.already_present} already present, {self.generated} stored, "
+            f"{self.failed} failed; {self.generations} generations, {self.llm_requests} LLM requests, "
+            f"tokens {self.tokens_in}/{self.tokens_out}, ~${self.estimated_cost}; {self.duration}"
+        )
+        if self.reasons:
+            text += "; failures: " + ", ".join(f"{reason} {count}" for reason, count in self.reasons)
+        if self.stop_reason:
+            text += f"; stopped: {self.stop_reason}"
+        return text
+
+
+def batch_run_summary(*, run) -> str:
+    return RunSummary.from_run(run).line()
+
+
+@dataclass
+class DryRunReport:
+    target: BatchTarget
+    eligible: int = 0
+    already_present: int = 0
+    to_generate: int = 0  # users
+    generations: int = 0  # distinct new generations = LLM requests without retries
+    reused: int = 0  # users whose input already has a stored generation
+    unplannable: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    estimated_cost: Decimal = Decimal(0)
+    sample_user_ids: list[int] = field(default_factory=list)
+    provider: str = ""
+
+    def line(self) -> str:
+        target = self.target
+        return (
+            f"fortune batch dry run {target.target_date}{' (catch-up)' if target.catch_up else ''}: "
+            f"{self.eligible} eligible, {self.already_present} already present, {self.to_generate} to generate "
+            f"({self.reused} reuse a stored generation), {self.generations} distinct generations = LLM requests, "
+            f"~{self.tokens_in}/{self.tokens_out} tokens in/out, ~${self.estimated_cost} with {self.provider}; "
+            f"sample user ids {self.sample_user_ids}"
+        )

@@ -1,0 +1,61 @@
+"""The stop rules and a run's final status, without a database."""
+
+from decimal import Decimal
+
+import pytest
+
+from core.batch.guards import STOP_DEADLINE, STOP_PROVIDER_DOWN, StopGuards, StopToken
+from core.batch.lifecycle import batch_run_status
+from core.fortunes.providers.base import FailureReason
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_deadline_is_a_stop_reason_once_passed():
+    clock = Clock()
+    guards = StopGuards(stop=StopToken(), deadline=60.0, max_runtime_minutes=1, clock=clock)
+    assert guards.why() == "" and guards.reason == ""
+    clock.now = 60.0
+    assert guards.why() == STOP_DEADLINE.format(minutes=1)
+    assert guards.stopped and not guards.interrupted
+
+
+def test_the_first_stop_request_wins_and_a_signal_is_an_interruption():
+    guards = StopGuards(stop=StopToken(), deadline=1e9, max_runtime_minutes=1, budget=Decimal(0))
+    guards.stop.request("interrupted by SIGTERM", interrupted=True)
+    guards.failed(reason=FailureReason.TIMEOUT)
+    guards.stop.request("something later")
+    assert guards.reason == "interrupted by SIGTERM" and guards.interrupted
+
+
+def test_the_breaker_needs_an_unbroken_streak_of_provider_down_reasons():
+    guards = StopGuards(stop=StopToken(), deadline=1e9, max_runtime_minutes=1, workers=8)  # streak of 16
+    for _ in range(15):
+        guards.failed(reason=FailureReason.TIMEOUT)
+    guards.failed(reason=FailureReason.BAD_REQUEST)  # the provider answered: not down
+    for _ in range(15):
+        guards.failed(reason=FailureReason.TIMEOUT)
+    assert not guards.stopped
+    guards.failed(reason=FailureReason.TIMEOUT)
+    assert guards.reason == STOP_PROVIDER_DOWN.format(count=16, reason=FailureReason.TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    ("failed", "stored", "stop_reason", "interrupted", "missing", "status"),
+    [
+        (0, 10, "", False, 0, "succeeded"),
+        (0, 10, "interrupted by SIGTERM", True, 3, "interrupted"),
+        (2, 0, "", False, 2, "failed"),
+        (0, 0, "cost budget reached", False, 5, "failed"),
+        (2, 8, "", False, 2, "partial"),
+        (0, 8, "", False, 1, "partial"),  # someone still has no fortune without a failure
+    ],
+)
+def test_a_runs_status(failed, stored, stop_reason, interrupted, missing, status):
+    assert batch_run_status(failed=failed, stored=stored, stop_reason=stop_reason, interrupted=interrupted,
+                            missing=missing) == status

@@ -1,0 +1,97 @@
+"""The nightly service itself: its extension points (backend, hooks), the dry run through the same
+service, and signal handling only where Python allows it (the main thread)."""
+
+import os
+import signal
+import threading
+
+import pytest
+
+from core.batch.guards import STOP_SIGNAL, StopToken
+from core.batch.nightly import NightHooks, batch_nightly, generation_backend
+from core.batch.options import BatchOptions
+from core.batch.process import stop_on_signals
+from tests.batch.helpers import BASE, TARGET, fortune_map, table_counts
+from tests.factories import users_create_many
+
+pytestmark = pytest.mark.django_db
+
+
+class CountingBackend:
+    """The default backend, counting what goes through it."""
+
+    def __init__(self, **kwargs) -> None:
+        self.inner = generation_backend(**kwargs)
+        self.inline = self.inner.inline
+        self.submitted = 0
+
+    def submit(self, digest, inp):
+        self.submitted += 1
+        return self.inner.submit(digest, inp)
+
+    def results(self, *, timeout, gather=0.0):
+        return self.inner.results(timeout=timeout, gather=gather)
+
+    def close(self):
+        self.inner.close()
+
+
+class RecordingHooks(NightHooks):
+    def __init__(self) -> None:
+        self.calls = []
+
+    def before_target(self, *, target, provider):
+        self.calls.append(("before", target.target_date))
+
+    def after_target(self, *, target, provider, run):
+        self.calls.append(("after", target.target_date, run.status))
+
+
+def test_a_backend_and_hooks_plug_in_around_each_target():
+    users_create_many(count=12, seed=3)
+    backends = []
+
+    def factory(**kwargs):
+        backends.append(CountingBackend(**kwargs))
+        return backends[-1]
+
+    hooks = RecordingHooks()
+    night = batch_nightly(options=BatchOptions(base_date=BASE), backend=factory, hooks=hooks)
+    (run,) = night.runs
+    assert hooks.calls == [("before", TARGET), ("after", TARGET, "succeeded")]
+    assert len(backends) == 1 and backends[0].submitted == run.generations > 0
+    assert len(fortune_map()) == 12 and not night.incomplete
+    assert night.pruned == 0
+
+
+def test_the_dry_run_goes_through_the_same_service_and_writes_nothing():
+    users_create_many(count=5, seed=8)
+    before = table_counts()
+    night = batch_nightly(options=BatchOptions(base_date=BASE, dry_run=True))
+    assert table_counts() == before and night.runs == []
+    (plan,) = night.plans
+    assert (plan.eligible, plan.to_generate, plan.generations) == (5, 5, 5)
+
+
+def test_signals_become_a_stop_request_on_the_main_thread_only():
+    stop = StopToken()
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_on_signals(stop):
+        assert signal.getsignal(signal.SIGTERM) is not before
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.reason == STOP_SIGNAL.format(signal="SIGTERM") and stop.interrupted
+    assert signal.getsignal(signal.SIGTERM) is before
+
+    outcome = {}
+
+    def off_main() -> None:
+        try:
+            with stop_on_signals(StopToken()):
+                outcome["handler"] = signal.getsignal(signal.SIGTERM)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=off_main)
+    thread.start()
+    thread.join()
+    assert outcome == {"handler": before}
