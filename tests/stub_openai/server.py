@@ -594,7 +594,8 @@ class StubHandler(BaseHTTPRequestHandler):
         model = request["model"]
         if chat:
             payload = _chat_completion(n=n, model=model, content=content, refusal=refusal,
-                                       finish_reason=finish_reason, tokens_in=usage_in, tokens_out=usage_out)
+                                       finish_reason=finish_reason, tokens_in=usage_in, tokens_out=usage_out,
+                                       service_tier=str(request.get("service_tier") or "default"))
         else:
             payload = _response_object(n=n, model=model, content=content, refusal=refusal,
                                        finish_reason=finish_reason, tokens_in=usage_in, tokens_out=usage_out)
@@ -613,14 +614,14 @@ def _request_schema(request: dict, *, chat: bool) -> dict | None:
 
 
 def _chat_completion(*, n: int, model: str, content: str | None, refusal: str | None, finish_reason: str,
-                     tokens_in: int, tokens_out: int) -> dict:
+                     tokens_in: int, tokens_out: int, service_tier: str = "default") -> dict:
     return {
         "id": f"chatcmpl-stub{n:010d}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "system_fingerprint": "fp_stub",
-        "service_tier": "default",
+        "service_tier": service_tier,
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": content, "refusal": refusal, "annotations": []},
