@@ -35,7 +35,7 @@ from django.utils import timezone
 from core.batch.dates import batch_today
 from core.batch.plan import PAGE_SIZE, batch_plan_pages
 from core.batch.store import GeneratedItem, batch_output_store, generation_ids_by_hash
-from core.fortunes.pricing import Tier, cost_estimate
+from core.fortunes.pricing import PathUsage, Tier, cost_estimate
 from core.fortunes.prompt import build_messages, estimate_tokens
 from core.fortunes.providers import Generated, ProviderConfigError, ProviderError
 from core.fortunes.providers.openai import (
@@ -108,6 +108,11 @@ class CollectReport:
     cost_batch: Decimal = Decimal(0)
     cost_standard: Decimal = Decimal(0)
     seconds: float = 0.0
+
+    def usage(self) -> PathUsage:
+        """The "batch_api" entry of BatchRun.cost_by_path (core.fortunes.pricing.cost_by_path)."""
+        return PathUsage(requests=self.lines_ok + self.lines_failed + self.lines_orphaned,
+                         tokens_in=self.tokens_in, tokens_out=self.tokens_out)
 
 
 @dataclass
@@ -582,6 +587,7 @@ def _store_lines(
                 if digest not in used:  # stored by another path: keep that one
                     used[digest] = generation_id
                     tally[0] += 1
+                    report.lines_ok += 1
                     line.content = ""
                 continue
             if not line.content:

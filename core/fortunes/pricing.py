@@ -1,5 +1,6 @@
 """What a generation costs: USD per 1M tokens per model and tier (settings.FORTUNE_PRICES)."""
 
+from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 
@@ -38,3 +39,32 @@ def cost_estimate(*, model: str, tier: Tier | str, tokens_in: int, tokens_out: i
         return Decimal(0).quantize(_QUANTUM)
     price_in, price_out = price_get(model=model, tier=tier)
     return ((Decimal(tokens_in) * price_in + Decimal(tokens_out) * price_out) / _PER_TOKEN).quantize(_QUANTUM)
+
+
+# BatchRun.cost_by_path keys, and the tier each path is billed at.
+PATH_TIERS = {"batch_api": Tier.BATCH, "flex": Tier.FLEX, "standard": Tier.STANDARD}
+
+
+@dataclass(slots=True)
+class PathUsage:
+    requests: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
+def cost_by_path(*, model: str, usage: dict[str, PathUsage]) -> dict:
+    """BatchRun.cost_by_path: per path (PATH_TIERS) its requests, tokens and estimated cost, then what the
+    same tokens would cost all on the standard tier ("standard_equivalent") and the "saving". Decimals
+    as strings (JSON)."""
+    result: dict = {}
+    paid = standard = Decimal(0)
+    for path, tier in PATH_TIERS.items():
+        used = usage.get(path, PathUsage())
+        cost = cost_estimate(model=model, tier=tier, tokens_in=used.tokens_in, tokens_out=used.tokens_out)
+        paid += cost
+        standard += cost_estimate(model=model, tier=Tier.STANDARD, tokens_in=used.tokens_in, tokens_out=used.tokens_out)
+        result[path] = {"requests": used.requests, "tokens_in": used.tokens_in, "tokens_out": used.tokens_out,
+                        "cost": str(cost)}
+    result["standard_equivalent"] = str(standard)
+    result["saving"] = str(standard - paid)
+    return result

@@ -283,7 +283,8 @@ def test_a_generation_stored_by_another_path_is_kept(users, openai_settings):
     before = {g.input_hash: (g.pk, g.content) for g in FortuneGeneration.objects.filter(for_date=AHEAD)}
     results = fortune_map(for_date=AHEAD)
     report = batch_api_collect()
-    assert report.stored_users == 0 and report.collected == 1
+    assert (report.stored_users, report.stored_generations, report.collected) == (0, 0, 1)
+    assert report.lines_ok == len(before)  # valid lines, their generation kept as stored
     assert {g.input_hash: (g.pk, g.content) for g in FortuneGeneration.objects.filter(for_date=AHEAD)} == before
     assert fortune_map(for_date=AHEAD) == results
 

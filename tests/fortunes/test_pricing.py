@@ -54,3 +54,15 @@ def test_bad_batch_api_settings_refuse_to_start(overrides, message):
     result = start(**overrides)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_cost_by_path_adds_up_and_shows_the_saving_against_all_standard():
+    from core.fortunes.pricing import PathUsage, cost_by_path
+
+    usage = {"batch_api": PathUsage(requests=10, tokens_in=1_000_000, tokens_out=0),
+             "standard": PathUsage(requests=2, tokens_in=0, tokens_out=1_000_000)}
+    paths = cost_by_path(model="gpt-4o-mini", usage=usage)
+    assert paths["batch_api"] == {"requests": 10, "tokens_in": 1_000_000, "tokens_out": 0, "cost": "0.075000"}
+    assert paths["flex"] == {"requests": 0, "tokens_in": 0, "tokens_out": 0, "cost": "0.000000"}
+    assert paths["standard"]["cost"] == "0.600000"
+    assert (paths["standard_equivalent"], paths["saving"]) == ("0.750000", "0.075000")
