@@ -284,7 +284,7 @@ def test_a_generation_stored_by_another_path_is_kept(users, openai_settings):
     results = fortune_map(for_date=AHEAD)
     report = batch_api_collect()
     assert (report.stored_users, report.stored_generations, report.collected) == (0, 0, 1)
-    assert report.lines_ok == len(before)  # valid lines, their generation kept as stored
+    assert (report.lines_ok, report.lines_orphaned) == (0, len(before))  # nobody needed them any more
     assert {g.input_hash: (g.pk, g.content) for g in FortuneGeneration.objects.filter(for_date=AHEAD)} == before
     assert fortune_map(for_date=AHEAD) == results
 
@@ -357,3 +357,15 @@ def test_the_upload_is_a_jsonl_file_named_for_its_key(users, openai_settings):
     assert upload.filename == batch_api.FILENAME.format(key=row.metadata_key)
     assert (len(data), hashlib.sha256(data).hexdigest()) == (row.file_bytes, row.file_sha256)
     assert io.BytesIO(data).read().count(b"\n") == row.request_count
+
+
+def test_users_still_missing_get_the_generation_another_path_stored_for_their_input(users, openai_settings):
+    twins = [u for u in users if u.birth_date_solar == dt.date(1979, 4, 4)]
+    batch_api_submit_ahead(target_date=AHEAD, base_date=BASE)
+    run_batch("--date", NIGHT_2.isoformat(), "--workers", "1", "--retry-cooldown", "0", "--user", str(twins[0].pk))
+    kept = FortuneGeneration.objects.get(input_hash=_input(twins[0]).hash)
+    report = batch_api_collect()
+    results = fortune_map(for_date=AHEAD)
+    assert {results[t.pk] for t in twins} == {kept.pk}
+    assert FortuneGeneration.objects.get(pk=kept.pk).content == kept.content
+    assert (report.lines_ok, report.stored_users) == (len(_hash_users(users)), len(users) - 1)
