@@ -621,6 +621,28 @@ def _store_lines(
 # --- cancel -------------------------------------------------------------------------------------
 
 
+def batch_api_settle(
+    *, target_date: dt.date, base_date: dt.date | None = None, wait_seconds: float | None = None,
+    poll_seconds: float = 5.0, stop: threading.Event | None = None, hook: Hook | None = None,
+) -> CancelReport:
+    """Before the synchronous pass for target_date: collect what is done, cancel what is still open,
+    wait for it (bounded), collect what that left. Whatever is still missing afterwards is the
+    synchronous pass's. The report's collect holds both collections' totals."""
+    first = batch_api_collect(target_date=target_date, base_date=base_date, hook=hook)
+    if not first.still_open:
+        return CancelReport(collect=first)
+    report = batch_api_cancel_open(target_date=target_date, wait_seconds=wait_seconds, poll_seconds=poll_seconds,
+                                   stop=stop, base_date=base_date, hook=hook)
+    second = report.collect
+    for name in ("collected", "failed_batches", "download_failures", "lines_ok", "lines_failed", "lines_orphaned",
+                 "stored_users", "stored_generations", "tokens_in", "tokens_out", "cost_batch", "cost_standard",
+                 "seconds"):
+        setattr(second, name, getattr(first, name) + getattr(second, name))
+    second.polled = first.polled
+    return report
+
+
+
 def batch_api_cancel_open(
     *, target_date: dt.date, wait_seconds: float | None = None, poll_seconds: float = 5.0,
     stop: threading.Event | None = None, base_date: dt.date | None = None, hook: Hook | None = None,

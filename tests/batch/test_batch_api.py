@@ -17,6 +17,7 @@ from core.batch.batch_api import (
     batch_api_cancel_open,
     batch_api_collect,
     batch_api_open_dates,
+    batch_api_settle,
     batch_api_submit_ahead,
 )
 from core.fortunes.inputs import GenerationInput
@@ -369,3 +370,35 @@ def test_users_still_missing_get_the_generation_another_path_stored_for_their_in
     assert {results[t.pk] for t in twins} == {kept.pk}
     assert FortuneGeneration.objects.get(pk=kept.pk).content == kept.content
     assert (report.lines_ok, report.stored_users) == (len(_hash_users(users)), len(users) - 1)
+
+
+def test_two_nights_in_order_collect_cancel_sync_then_submit_the_next(users, openai_settings):
+    """Night of B: sync B+1, submit B+2. Night of B+1: settle B+2 (collect, cancel the open rest),
+    sync B+2 (only what is missing), submit B+3."""
+    stub = openai_settings
+    run_batch("--date", BASE.isoformat(), "--workers", "2", "--retry-cooldown", "0")
+    batch_api_submit_ahead(target_date=AHEAD, base_date=BASE)
+    after_night_1 = stub.counters()["by_path"]["/v1/chat/completions"]
+
+    settled = batch_api_settle(target_date=AHEAD, base_date=NIGHT_2, wait_seconds=5, poll_seconds=0.1)
+    assert (settled.cancel_requested, settled.collect.stored_users) == (0, len(users))
+    assert _sync_night_2(openai_settings) == after_night_1  # 0 synchronous requests on night 2
+    nxt = batch_api_submit_ahead(target_date=AHEAD + dt.timedelta(days=1), base_date=NIGHT_2)
+    assert (nxt.users, nxt.batches_created) == (len(users), 1)
+    assert set(fortune_map(for_date=AHEAD)) == eligible_ids()
+
+
+def test_settle_cancels_what_is_still_open_after_collecting_the_rest(users, openai_settings):
+    stub = openai_settings
+    batch_api_submit_ahead(target_date=AHEAD, base_date=BASE, max_requests=13)  # two batches
+    stub.batch_configure(stuck=True, partial_share=0.0)
+    batch_api_submit_ahead(target_date=AHEAD, base_date=BASE)  # nothing new: both already in flight
+    rows = list(OpenAIBatch.objects.order_by("pk"))
+    assert len(rows) == 2
+    # A third batch, stuck: users created after night 1's submission.
+    late = [user_create(birth_date_solar=dt.date(2001, 1, n + 1), gender="M") for n in range(3)]
+    batch_api_submit_ahead(target_date=AHEAD, base_date=BASE)
+    settled = batch_api_settle(target_date=AHEAD, base_date=NIGHT_2, wait_seconds=5, poll_seconds=0.1)
+    assert settled.cancel_requested == 1 and settled.collect.collected == 3
+    assert set(fortune_map(for_date=AHEAD)) == eligible_ids() - {u.pk for u in late}
+    assert _sync_night_2(openai_settings) == len(late)
