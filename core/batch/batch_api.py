@@ -62,7 +62,7 @@ COLLECT_LINES_PER_PASS = 50_000
 LIST_MARGIN = dt.timedelta(hours=1)  # clock skew between our created_at and the batch's
 REMOTE_OPEN = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
 REMOTE_DONE = frozenset({"completed", "expired", "cancelled"})
-STATUS_DEADLINE_DAYS = 2  # an uploaded file is still worth a batch only this many days ahead
+RESUBMIT_MIN_DAYS_AHEAD = 2  # an uploaded file is still worth a batch only this many days ahead
 
 BATCH_API_NEEDS_OPENAI = "The Batch API needs FORTUNE_PROVIDER=openai; it is {provider!r}."
 DISCARDED_UNCONFIRMED = "upload never confirmed and no such file on the server: its inputs go synchronous"
@@ -358,7 +358,7 @@ def batch_api_resume(*, base_date: dt.date | None = None, hook: Hook | None = No
     """Finish or undo what a killed process left between recording a file and creating its batch.
 
     A row whose batch exists (found by metadata key) is adopted, never created again. An uploaded
-    row gets its batch if its target date is still STATUS_DEADLINE_DAYS ahead of base_date, else its
+    row gets its batch if its target date is still RESUBMIT_MIN_DAYS_AHEAD ahead of base_date, else its
     file is deleted; a planned row whose upload cannot be found is discarded.
     """
     report = ResumeReport()
@@ -384,7 +384,7 @@ def batch_api_resume(*, base_date: dt.date | None = None, hook: Hook | None = No
                 continue
             row.input_file_id, row.state = file_id, OpenAIBatch.State.UPLOADED
             row.save(update_fields=["input_file_id", "state"])
-        if (row.target_date - base_date).days >= STATUS_DEADLINE_DAYS:
+        if (row.target_date - base_date).days >= RESUBMIT_MIN_DAYS_AHEAD:
             if _create_batch(client=client, row=row, hook=hook):
                 report.created += 1
             continue
