@@ -334,6 +334,28 @@ def _adopt(row: OpenAIBatch, batch) -> None:
     row.save(update_fields=["batch_id", "input_file_id", "state", "remote_status", "submitted_at", "last_error"])
 
 
+def batch_api_submit_summary(*, report: SubmitReport) -> str:
+    """One line for stdout and the run report (also what --dry-run prints for the day ahead)."""
+    files = ", ".join(f"{count} requests/{size / 1_000_000:.1f} MB" for count, size in report.files) or "none"
+    text = (
+        f"batch api {'dry run ' if report.dry_run else ''}{report.target_date}: {report.users} users, "
+        f"{report.requests} requests ({report.already_stored} users already stored, {report.already_submitted} "
+        f"already submitted); files: {files}; {report.batches_created} batches created; "
+        f"~{report.tokens_in}/{report.tokens_out} tokens, ~${report.cost_batch} on the Batch API vs "
+        f"~${report.cost_standard} standard ({report.model})"
+    )
+    return text + (f"; stopped: {report.error}" if report.error else "")
+
+
+def batch_api_collect_summary(*, report: CollectReport) -> str:
+    return (
+        f"batch api collect: {report.polled} polled, {report.collected} collected, {report.still_open} open, "
+        f"{report.failed_batches} failed; {report.stored_users} users stored from {report.lines_ok} lines "
+        f"({report.lines_failed} failed lines left for the synchronous pass, {report.lines_orphaned} unneeded); "
+        f"{report.download_failures} download failures; ~${report.cost_batch} (standard ~${report.cost_standard})"
+    )
+
+
 # --- resume -------------------------------------------------------------------------------------
 
 

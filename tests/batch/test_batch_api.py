@@ -16,9 +16,11 @@ from core.batch.batch_api import (
     METADATA_KEY,
     batch_api_cancel_open,
     batch_api_collect,
+    batch_api_collect_summary,
     batch_api_open_dates,
     batch_api_settle,
     batch_api_submit_ahead,
+    batch_api_submit_summary,
 )
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.pricing import cost_estimate
@@ -100,6 +102,7 @@ def test_night_1_submits_night_2_stores_with_no_synchronous_request(users, opena
     assert collected.cost_batch == cost_estimate(model=settings.OPENAI_MODEL, tier="batch",
                                                  tokens_in=collected.tokens_in, tokens_out=collected.tokens_out) > 0
     assert abs(collected.cost_batch * 2 - collected.cost_standard) <= Decimal("0.000001")
+    assert f"{len(users)} users stored from {len(by_hash)} lines" in batch_api_collect_summary(report=collected)
     row.refresh_from_db()
     assert (row.state, row.completed_lines, row.failed_lines, row.stored_users) == (
         "collected", len(by_hash), 0, len(users))
@@ -331,6 +334,19 @@ def test_dry_run_reports_files_and_cost_each_way_and_writes_nothing(users, opena
     assert report.cost_batch > 0 and abs(report.cost_batch * 2 - report.cost_standard) <= Decimal("0.000001")
     assert table_counts() == before
     assert openai_settings.batch_state()["counters"] == {}
+    summary = batch_api_submit_summary(report=report)
+    assert summary.startswith(f"batch api dry run {AHEAD}: {len(users)} users, {len(by_hash)} requests")
+    assert f"~${report.cost_batch} on the Batch API vs ~${report.cost_standard} standard" in summary
+
+
+def test_the_admin_lists_batches(users, openai_settings, client):
+    batch_api_submit_ahead(target_date=AHEAD, base_date=BASE)
+    admin = user_create(username="admin", is_staff=True, is_superuser=True, password="pw")
+    client.force_login(admin)
+    row = OpenAIBatch.objects.get()
+    listing = client.get("/admin/core/openaibatch/")
+    assert listing.status_code == 200 and row.batch_id in listing.content.decode()
+    assert client.get(f"/admin/core/openaibatch/{row.pk}/change/").status_code == 200
 
 
 def test_an_upload_error_stops_the_submission_and_is_recorded(users, openai_settings, settings):
@@ -339,6 +355,13 @@ def test_an_upload_error_stops_the_submission_and_is_recorded(users, openai_sett
     assert report.error.startswith("upload failed: NotFoundError")
     row = OpenAIBatch.objects.get()
     assert (row.state, row.last_error) == ("planned", report.error)
+    assert "stopped: upload failed" in batch_api_submit_summary(report=report)
+
+    settings.OPENAI_BASE_URL = openai_settings.base_url
+    again = batch_api_submit_ahead(target_date=AHEAD, base_date=BASE)  # the unconfirmed upload is discarded
+    row.refresh_from_db()
+    assert (row.state, row.last_error) == ("discarded", batch_api.DISCARDED_UNCONFIRMED)
+    assert (again.users, again.batches_created) == (len(users), 1)
 
 
 def test_the_batch_api_needs_the_openai_provider(settings):
