@@ -75,5 +75,8 @@ class OpenAIBatchAdmin(admin.ModelAdmin):
     exclude = ("input_hashes",)  # up to 50,000 hashes: too big for a form
     readonly_fields = [f.name for f in OpenAIBatch._meta.fields if f.name != "input_hashes"]
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("input_hashes")
+
     def has_add_permission(self, request) -> bool:
         return False
