@@ -30,11 +30,12 @@ from typing import IO
 
 import openai
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from core.batch.dates import batch_today
 from core.batch.plan import PAGE_SIZE, batch_plan_pages
-from core.batch.store import GeneratedItem, batch_output_store, generation_ids_by_hash
+from core.batch.store import BatchWriter, Flush, GeneratedItem, generation_ids_by_hash
 from core.fortunes.pricing import PathUsage, Tier, cost_estimate
 from core.fortunes.prompt import build_messages, estimate_tokens
 from core.fortunes.providers import Generated, ProviderConfigError, ProviderError
@@ -587,56 +588,81 @@ def _store_lines(
 ) -> dict[int, tuple[int, int, int]]:
     """Store the lines' fortunes for every eligible user whose current input is one of them.
 
-    Returns row pk -> (lines ok, lines invalid, users stored). A line used is emptied (content ""),
-    so what is left with content afterwards matched nobody (orphaned).
+    One flush per plan page through the engine's BatchWriter (its own thread and connection on
+    PostgreSQL, so parsing and validating go on while the database writes). Returns row pk ->
+    (lines ok, lines invalid, users). A line used is emptied (content ""), so what still has content
+    afterwards matched nobody (orphaned).
     """
     per_row: dict[int, list[int]] = {}
     used: dict[str, int] = {}  # hash -> generation id, once stored or found stored
-    for page in batch_plan_pages(target_date=target_date, generator=f"openai:{model}", page_size=page_size,
-                                 language=settings.FORTUNE_LANGUAGE):
-        matched = {d: g for d, g in page.groups.items() if d in lines}
-        if not matched:
-            continue
-        unknown = [d for d in matched if d not in used]
-        stored = generation_ids_by_hash(hashes=unknown) if unknown else {}
-        items, waiting, reused = [], {}, []
-        for digest, group in matched.items():
-            line = lines[digest]
-            tally = per_row.setdefault(line.row.pk, [0, 0, 0])
-            generation_id = used.get(digest) or stored.get(digest)
-            if generation_id is not None:
-                reused.extend((user_id, generation_id) for user_id in group.user_ids)
-                if digest not in used:  # stored by another path: keep that one
-                    used[digest] = generation_id
-                    tally[0] += 1
-                    report.lines_ok += 1
+    handed: dict[str, list[int]] = {}  # hash with the writer -> later pages' users waiting for its id
+    late: list[tuple[int, int]] = []  # (user, generation id) of those, for the next flush
+    writer = BatchWriter(for_date=target_date, provider="openai", model=model, replace=False,
+                         threaded=connection.vendor == "postgresql" and not connection.in_atomic_block)
+
+    def settle(flushes: list[Flush]) -> None:
+        for flush in flushes:
+            used.update(flush.ids)
+            report.stored_users += flush.stored
+            for digest in flush.waiting:
+                late.extend((user_id, flush.ids[digest]) for user_id in handed.pop(digest))
+            _hook(hook, "stored_page")
+
+    try:
+        for page in batch_plan_pages(target_date=target_date, generator=f"openai:{model}", page_size=page_size,
+                                     language=settings.FORTUNE_LANGUAGE):
+            matched = {d: g for d, g in page.groups.items() if d in lines}
+            if not matched:
+                continue
+            unknown = [d for d in matched if d not in used and d not in handed]
+            stored = generation_ids_by_hash(hashes=unknown) if unknown else {}
+            items, waiting, reused = [], {}, late
+            late = []
+            for digest, group in matched.items():
+                line = lines[digest]
+                tally = per_row.setdefault(line.row.pk, [0, 0, 0])
+                if digest in handed:
+                    handed[digest].extend(group.user_ids)
+                    tally[2] += len(group.user_ids)
+                    continue
+                generation_id = used.get(digest) or stored.get(digest)
+                if generation_id is not None:
+                    reused.extend((user_id, generation_id) for user_id in group.user_ids)
+                    tally[2] += len(group.user_ids)
+                    if digest not in used:  # stored by another path: keep that one
+                        used[digest] = generation_id
+                        tally[0] += 1
+                        report.lines_ok += 1
+                        line.content = ""
+                    continue
+                if not line.content:
+                    continue  # invalid: left for the synchronous pass
+                try:
+                    part = completion_part(finish_reason="stop", refusal=None, content=line.content)
+                except ProviderError:
+                    tally[1] += 1
                     line.content = ""
-                continue
-            if not line.content:
-                continue  # invalid: left for the synchronous pass
-            try:
-                part = completion_part(finish_reason="stop", refusal=None, content=line.content)
-            except ProviderError:
-                tally[1] += 1
+                    continue
                 line.content = ""
-                continue
-            line.content = ""
-            tally[0] += 1
-            items.append(GeneratedItem(inp=group.inp, hash=digest, generated=Generated(
-                content=group.inp.compose(part), tokens_in=line.tokens_in, tokens_out=line.tokens_out,
-                service_tier="batch")))
-            waiting[digest] = group.user_ids
-        if not items and not reused:
-            continue
-        ids, users = batch_output_store(items=items, reused=reused, waiting=waiting, for_date=target_date,
-                                        provider="openai", model=model)
-        used.update(ids)
-        report.stored_generations += len(items)
-        report.stored_users += users
-        report.lines_ok += len(items)
-        for digest in waiting:
-            per_row[lines[digest].row.pk][2] += len(waiting[digest])
-        _hook(hook, "stored_page")
+                tally[0] += 1
+                tally[2] += len(group.user_ids)
+                items.append(GeneratedItem(inp=group.inp, hash=digest, generated=Generated(
+                    content=group.inp.compose(part), tokens_in=line.tokens_in, tokens_out=line.tokens_out,
+                    service_tier="batch")))
+                waiting[digest] = group.user_ids
+                handed[digest] = []
+            if items or reused:
+                writer.submit(Flush(items=items, reused=reused, waiting=waiting))
+                report.stored_generations += len(items)
+                report.lines_ok += len(items)
+            settle(writer.done())
+        while writer.outstanding or late:
+            settle(writer.done(wait=True))
+            if late:
+                writer.submit(Flush(items=[], reused=late, waiting={}))
+                late = []
+    finally:
+        writer.close()
     return {pk: (ok, invalid, users) for pk, (ok, invalid, users) in per_row.items()}
 
 
