@@ -128,6 +128,7 @@ class ResumeReport:
     adopted: int = 0  # batches found by their metadata key
     created: int = 0
     discarded: int = 0
+    error: str = ""  # listing failed: nothing was resumed this time
 
 
 def batch_api_client() -> openai.OpenAI:
@@ -252,6 +253,7 @@ def batch_api_submit_ahead(
                 if current.hashes and not current.fits(len(line), max_requests=max_requests, max_bytes=max_bytes):
                     _submit_file(client=client, jsonl=current, target_date=target_date, model=model, report=report,
                                  hook=hook)
+                    current.fh.close()
                     current = _JsonlFile()
                 current.add(digest, line)
         if current is None:
@@ -391,8 +393,15 @@ def batch_api_resume(*, base_date: dt.date | None = None, hook: Hook | None = No
         return report
     base_date = base_date or batch_today()
     client = batch_api_client()
-    remote = _remote_batches(client, since=min(row.created_at for row in rows))
-    files = _remote_files(client) if any(row.state == OpenAIBatch.State.PLANNED for row in rows) else {}
+    try:
+        remote = _remote_batches(client, since=min(row.created_at for row in rows))
+        files = _remote_files(client) if any(row.state == OpenAIBatch.State.PLANNED for row in rows) else {}
+    except openai.APIError as exc:
+        # Nothing is created without reconciling first; the rows stay open (and their inputs out of
+        # new submissions) until a later call can list.
+        logger.warning("batch api resume: %s", _error_text("listing batches and files", exc))
+        report.error = _error_text("listing batches and files", exc)
+        return report
     for row in rows:
         batch = remote.get(row.metadata_key)
         if batch is not None:

@@ -425,3 +425,15 @@ def test_settle_cancels_what_is_still_open_after_collecting_the_rest(users, open
     assert settled.cancel_requested == 1 and settled.collect.collected == 3
     assert set(fortune_map(for_date=AHEAD)) == eligible_ids() - {u.pk for u in late}
     assert _sync_night_2(openai_settings) == len(late)
+
+
+def test_resume_creates_nothing_while_it_cannot_list(users, openai_settings, settings):
+    with pytest.raises(Killed):
+        batch_api_submit_ahead(target_date=AHEAD, base_date=BASE, hook=kill_at("created"))
+    settings.OPENAI_BASE_URL = openai_settings.base_url.replace("/v1", "/nowhere")
+    report = batch_api.batch_api_resume(base_date=BASE)
+    assert report.error.startswith("listing batches and files failed") and report.created == 0
+    assert OpenAIBatch.objects.get().state == "uploaded"
+    settings.OPENAI_BASE_URL = openai_settings.base_url
+    assert batch_api.batch_api_resume(base_date=BASE).adopted == 1
+    assert openai_settings.batch_state()["counters"]["batches_created"] == 1
