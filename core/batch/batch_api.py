@@ -456,7 +456,11 @@ def _parse_output(text: str, *, row: OpenAIBatch, lines: dict[str, _Line], count
     for raw in text.splitlines():
         if not raw:
             continue
-        line = json.loads(raw)
+        try:
+            line = json.loads(raw)
+        except ValueError:  # a damaged line: its input goes synchronous
+            tally[0] += 1
+            continue
         response = line.get("response") or {}
         body = response.get("body") or {}
         usage = body.get("usage") or {}
