@@ -437,3 +437,19 @@ def test_resume_creates_nothing_while_it_cannot_list(users, openai_settings, set
     settings.OPENAI_BASE_URL = openai_settings.base_url
     assert batch_api.batch_api_resume(base_date=BASE).adopted == 1
     assert openai_settings.batch_state()["counters"]["batches_created"] == 1
+
+
+def test_a_batch_that_failed_validation_is_settled_failed_and_left_to_the_synchronous_pass(users, openai_settings):
+    batch_api_submit_ahead(target_date=AHEAD, base_date=BASE)
+    row = OpenAIBatch.objects.get()
+    client = openai.OpenAI(api_key="sk-test-stub", base_url=openai_settings.base_url, max_retries=0)
+    bad = client.files.create(file=("bad.jsonl", io.BytesIO(b"not json\n")), purpose="batch")
+    broken = client.batches.create(input_file_id=bad.id, endpoint="/v1/chat/completions", completion_window="24h")
+    client.close()
+    OpenAIBatch.objects.filter(pk=row.pk).update(batch_id=broken.id)  # as if OpenAI had refused the file
+    report = batch_api_collect()
+    row.refresh_from_db()
+    assert (report.failed_batches, report.stored_users) == (1, 0)
+    assert (row.state, row.failed_lines) == ("failed", row.request_count)
+    assert row.last_error.startswith("the batch failed: invalid_json_line")
+    assert _sync_night_2(openai_settings) == len(_hash_users(users))
