@@ -778,7 +778,7 @@ class BatchStore:
                 "counters": dict(self.counters),
                 "files": len(self.files),
                 "batches": [{
-                    "id": b["id"], "status": b["status"], "metadata": b["metadata"], "total": len(b["lines"]),
+                    "id": b["id"], "status": b["status"], "metadata": b["metadata"], "total": b["total"],
                     "outcomes": b.get("outcomes", {}),
                 } for b in self.batches.values()],
             }
@@ -858,6 +858,7 @@ class BatchStore:
                 "output_file_id": None, "error_file_id": None, "times": {}, "counts": (0, 0),
             }
             batch["lines"], problems, batch["model"] = _batch_lines(source["data"], request["endpoint"])
+            batch["total"] = len(batch["lines"])
             if problems:
                 batch["status"], batch["errors"] = "failed", {"object": "list", "data": problems}
                 batch["times"]["failed_at"] = now
@@ -916,7 +917,7 @@ class BatchStore:
         config, now = batch["config"], time.time()
         output, errors = [], []
         outcomes: dict[str, list[str]] = collections.defaultdict(list)
-        for n, (custom_id, body) in enumerate(batch["lines"], 1):
+        for n, (custom_id, raw) in enumerate(batch["lines"], 1):
             rng = random.Random(f"{config['seed']}:{custom_id}")
             fault_draw, done_draw = rng.random(), rng.random()
             line_id = f"batch_req_{batch['id']}_{n}"
@@ -939,7 +940,7 @@ class BatchStore:
                 outcomes["4xx"].append(custom_id)
                 continue
             malformed = fault_draw < config["fail_5xx"] + config["fail_4xx"] + config["fail_malformed"]
-            body_out = _batch_completion(body, custom_id=custom_id, n=n, malformed=malformed)
+            body_out = _batch_completion(json.loads(raw)["body"], custom_id=custom_id, n=n, malformed=malformed)
             output.append({"id": line_id, "custom_id": custom_id, "error": None,
                            "response": {"status_code": 200, "request_id": request_id, "body": body_out}})
             outcomes["malformed" if malformed else "ok"].append(custom_id)
@@ -957,7 +958,8 @@ class BatchStore:
             batch["times"]["finalizing_at"] = now
         batch["outcomes"] = dict(outcomes)
         ok = len(outcomes["ok"]) + len(outcomes["malformed"])
-        batch["counts"] = (ok, len(batch["lines"]) - ok)
+        batch["counts"] = (ok, batch["total"] - ok)
+        batch["lines"] = []  # answered: only the files are needed now
 
     def _batch_json(self, batch: dict) -> dict:
         times = {key: int(value) for key, value in batch["times"].items()}
@@ -967,13 +969,14 @@ class BatchStore:
             "input_file_id": batch["input_file_id"], "completion_window": "24h", "status": batch["status"],
             "output_file_id": batch["output_file_id"], "error_file_id": batch["error_file_id"],
             "created_at": int(batch["created_at"]), "expires_at": int(batch["created_at"]) + 86400,
-            "request_counts": {"total": len(batch["lines"]), "completed": completed, "failed": failed},
+            "request_counts": {"total": batch["total"], "completed": completed, "failed": failed},
             "metadata": batch["metadata"], "model": batch["model"], **times,
         }
 
 
-def _batch_lines(data: bytes, endpoint: str) -> tuple[list[tuple[str, dict]], list[dict], str | None]:
-    """(custom_id, body) of every line, the validation errors (the batch fails on any), the model."""
+def _batch_lines(data: bytes, endpoint: str) -> tuple[list[tuple[str, str]], list[dict], str | None]:
+    """(custom_id, raw line) of every line, the validation errors (the batch fails on any), the model.
+    Lines stay raw until answered: parsed, 100,000 of them would hold gigabytes."""
     lines, problems, models, seen = [], [], set(), set()
     for number, raw in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
         if not raw.strip():
@@ -994,7 +997,7 @@ def _batch_lines(data: bytes, endpoint: str) -> tuple[list[tuple[str, dict]], li
         else:
             seen.add(custom_id)
             models.add(body.get("model"))
-            lines.append((custom_id, body))
+            lines.append((custom_id, raw))
     if len(models) > 1:
         problems.append({"code": "mixed_models", "line": None, "message": "All lines must use the same model."})
     if len(lines) > BATCH_MAX_REQUESTS:
