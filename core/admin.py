@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
-from core.models import BatchRun, FortuneGeneration, FortuneResult, User
+from core.models import BatchRun, FortuneGeneration, FortuneResult, OpenAIBatch, User
 
 
 @admin.register(User)
@@ -58,6 +58,25 @@ class BatchRunAdmin(admin.ModelAdmin):
     list_filter = ("status", "catch_up", "provider", "target_date")
     date_hierarchy = "target_date"
     readonly_fields = [f.name for f in BatchRun._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(OpenAIBatch)
+class OpenAIBatchAdmin(admin.ModelAdmin):
+    list_display = (
+        "id", "target_date", "model", "state", "remote_status", "request_count", "completed_lines", "failed_lines",
+        "stored_users", "estimated_cost", "batch_id", "created_at", "collected_at",
+    )
+    list_filter = ("state", "remote_status", "model", "target_date")
+    search_fields = ("batch_id", "metadata_key", "input_file_id")
+    date_hierarchy = "target_date"
+    exclude = ("input_hashes",)  # up to 50,000 hashes: too big for a form
+    readonly_fields = [f.name for f in OpenAIBatch._meta.fields if f.name != "input_hashes"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("input_hashes")
 
     def has_add_permission(self, request) -> bool:
         return False

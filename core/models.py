@@ -205,6 +205,9 @@ class BatchRun(models.Model):
     stop_reason = models.CharField(max_length=255, blank=True, default="")
     failure_sample = models.JSONField(default=list, blank=True)
     notes = models.TextField(blank=True, default="")
+    # Per path ("batch_api", "flex", "standard"): {"requests", "tokens_in", "tokens_out", "cost"} (cost a
+    # decimal string, USD), plus "standard_equivalent" and "saving": what all-standard would have cost.
+    cost_by_path = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-started_at"]
@@ -216,3 +219,55 @@ class BatchRun(models.Model):
     @property
     def duration(self) -> dt.timedelta | None:
         return (self.finished_at - self.started_at) if self.finished_at else None
+
+
+class OpenAIBatch(models.Model):
+    """One OpenAI Batch API batch (one JSONL file, one model) of generations for one target date.
+
+    The row is written before each remote step (state machine: planned → uploaded → submitted →
+    collected | failed | discarded), so a process killed at any point is resumed from what is recorded
+    and never creates a second batch for the same file (reconciled by listing batches with metadata_key).
+    """
+
+    class State(models.TextChoices):
+        PLANNED = "planned"        # file written locally, not uploaded (or upload unconfirmed)
+        UPLOADED = "uploaded"      # input file uploaded, batch not (confirmed) created
+        SUBMITTED = "submitted"    # batch created; remote_status tells where it is
+        COLLECTED = "collected"    # output and error files stored (completed, expired or cancelled)
+        FAILED = "failed"          # the remote batch failed (invalid input file): its inputs go synchronous
+        DISCARDED = "discarded"    # never submitted (resumed too late): its inputs go synchronous
+
+    OPEN_STATES = (State.PLANNED, State.UPLOADED, State.SUBMITTED)
+
+    target_date = models.DateField(db_index=True)
+    model = models.CharField(max_length=64)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PLANNED, db_index=True)
+    metadata_key = models.CharField(max_length=64, unique=True, help_text="Sent as batch metadata fortuna_key.")
+    remote_status = models.CharField(max_length=16, blank=True, default="", help_text="The batch's OpenAI status.")
+    request_count = models.PositiveIntegerField(default=0)
+    file_bytes = models.PositiveBigIntegerField(default=0)
+    file_sha256 = models.CharField(max_length=64, blank=True, default="")
+    input_hashes = models.JSONField(default=list, blank=True, help_text="custom_id (input hash) of every line.")
+    input_file_id = models.CharField(max_length=64, blank=True, default="")
+    batch_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    output_file_id = models.CharField(max_length=64, blank=True, default="")
+    error_file_id = models.CharField(max_length=64, blank=True, default="")
+    completed_lines = models.PositiveIntegerField(default=0, help_text="Lines valid and stored (or already stored).")
+    failed_lines = models.PositiveIntegerField(default=0, help_text="Lines left for the synchronous pass.")
+    stored_users = models.PositiveIntegerField(default=0)
+    tokens_in = models.PositiveBigIntegerField(default=0)
+    tokens_out = models.PositiveBigIntegerField(default=0)
+    estimated_cost = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    download_failures = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    collected_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["target_date", "state"], name="openaibatch_target_state_idx")]
+
+    def __str__(self) -> str:
+        return f"OpenAIBatch {self.pk} {self.target_date} {self.state} {self.batch_id or self.metadata_key}"

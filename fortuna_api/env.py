@@ -69,3 +69,30 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {value!r}.")
     return value
+
+
+PRICE_TIERS = ("standard", "batch", "flex")
+PRICE_ENTRY_INVALID = (
+    "{name}: {entry!r} is not a price. Write entries as MODEL:TIER=INPUT/OUTPUT in USD per 1M tokens, "
+    "comma-separated (e.g. gpt-4o-mini:batch=0.075/0.30); TIER is one of standard, batch, flex."
+)
+
+
+def env_prices(
+    name: str, defaults: dict[str, dict[str, tuple[str, str]]]
+) -> dict[str, dict[str, tuple[Decimal, Decimal]]]:
+    """Prices per model and tier: the defaults, with the environment's MODEL:TIER=IN/OUT entries over them."""
+    prices = {model: {tier: (Decimal(i), Decimal(o)) for tier, (i, o) in tiers.items()}
+              for model, tiers in defaults.items()}
+    for entry in env_list(name):
+        try:
+            key, value = entry.split("=", 1)
+            model, tier = (part.strip() for part in key.rsplit(":", 1))
+            price_in, price_out = (Decimal(part.strip()) for part in value.split("/"))
+        except (ValueError, InvalidOperation):
+            raise ImproperlyConfigured(PRICE_ENTRY_INVALID.format(name=name, entry=entry)) from None
+        if (not model or tier not in PRICE_TIERS or not price_in.is_finite() or not price_out.is_finite()
+                or price_in < 0 or price_out < 0):
+            raise ImproperlyConfigured(PRICE_ENTRY_INVALID.format(name=name, entry=entry))
+        prices.setdefault(model, {})[tier] = (price_in, price_out)
+    return prices

@@ -5,7 +5,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from fortuna_api.env import env, env_bool, env_choice, env_decimal, env_int, env_list
+from fortuna_api.env import env, env_bool, env_choice, env_decimal, env_int, env_list, env_prices
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -204,6 +204,22 @@ FORTUNE_MAX_ATTEMPTS = env_int("FORTUNE_MAX_ATTEMPTS", 5, min_value=1, max_value
 FORTUNE_PRICE_INPUT_PER_M = env_decimal("FORTUNE_PRICE_INPUT_PER_M", "0.15")
 FORTUNE_PRICE_OUTPUT_PER_M = env_decimal("FORTUNE_PRICE_OUTPUT_PER_M", "0.60")
 FORTUNE_MAX_COST_PER_RUN = env_decimal("FORTUNE_MAX_COST_PER_RUN", "0")  # 0 = no budget
+# USD per 1M tokens (input, output) per model and tier: list prices as defaults; FORTUNE_PRICES adds or
+# overrides entries, e.g. "gpt-4o-mini:flex=0.075/0.30,gpt-5-mini:standard=0.25/2.00".
+# https://platform.openai.com/docs/pricing (Batch API and flex are half the standard price)
+FORTUNE_PRICES = env_prices("FORTUNE_PRICES", {
+    "gpt-4o-mini": {"standard": ("0.15", "0.60"), "batch": ("0.075", "0.30"), "flex": ("0.075", "0.30")},
+    "gpt-4.1-mini": {"standard": ("0.40", "1.60"), "batch": ("0.20", "0.80"), "flex": ("0.20", "0.80")},
+})
+# Day-ahead Batch API: the nightly run for base B submits B+2 (docs/BATCH_GENERATION.md).
+FORTUNE_BATCH_AHEAD = env_bool("FORTUNE_BATCH_AHEAD", default=False)
+# How long the nightly run waits for cancelled batches to reach `cancelled` (OpenAI: up to 10 min).
+FORTUNE_BATCH_CANCEL_WAIT_SECONDS = env_int("FORTUNE_BATCH_CANCEL_WAIT_SECONDS", 600, min_value=0, max_value=3600)
+# Service tier of the batch's synchronous requests (never the on-demand web path): flex is billed at
+# Batch prices but may answer 429 "resource unavailable", and is not used in the last
+# FORTUNE_FLEX_FALLBACK_MINUTES before the batch deadline.
+OPENAI_SERVICE_TIER = env_choice("OPENAI_SERVICE_TIER", "default", ("default", "flex"))
+FORTUNE_FLEX_FALLBACK_MINUTES = env_int("FORTUNE_FLEX_FALLBACK_MINUTES", 30, min_value=0, max_value=1440)
 FORTUNE_RETENTION_DAYS = env_int("FORTUNE_RETENTION_DAYS", 90, min_value=1)
 FORTUNE_ON_DEMAND_TIMEOUT = env_int("FORTUNE_ON_DEMAND_TIMEOUT", 20, min_value=1, max_value=100)
 # Requests per web process generating (or waiting on another's generation); the excess gets 503 at

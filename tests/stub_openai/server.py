@@ -317,6 +317,7 @@ class StubState:
         self.release = threading.Event()  # set at reset: wakes hung requests
         self.generation = 0  # bumped at reset: requests begun before it are not counted after it
         self._clear()
+        self.batch_store = BatchStore()
 
     def _clear(self) -> None:
         self.n = 0
@@ -335,6 +336,7 @@ class StubState:
             if config:
                 self.config = copy.deepcopy(self.startup_config)
             self._clear()
+            self.batch_store = BatchStore()
             self.generation += 1
             self.release.set()
             self.release = threading.Event()
@@ -441,9 +443,26 @@ class StubHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
+    def send_bytes(self, status: int, data: bytes, *, content_type: str) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def do_DELETE(self) -> None:
+        url = urlsplit(self.path)
+        if not batch_api_route(self, "DELETE", url, self.read_body()):
+            self.send_json(404, _error_body(f"Unknown path {url.path}", type_="invalid_request_error"))
+
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         state = self.server.state
+        if batch_api_route(self, "GET", url, b""):
+            return
         if url.path == "/_stub/counters":
             self.send_json(200, state.counters())
         elif url.path == "/_stub/requests":
@@ -459,8 +478,11 @@ class StubHandler(BaseHTTPRequestHandler):
             self.send_json(404, _error_body(f"Unknown path {url.path}", type_="invalid_request_error"))
 
     def do_POST(self) -> None:
-        path = urlsplit(self.path).path
+        url = urlsplit(self.path)
+        path = url.path
         body = self.read_body()
+        if batch_api_route(self, "POST", url, body):
+            return
         if path == "/_stub/config":
             try:
                 update = json.loads(body or b"{}")
@@ -572,7 +594,8 @@ class StubHandler(BaseHTTPRequestHandler):
         model = request["model"]
         if chat:
             payload = _chat_completion(n=n, model=model, content=content, refusal=refusal,
-                                       finish_reason=finish_reason, tokens_in=usage_in, tokens_out=usage_out)
+                                       finish_reason=finish_reason, tokens_in=usage_in, tokens_out=usage_out,
+                                       service_tier=str(request.get("service_tier") or "default"))
         else:
             payload = _response_object(n=n, model=model, content=content, refusal=refusal,
                                        finish_reason=finish_reason, tokens_in=usage_in, tokens_out=usage_out)
@@ -591,14 +614,14 @@ def _request_schema(request: dict, *, chat: bool) -> dict | None:
 
 
 def _chat_completion(*, n: int, model: str, content: str | None, refusal: str | None, finish_reason: str,
-                     tokens_in: int, tokens_out: int) -> dict:
+                     tokens_in: int, tokens_out: int, service_tier: str = "default") -> dict:
     return {
         "id": f"chatcmpl-stub{n:010d}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "system_fingerprint": "fp_stub",
-        "service_tier": "default",
+        "service_tier": service_tier,
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": content, "refusal": refusal, "annotations": []},
@@ -658,6 +681,422 @@ class StubHTTPServer(ThreadingHTTPServer):
         if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
             return
         super().handle_error(request, client_address)
+
+
+# --- Batch API: files and batches -------------------------------------------------------------------
+#
+# POST /v1/files (multipart), GET /v1/files[?purpose=], GET /v1/files/{id}/content, DELETE /v1/files/{id},
+# POST /v1/batches, GET /v1/batches (newest first, after/limit), GET /v1/batches/{id},
+# POST /v1/batches/{id}/cancel. A batch moves on lazily, when it is read: in_progress until
+# completion_delay has passed, then completed (or expired); a cancelled one goes through cancelling.
+# Controls: POST /_stub/batch/config (BATCH_DEFAULTS keys), GET /_stub/batch (config, counters and
+# per-batch custom_ids by outcome). The config is copied into a batch when it is created, except
+# download_failures, which counts down over every download.
+
+BATCH_DEFAULTS: dict[str, Any] = {
+    "completion_delay": 0.0,  # seconds from create to completed/expired
+    "fail_5xx": 0.0,          # share of lines answered 5xx (error file, `error` set, no response)
+    "fail_4xx": 0.0,          # share answered 400 (output file, `error: null`, the error in the body)
+    "fail_malformed": 0.0,    # share answered 200 with content that breaks the schema
+    "expire": False,          # at completion_delay the batch expires: partial_share of lines done
+    "stuck": False,           # stays in_progress until cancelled
+    "partial_share": 0.5,     # share of lines finished when a batch expires or is cancelled
+    "cancel_delay": 0.0,      # seconds a cancelled batch stays `cancelling`
+    "download_failures": 0,   # the next N file downloads answer 500
+    "seed": 0,
+}
+BATCH_TERMINAL = ("completed", "expired", "cancelled", "failed")
+BATCH_MAX_REQUESTS = 50_000
+BATCH_CONFIG_UNKNOWN_KEY = "unknown batch config key(s): {keys}; allowed: {allowed}"
+BATCH_BAD_SHARE = "batch config: fail_5xx + fail_4xx + fail_malformed must be within 0..1"
+FILE_NOT_FOUND = "No such File object: {file_id}"
+BATCH_NOT_FOUND = "No such batch: {batch_id}"
+BATCH_BAD_ENDPOINT = "endpoint must be /v1/chat/completions, got {endpoint!r}"
+BATCH_BAD_WINDOW = "completion_window must be 24h, got {window!r}"
+BATCH_BAD_FILE_PURPOSE = "The input file must have purpose 'batch', got {purpose!r}"
+BATCH_CANNOT_CANCEL = "Cannot cancel a batch with status {status!r}"
+UPLOAD_NO_FILE = "Missing required parameter: 'file'."
+UPLOAD_BAD_PURPOSE = "Missing or unknown parameter: 'purpose' (got {purpose!r})."
+DOWNLOAD_FAILED = "The server had an error while serving this file (stub)."
+
+
+def batch_config_apply(current: dict, update: dict) -> dict:
+    unknown = set(update) - set(BATCH_DEFAULTS)
+    if unknown:
+        raise ValueError(BATCH_CONFIG_UNKNOWN_KEY.format(keys=sorted(unknown), allowed=sorted(BATCH_DEFAULTS)))
+    new = dict(current)
+    for key, value in update.items():
+        default = BATCH_DEFAULTS[key]
+        new[key] = bool(value) if isinstance(default, bool) else type(default)(value)
+    shares = [new["fail_5xx"], new["fail_4xx"], new["fail_malformed"]]
+    if any(s < 0 for s in shares) or sum(shares) > 1 + 1e-9 or not 0 <= new["partial_share"] <= 1:
+        raise ValueError(BATCH_BAD_SHARE)
+    return new
+
+
+def _multipart_fields(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """name -> (filename, bytes) of a multipart/form-data body (stdlib email parser)."""
+    import email.parser
+    import email.policy
+
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    fields = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name:
+            fields[name] = (part.get_filename(), part.get_payload(decode=True) or b"")
+    return fields
+
+
+class BatchStore:
+    """Files and batches of one stub process (reset with the rest of the state)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.config = dict(BATCH_DEFAULTS)
+        self.files: dict[str, dict] = {}
+        self.batches: dict[str, dict] = {}
+        self.seq = 0
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    def _id(self, prefix: str) -> str:
+        self.seq += 1
+        return f"{prefix}-stub{self.seq:08d}"
+
+    def configure(self, update: dict) -> dict:
+        with self.lock:
+            self.config = batch_config_apply(self.config, update)
+            return dict(self.config)
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            for batch in self.batches.values():
+                self._advance(batch)
+            return {
+                "config": dict(self.config),
+                "counters": dict(self.counters),
+                "files": len(self.files),
+                "batches": [{
+                    "id": b["id"], "status": b["status"], "metadata": b["metadata"], "total": b["total"],
+                    "outcomes": b.get("outcomes", {}),
+                } for b in self.batches.values()],
+            }
+
+    # files ----------------------------------------------------------------------------------------
+    def _file(self, *, data: bytes, filename: str, purpose: str) -> dict:
+        obj = {"id": self._id("file"), "object": "file", "bytes": len(data), "created_at": int(time.time()),
+               "filename": filename, "purpose": purpose, "status": "processed", "data": data}
+        self.files[obj["id"]] = obj
+        return obj
+
+    @staticmethod
+    def file_json(obj: dict) -> dict:
+        return {k: v for k, v in obj.items() if k != "data"}
+
+    def upload(self, *, content_type: str, body: bytes) -> tuple[int, dict]:
+        fields = _multipart_fields(content_type, body)
+        purpose = fields.get("purpose", (None, b""))[1].decode()
+        if "file" not in fields:
+            return 400, _error_body(UPLOAD_NO_FILE, type_="invalid_request_error", param="file")
+        if purpose not in ("batch", "fine-tune", "assistants", "user_data"):
+            return 400, _error_body(UPLOAD_BAD_PURPOSE.format(purpose=purpose), type_="invalid_request_error",
+                                    param="purpose")
+        filename, data = fields["file"]
+        with self.lock:
+            self.counters["files_created"] += 1
+            return 200, self.file_json(self._file(data=data, filename=filename or "upload", purpose=purpose))
+
+    def download(self, file_id: str) -> tuple[int, Any]:
+        with self.lock:
+            self.counters["downloads"] += 1
+            if self.config["download_failures"] > 0:
+                self.config["download_failures"] -= 1
+                self.counters["download_failures"] += 1
+                return 500, _error_body(DOWNLOAD_FAILED, type_="server_error")
+            obj = self.files.get(file_id)
+            if obj is None:
+                return 404, _error_body(FILE_NOT_FOUND.format(file_id=file_id), type_="invalid_request_error")
+            return 200, obj["data"]
+
+    def delete_file(self, file_id: str) -> tuple[int, dict]:
+        with self.lock:
+            if self.files.pop(file_id, None) is None:
+                return 404, _error_body(FILE_NOT_FOUND.format(file_id=file_id), type_="invalid_request_error")
+            self.counters["files_deleted"] += 1
+            return 200, {"id": file_id, "object": "file", "deleted": True}
+
+    def list_files(self, query: dict) -> dict:
+        purpose = query.get("purpose", [None])[0]
+        with self.lock:
+            items = [self.file_json(f) for f in reversed(self.files.values()) if purpose in (None, f["purpose"])]
+        return _cursor_page(items, query)
+
+    # batches --------------------------------------------------------------------------------------
+    def create(self, request: Any) -> tuple[int, dict]:
+        if not isinstance(request, dict):
+            return 400, _error_body(BAD_BODY_JSON, type_="invalid_request_error")
+        if request.get("endpoint") != "/v1/chat/completions":
+            return 400, _error_body(BATCH_BAD_ENDPOINT.format(endpoint=request.get("endpoint")),
+                                    type_="invalid_request_error", param="endpoint")
+        if request.get("completion_window") != "24h":
+            return 400, _error_body(BATCH_BAD_WINDOW.format(window=request.get("completion_window")),
+                                    type_="invalid_request_error", param="completion_window")
+        with self.lock:
+            source = self.files.get(request.get("input_file_id") or "")
+            if source is None:
+                return 400, _error_body(FILE_NOT_FOUND.format(file_id=request.get("input_file_id")),
+                                        type_="invalid_request_error", param="input_file_id")
+            if source["purpose"] != "batch":
+                return 400, _error_body(BATCH_BAD_FILE_PURPOSE.format(purpose=source["purpose"]),
+                                        type_="invalid_request_error", param="input_file_id")
+            now = time.time()
+            batch = {
+                "id": self._id("batch"), "endpoint": request["endpoint"], "input_file_id": source["id"],
+                "completion_window": "24h", "status": "validating", "created_at": now,
+                "metadata": request.get("metadata") or None, "config": dict(self.config), "errors": None,
+                "output_file_id": None, "error_file_id": None, "times": {}, "counts": (0, 0),
+            }
+            batch["lines"], problems, batch["model"] = _batch_lines(source["data"], request["endpoint"])
+            batch["total"] = len(batch["lines"])
+            if problems:
+                batch["status"], batch["errors"] = "failed", {"object": "list", "data": problems}
+                batch["times"]["failed_at"] = now
+            else:
+                batch["status"] = "in_progress"
+                batch["times"]["in_progress_at"] = now
+            self.batches[batch["id"]] = batch
+            self.counters["batches_created"] += 1
+            return 200, self._batch_json(batch)
+
+    def retrieve(self, batch_id: str) -> tuple[int, dict]:
+        with self.lock:
+            self.counters["retrieves"] += 1
+            batch = self.batches.get(batch_id)
+            if batch is None:
+                return 404, _error_body(BATCH_NOT_FOUND.format(batch_id=batch_id), type_="invalid_request_error")
+            self._advance(batch)
+            return 200, self._batch_json(batch)
+
+    def cancel(self, batch_id: str) -> tuple[int, dict]:
+        with self.lock:
+            batch = self.batches.get(batch_id)
+            if batch is None:
+                return 404, _error_body(BATCH_NOT_FOUND.format(batch_id=batch_id), type_="invalid_request_error")
+            self._advance(batch)
+            if batch["status"] in ("validating", "in_progress", "finalizing"):
+                self.counters["cancels"] += 1
+                batch["status"] = "cancelling"
+                batch["times"]["cancelling_at"] = time.time()
+                self._advance(batch)
+            elif batch["status"] != "cancelling":
+                return 409, _error_body(BATCH_CANNOT_CANCEL.format(status=batch["status"]),
+                                        type_="invalid_request_error")
+            return 200, self._batch_json(batch)
+
+    def list_batches(self, query: dict) -> dict:
+        with self.lock:
+            self.counters["lists"] += 1
+            items = []
+            for batch in reversed(self.batches.values()):
+                self._advance(batch)
+                items.append(self._batch_json(batch))
+        return _cursor_page(items, query)
+
+    def _advance(self, batch: dict) -> None:
+        status, config, now = batch["status"], batch["config"], time.time()
+        if status in BATCH_TERMINAL:
+            return
+        if status == "cancelling":
+            if now >= batch["times"]["cancelling_at"] + config["cancel_delay"]:
+                self._finish(batch, "cancelled")
+        elif not config["stuck"] and now >= batch["created_at"] + config["completion_delay"]:
+            self._finish(batch, "expired" if config["expire"] else "completed")
+
+    def _finish(self, batch: dict, status: str) -> None:
+        config, now = batch["config"], time.time()
+        output, errors = [], []
+        outcomes: dict[str, list[str]] = collections.defaultdict(list)
+        for n, (custom_id, raw) in enumerate(batch["lines"], 1):
+            rng = random.Random(f"{config['seed']}:{custom_id}")
+            fault_draw, done_draw = rng.random(), rng.random()
+            line_id = f"batch_req_{batch['id']}_{n}"
+            if status != "completed" and done_draw >= config["partial_share"]:
+                code = "batch_expired" if status == "expired" else "batch_cancelled"
+                errors.append({"id": line_id, "custom_id": custom_id, "response": None,
+                               "error": {"code": code, "message": f"This request was not run ({status})."}})
+                outcomes[code].append(custom_id)
+                continue
+            if fault_draw < config["fail_5xx"]:
+                errors.append({"id": line_id, "custom_id": custom_id, "response": None,
+                               "error": {"code": "server_error", "message": "The server had an error (stub)."}})
+                outcomes["5xx"].append(custom_id)
+                continue
+            request_id = f"req_{batch['id']}_{n}"
+            if fault_draw < config["fail_5xx"] + config["fail_4xx"]:
+                body_out: Any = _error_body("Invalid request in this line (stub).", type_="invalid_request_error")
+                output.append({"id": line_id, "custom_id": custom_id, "error": None,
+                               "response": {"status_code": 400, "request_id": request_id, "body": body_out}})
+                outcomes["4xx"].append(custom_id)
+                continue
+            malformed = fault_draw < config["fail_5xx"] + config["fail_4xx"] + config["fail_malformed"]
+            body_out = _batch_completion(json.loads(raw)["body"], custom_id=custom_id, n=n, malformed=malformed)
+            output.append({"id": line_id, "custom_id": custom_id, "error": None,
+                           "response": {"status_code": 200, "request_id": request_id, "body": body_out}})
+            outcomes["malformed" if malformed else "ok"].append(custom_id)
+        order = random.Random(f"{config['seed']}:{batch['id']}")
+        order.shuffle(output)  # the real API promises no order either
+        order.shuffle(errors)
+        for kind, lines in (("output_file_id", output), ("error_file_id", errors)):
+            if lines:
+                data = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()
+                batch[kind] = self._file(data=data, filename=f"{batch['id']}_{kind[:-8]}.jsonl",
+                                         purpose="batch_output")["id"]
+        batch["status"] = status
+        batch["times"][f"{status}_at"] = now
+        if status == "completed":
+            batch["times"]["finalizing_at"] = now
+        batch["outcomes"] = dict(outcomes)
+        ok = len(outcomes["ok"]) + len(outcomes["malformed"])
+        batch["counts"] = (ok, batch["total"] - ok)
+        batch["lines"] = []  # answered: only the files are needed now
+
+    def _batch_json(self, batch: dict) -> dict:
+        times = {key: int(value) for key, value in batch["times"].items()}
+        completed, failed = batch["counts"]
+        return {
+            "id": batch["id"], "object": "batch", "endpoint": batch["endpoint"], "errors": batch["errors"],
+            "input_file_id": batch["input_file_id"], "completion_window": "24h", "status": batch["status"],
+            "output_file_id": batch["output_file_id"], "error_file_id": batch["error_file_id"],
+            "created_at": int(batch["created_at"]), "expires_at": int(batch["created_at"]) + 86400,
+            "request_counts": {"total": batch["total"], "completed": completed, "failed": failed},
+            "metadata": batch["metadata"], "model": batch["model"], **times,
+        }
+
+
+def _batch_lines(data: bytes, endpoint: str) -> tuple[list[tuple[str, str]], list[dict], str | None]:
+    """(custom_id, raw line) of every line, the validation errors (the batch fails on any), the model.
+    Lines stay raw until answered: parsed, 100,000 of them would hold gigabytes."""
+    lines, problems, models, seen = [], [], set(), set()
+    for number, raw in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            problems.append({"code": "invalid_json_line", "line": number, "message": "This line is not valid JSON."})
+            continue
+        custom_id = line.get("custom_id") if isinstance(line, dict) else None
+        body = line.get("body") if isinstance(line, dict) else None
+        if not custom_id or custom_id in seen:
+            problems.append({"code": "duplicate_custom_id" if custom_id else "missing_custom_id", "line": number,
+                             "message": "custom_id must be present and unique in the file."})
+        elif line.get("method") != "POST" or line.get("url") != endpoint or not isinstance(body, dict):
+            problems.append({"code": "invalid_request", "line": number,
+                             "message": f"method must be POST, url {endpoint}, and body an object."})
+        else:
+            seen.add(custom_id)
+            models.add(body.get("model"))
+            lines.append((custom_id, raw))
+    if len(models) > 1:
+        problems.append({"code": "mixed_models", "line": None, "message": "All lines must use the same model."})
+    if len(lines) > BATCH_MAX_REQUESTS:
+        problems.append({"code": "too_many_requests", "line": None,
+                         "message": f"A batch holds at most {BATCH_MAX_REQUESTS} requests."})
+    if not lines and not problems:
+        problems.append({"code": "empty_file", "line": None, "message": "The input file has no requests."})
+    return lines, problems, next(iter(models), None)
+
+
+def _batch_completion(body: dict, *, custom_id: str, n: int, malformed: bool) -> dict:
+    """The chat completion one batch line gets: content valid for its schema (or broken on purpose)."""
+    schema = _request_schema(body, chat=True)
+    rng = random.Random(hashlib.sha256(custom_id.encode()).digest())
+    if schema is None:
+        value: Any = None
+        content = " ".join(rng.sample(SUMMARIES, 2))
+    else:
+        value = SchemaFaker(schema, rng).value(schema)
+        content = json.dumps(_violate(value, rng) if malformed else value, ensure_ascii=False)
+    conversation_text = json.dumps(body.get("messages"), ensure_ascii=False)
+    tokens_in = approx_tokens(conversation_text) + (approx_tokens(json.dumps(schema)) if schema else 0)
+    return _chat_completion(n=n, model=body.get("model") or "", content=content, refusal=None, finish_reason="stop",
+                            tokens_in=tokens_in, tokens_out=approx_tokens(content))
+
+
+def _cursor_page(items: list[dict], query: dict) -> dict:
+    """A list page as the SDK's SyncCursorPage reads it (newest first; `after` = the last id seen)."""
+    after = query.get("after", [None])[0]
+    try:
+        limit = max(1, min(100, int(query.get("limit", ["20"])[0])))
+    except ValueError:
+        limit = 20
+    if after:
+        ids = [item["id"] for item in items]
+        items = items[ids.index(after) + 1:] if after in ids else []
+    page = items[:limit]
+    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}
+
+
+def batch_api_route(handler: "StubHandler", method: str, url: Any, body: bytes) -> bool:
+    """Answer a Batch API or batch-control request; False if the path is not one of them."""
+    store: BatchStore = handler.server.state.batch_store
+    parts = url.path.strip("/").split("/")
+    query = parse_qs(url.query)
+    if parts[:2] == ["_stub", "batch"]:
+        if method == "GET" and len(parts) == 2:
+            handler.send_json(200, store.snapshot())
+        elif method == "POST" and parts[2:] == ["config"]:
+            try:
+                update = json.loads(body or b"{}")
+                if not isinstance(update, dict):
+                    raise ValueError("config must be a JSON object")
+                handler.send_json(200, store.configure(update))
+            except (ValueError, TypeError) as exc:
+                handler.send_json(400, {"error": str(exc)})
+        else:
+            return False
+        return True
+    if parts[:1] != ["v1"] or len(parts) < 2 or parts[1] not in ("files", "batches"):
+        return False
+    kind, rest = parts[1], parts[2:]
+    if kind == "files":
+        if method == "POST" and not rest:
+            status, payload = store.upload(content_type=handler.headers.get("Content-Type", ""), body=body)
+        elif method == "GET" and not rest:
+            status, payload = 200, store.list_files(query)
+        elif method == "GET" and len(rest) == 2 and rest[1] == "content":
+            status, payload = store.download(rest[0])
+            if status == 200:
+                handler.send_bytes(200, payload, content_type="application/octet-stream")
+                return True
+        elif method == "GET" and len(rest) == 1:
+            with store.lock:
+                obj = store.files.get(rest[0])
+            status, payload = (200, store.file_json(obj)) if obj else (
+                404, _error_body(FILE_NOT_FOUND.format(file_id=rest[0]), type_="invalid_request_error"))
+        elif method == "DELETE" and len(rest) == 1:
+            status, payload = store.delete_file(rest[0])
+        else:
+            return False
+    else:
+        if method == "POST" and not rest:
+            try:
+                request = json.loads(body)
+            except ValueError:
+                request = None
+            status, payload = store.create(request)
+        elif method == "GET" and not rest:
+            status, payload = 200, store.list_batches(query)
+        elif method == "GET" and len(rest) == 1:
+            status, payload = store.retrieve(rest[0])
+        elif method == "POST" and len(rest) == 2 and rest[1] == "cancel":
+            status, payload = store.cancel(rest[0])
+        else:
+            return False
+    handler.send_json(status, payload)
+    return True
 
 
 # --- Command line ---------------------------------------------------------------------------------
@@ -763,6 +1202,15 @@ class StubClient:
 
     def requests(self, *, bodies: bool = False) -> list[dict]:
         return self._call("GET", "/_stub/requests" + ("?bodies=1" if bodies else ""))
+
+    def batch_configure(self, **cfg: Any) -> dict:
+        """Batch API controls (BATCH_DEFAULTS keys): completion_delay, fail_5xx, fail_4xx, fail_malformed,
+        expire, stuck, partial_share, cancel_delay, download_failures, seed."""
+        return self._call("POST", "/_stub/batch/config", cfg)
+
+    def batch_state(self) -> dict:
+        """Batch API config, counters, and each batch's status, metadata and custom_ids by outcome."""
+        return self._call("GET", "/_stub/batch")
 
     def env(self) -> dict[str, str]:
         """Environment for a subprocess (e.g. manage.py) that should use this stub."""

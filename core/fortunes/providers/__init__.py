@@ -10,8 +10,14 @@ from core.fortunes.providers.base import (
 __all__ = ["Generated", "Provider", "ProviderConfigError", "ProviderError", "get_provider"]
 
 
-def get_provider(*, name: str | None = None, timeout: float | None = None) -> Provider:
+def get_provider(
+    *, name: str | None = None, timeout: float | None = None, flex_deadline: float | None = None
+) -> Provider:
     """The configured provider (FORTUNE_PROVIDER). Each call makes one attempt per generate().
+
+    flex_deadline: the batch run's deadline (time.monotonic()); only the nightly batch passes it, so
+    only the batch's synchronous requests use OPENAI_SERVICE_TIER=flex, and not in its last
+    FORTUNE_FLEX_FALLBACK_MINUTES. The on-demand web path passes nothing and never uses flex.
 
     Raises ProviderConfigError with an actionable message when the provider cannot work.
     """
@@ -23,7 +29,7 @@ def get_provider(*, name: str | None = None, timeout: float | None = None) -> Pr
     if name == "openai":
         from core.fortunes.providers.openai import OpenAIProvider
 
-        return OpenAIProvider.from_settings(timeout=timeout)
+        return OpenAIProvider.from_settings(timeout=timeout, flex_deadline=flex_deadline)
     raise ProviderConfigError(f"FORTUNE_PROVIDER must be 'openai' or 'local', got {name!r}.")
 
 

@@ -22,6 +22,7 @@ class FailureReason(StrEnum):
     INVALID_OUTPUT = "invalid_output"      # not valid JSON / not valid for the schema / refusal
     BAD_REQUEST = "bad_request"            # other 4xx: never retried
     CONFIG = "misconfigured"               # e.g. FORTUNE_PROVIDER=openai without OPENAI_API_KEY
+    FLEX_UNAVAILABLE = "flex_unavailable"  # 429 "resource unavailable" on the flex tier: retry on default
 
 
 
@@ -48,6 +49,7 @@ class Generated:
     content: FortuneContent
     tokens_in: int = 0
     tokens_out: int = 0
+    service_tier: str = ""  # the tier the provider says it used ("flex", "default"); "" when it does not say
 
 
 class Provider(Protocol):

@@ -7,6 +7,7 @@ max_retries=0 and one generate() is exactly one HTTP request.
 import functools
 import logging
 import threading
+import time
 
 import openai
 import pydantic
@@ -42,6 +43,11 @@ CONNECT_TIMEOUT = 5.0  # seconds; a dead host should fail fast whatever the read
 # OpenAI answers 429 with this code when the account's quota or billing limit is exhausted: waiting
 # a few seconds will not help.
 QUOTA_ERROR_CODE = "insufficient_quota"
+# Flex processing answers 429 "Resource Unavailable" when it has no capacity (not billed).
+FLEX_UNAVAILABLE_CODE = "resource_unavailable"
+FLEX_UNAVAILABLE_TEXT = "resource unavailable"
+# After flex ran out, requests go to the default tier this long before flex is tried again.
+FLEX_PAUSE_SECONDS = 60.0
 
 _clients: dict[tuple[str | None, str, float], openai.OpenAI] = {}
 _clients_lock = threading.Lock()
@@ -83,6 +89,10 @@ def _status_error(exc: openai.APIStatusError) -> ProviderError:
     if status == 429:
         if exc.code == QUOTA_ERROR_CODE:
             return ProviderError(message, reason=FailureReason.QUOTA, retryable=False, status_code=status)
+        if exc.code == FLEX_UNAVAILABLE_CODE or FLEX_UNAVAILABLE_TEXT in str(exc.message).lower():
+            # The provider falls back to the default tier at once: retry without waiting.
+            return ProviderError(message, reason=FailureReason.FLEX_UNAVAILABLE, retryable=True, status_code=status,
+                                 retry_after=0.0)
         return ProviderError(message, reason=FailureReason.RATE_LIMITED, retryable=True, status_code=status,
                              retry_after=retry_after_seconds(exc.response.headers))
     if status >= 500:
@@ -101,20 +111,58 @@ def response_format() -> dict:
     return type_to_response_format_param(GeneratedPart)
 
 
-def chat_completion_create(client: openai.OpenAI, *, model: str, messages: list[dict]) -> ChatCompletion:
+def chat_completion_body(*, model: str, messages: list[dict], service_tier: str | None = None) -> dict:
+    """The Structured Outputs request body of one fortune: what the synchronous path posts and what a
+    Batch API line carries (its `body`). service_tier is sent only when given (flex)."""
+    body = {"model": model, "messages": messages, "response_format": response_format()}
+    if service_tier:
+        body["service_tier"] = service_tier
+    return body
+
+
+def chat_completion_create(
+    client: openai.OpenAI, *, model: str, messages: list[dict], service_tier: str | None = None,
+) -> ChatCompletion:
     """POST /chat/completions with the fortune's Structured Outputs format: one HTTP request.
 
     The request body is exactly what `chat.completions.create()` sends (a test pins it), posted
     through the SDK's documented `client.post()` for requests it needs no help typing: create() first
     walks the whole body against its TypedDicts (`maybe_transform`, a no-op for these plain fields),
-    which was about 40% of the client CPU per request (~2.3 → ~1.4 ms, bench/batch.py). Errors,
-    timeouts and headers are the SDK's own; the answer is still the SDK's typed ChatCompletion.
+    which cost a large share of the client CPU per request (bench/batch.py). Errors, timeouts and
+    headers are the SDK's own; the answer is still the SDK's typed ChatCompletion.
     """
     return client.post(
         "/chat/completions",
         cast_to=ChatCompletion,
-        body={"model": model, "messages": messages, "response_format": response_format()},
+        body=chat_completion_body(model=model, messages=messages, service_tier=service_tier),
     )
+
+
+def completion_part(*, finish_reason: str | None, refusal: str | None, content: str | None) -> GeneratedPart:
+    """The fortune a chat completion's first choice carries, validated; raises ProviderError
+    (FailureReason.INVALID_OUTPUT). Shared by the synchronous path and the Batch API's output lines."""
+    if finish_reason == "length":
+        raise _invalid(INVALID_OUTPUT_TRUNCATED)
+    if finish_reason == "content_filter":
+        raise _invalid(INVALID_OUTPUT_FILTERED)
+    if refusal:
+        raise _invalid(INVALID_OUTPUT_REFUSAL)
+    if not content:
+        raise _invalid(INVALID_OUTPUT_EMPTY)
+    try:
+        return GeneratedPart.model_validate_json(content)
+    except pydantic.ValidationError as exc:  # also what output that is not JSON at all raises
+        first = exc.errors()[0]
+        raise _invalid(f"{INVALID_OUTPUT_NOT_VALID}: {exc.error_count()} error(s), first: "
+                       f"{'.'.join(map(str, first['loc']))} {first['msg']}"[:300]) from exc
+
+
+def openai_flex_until(*, deadline: float | None) -> float | None:
+    """When a batch with this deadline (time.monotonic()) stops asking for flex: None (never flex) unless
+    OPENAI_SERVICE_TIER=flex; then FORTUNE_FLEX_FALLBACK_MINUTES before the deadline."""
+    if deadline is None or settings.OPENAI_SERVICE_TIER != "flex":
+        return None
+    return deadline - settings.FORTUNE_FLEX_FALLBACK_MINUTES * 60
 
 
 def _invalid(message: str) -> ProviderError:
@@ -124,13 +172,18 @@ def _invalid(message: str) -> ProviderError:
 class OpenAIProvider:
     name = "openai"
 
-    def __init__(self, *, api_key: str, model: str, base_url: str | None, timeout: float) -> None:
+    def __init__(
+        self, *, api_key: str, model: str, base_url: str | None, timeout: float, flex_until: float | None = None,
+    ) -> None:
         self.model = model
         self.timeout = timeout
+        # time.monotonic() until which requests ask for service_tier="flex"; None = never flex.
+        self.flex_until = flex_until
+        self._flex_paused_until = 0.0
         self._client = openai_client_get(base_url=base_url, api_key=api_key, timeout=timeout)
 
     @classmethod
-    def from_settings(cls, timeout: float | None = None) -> "OpenAIProvider":
+    def from_settings(cls, timeout: float | None = None, flex_deadline: float | None = None) -> "OpenAIProvider":
         if not settings.OPENAI_API_KEY:
             raise ProviderConfigError(OPENAI_KEY_MISSING)
         if not settings.OPENAI_MODEL:
@@ -140,7 +193,16 @@ class OpenAIProvider:
             model=settings.OPENAI_MODEL,
             base_url=settings.OPENAI_BASE_URL or None,
             timeout=float(timeout or settings.OPENAI_TIMEOUT),
+            flex_until=openai_flex_until(deadline=flex_deadline),
         )
+
+    def service_tier_now(self) -> str | None:
+        """"flex" while flex is configured, before its cut-off and not paused after a 429; else None
+        (the default tier)."""
+        now = time.monotonic()
+        if self.flex_until is None or now >= self.flex_until or now < self._flex_paused_until:
+            return None
+        return "flex"
 
     @property
     def generator(self) -> str:
@@ -148,7 +210,9 @@ class OpenAIProvider:
 
     def generate(self, inp: GenerationInput) -> Generated:
         try:
-            completion = chat_completion_create(self._client, model=self.model, messages=build_messages(inp))
+            tier = self.service_tier_now()
+            completion = chat_completion_create(self._client, model=self.model, messages=build_messages(inp),
+                                                service_tier=tier)
         except openai.APITimeoutError as exc:
             raise ProviderError(
                 f"timed out after {self.timeout:g} s", reason=FailureReason.TIMEOUT, retryable=True
@@ -158,28 +222,21 @@ class OpenAIProvider:
             raise ProviderError(f"connection failed: {cause}"[:300], reason=FailureReason.CONNECTION,
                                 retryable=True) from exc
         except openai.APIStatusError as exc:
-            raise _status_error(exc) from exc
+            error = _status_error(exc)
+            if error.reason == FailureReason.FLEX_UNAVAILABLE:
+                self._flex_paused_until = time.monotonic() + FLEX_PAUSE_SECONDS
+                logger.info("flex tier unavailable: default tier for the next %g s", FLEX_PAUSE_SECONDS)
+            raise error from exc
 
         choice = completion.choices[0] if completion.choices else None
         if choice is None:
             raise _invalid(INVALID_OUTPUT_EMPTY)
-        if choice.finish_reason == "length":
-            raise _invalid(INVALID_OUTPUT_TRUNCATED)
-        if choice.finish_reason == "content_filter":
-            raise _invalid(INVALID_OUTPUT_FILTERED)
-        if choice.message.refusal:
-            raise _invalid(INVALID_OUTPUT_REFUSAL)
-        if not choice.message.content:
-            raise _invalid(INVALID_OUTPUT_EMPTY)
-        try:
-            part = GeneratedPart.model_validate_json(choice.message.content)
-        except pydantic.ValidationError as exc:  # also what output that is not JSON at all raises
-            first = exc.errors()[0]
-            raise _invalid(f"{INVALID_OUTPUT_NOT_VALID}: {exc.error_count()} error(s), first: "
-                           f"{'.'.join(map(str, first['loc']))} {first['msg']}"[:300]) from exc
+        part = completion_part(finish_reason=choice.finish_reason, refusal=choice.message.refusal,
+                               content=choice.message.content)
         usage = completion.usage
         return Generated(
             content=inp.compose(part),
             tokens_in=usage.prompt_tokens if usage else 0,
             tokens_out=usage.completion_tokens if usage else 0,
+            service_tier=completion.service_tier or "",
         )

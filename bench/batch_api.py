@@ -1,0 +1,97 @@
+"""Benchmark of the day-ahead Batch API path. Not a test: prints its configuration and figures.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/fortuna_bench .venv/bin/python bench/batch_api.py
+    ... --users 100000 --completion-delay 5 --fail-share 0.02
+
+Night 1 submits the day after tomorrow through the stub's Batch API (own process, the real SDK);
+after --completion-delay the batches are complete and night 2 collects them, then runs the
+synchronous pass (the command, as a subprocess) for what is still missing. Prints requests by path,
+tokens, estimated cost against all-standard (target: about 50%), the files and their sizes, and the
+collect time (target: >= 5,000 stored users/s for 100,000 output lines).
+
+The database is WIPED (users, fortunes, runs, batches): it refuses to run unless its name contains "bench".
+"""
+
+import argparse
+import datetime as dt
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from django.conf import settings  # noqa: E402
+from django.db import connection  # noqa: E402
+
+from bench.batch import BASE, _env, _wipe, command_run, users_seed  # noqa: E402 - sets Django up
+from core.batch.batch_api import batch_api_collect, batch_api_submit_ahead  # noqa: E402
+from core.fortunes.pricing import Tier, cost_estimate  # noqa: E402
+from core.models import FortuneResult, OpenAIBatch, User  # noqa: E402
+from tests.stub_openai.server import stub_process  # noqa: E402
+
+AHEAD = BASE + dt.timedelta(days=2)
+NIGHT_2 = BASE + dt.timedelta(days=1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--completion-delay", type=float, default=2.0, help="seconds until the stub completes")
+    parser.add_argument("--fail-share", type=float, default=0.0, help="share of lines answered 5xx")
+    parser.add_argument("--workers", type=int, default=16, help="the synchronous pass's --workers")
+    args = parser.parse_args()
+    name = str(settings.DATABASES["default"]["NAME"])
+    if "bench" not in name:
+        print(f"refusing to wipe database {name!r}: its name must contain 'bench'", file=sys.stderr)
+        return 2
+
+    print(f"== Batch API day ahead, {args.users:,} users ({connection.vendor}), model {settings.OPENAI_MODEL} ==")
+    OpenAIBatch.objects.all().delete()
+    _wipe()
+    users_seed(count=args.users, distinct=False)
+    with stub_process() as stub:
+        stub.batch_configure(completion_delay=args.completion_delay, fail_5xx=args.fail_share, seed=1)
+        settings.FORTUNE_PROVIDER, settings.OPENAI_API_KEY = "openai", "sk-bench-stub"
+        settings.OPENAI_BASE_URL = stub.base_url
+
+        started = time.perf_counter()
+        submitted = batch_api_submit_ahead(target_date=AHEAD, base_date=BASE)
+        submit_s = time.perf_counter() - started
+        sizes = ", ".join(f"{count:,} lines/{size / 1e6:.1f} MB" for count, size in submitted.files)
+        print(f"  night 1: submitted {submitted.requests:,} requests for {submitted.users:,} users in "
+              f"{len(submitted.files)} file(s) [{sizes}] in {submit_s:.1f} s; estimated ${submitted.cost_batch} "
+              f"(standard ${submitted.cost_standard})")
+
+        time.sleep(args.completion_delay)
+        stub.batch_state()  # the stub writes its output files when a batch is first read: not ours to time
+        collected = batch_api_collect(target_date=AHEAD)
+        lines = collected.lines_ok + collected.lines_failed
+        print(f"  night 2 collect: {lines:,} output lines, {collected.stored_users:,} users stored in "
+              f"{collected.seconds:.2f} s = {collected.stored_users / max(collected.seconds, 1e-9):,.0f} "
+              f"stored users/s ({lines / max(collected.seconds, 1e-9):,.0f} lines/s); "
+              f"{collected.lines_failed:,} failed lines")
+
+        eligible = User.objects.filter(is_active=True, birth_date_solar__isnull=False).count()
+        missing = eligible - FortuneResult.objects.filter(for_date=AHEAD).count()
+        # command_run passes --date BASE first; argparse keeps the last --date: night 2, target AHEAD.
+        sync = command_run(env=_env(**stub.env(), OPENAI_MODEL=settings.OPENAI_MODEL),
+                           args=["--date", NIGHT_2.isoformat(), "--workers", str(args.workers),
+                                 "--retry-cooldown", "0"]) if missing else None
+    sync_requests = sync["run"].llm_requests if sync else 0
+    sync_cost = Decimal(sync["run"].estimated_cost) if sync else Decimal(0)
+    model = settings.OPENAI_MODEL
+    sync_in, sync_out = (sync["run"].tokens_in, sync["run"].tokens_out) if sync else (0, 0)
+    standard_all = collected.cost_standard + cost_estimate(model=model, tier=Tier.STANDARD, tokens_in=sync_in,
+                                                           tokens_out=sync_out)
+    paid = collected.cost_batch + sync_cost
+    share = paid / standard_all if standard_all else Decimal(0)
+    print(f"  requests by path: batch api {lines:,}, standard {sync_requests:,} (missing after collect: {missing:,})")
+    print(f"  tokens: batch api {collected.tokens_in:,}/{collected.tokens_out:,}, standard {sync_in:,}/{sync_out:,}")
+    print(f"  estimated cost ${paid} vs all-standard ${standard_all}: {share:.1%} (saving ${standard_all - paid})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
