@@ -48,7 +48,10 @@ class BirthTimeField(serializers.TimeField):
 class BirthDataInputSerializer(serializers.Serializer):
     """Every field optional; birth_time null means the birth time is unknown."""
 
-    birth_date_solar = serializers.DateField(required=False, allow_null=True, validators=[validate_birth_date])
+    birth_date_solar = serializers.DateField(
+        required=False, allow_null=True, validators=[validate_birth_date],
+        help_text="From 1900-01-01 to today (Korea). Give either this or the birth_lunar_* fields, not both.",
+    )
     birth_lunar_year = serializers.IntegerField(required=False, min_value=1, max_value=9999)
     birth_lunar_month = serializers.IntegerField(
         required=False, min_value=1, max_value=12,
