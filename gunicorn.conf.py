@@ -8,11 +8,15 @@ above that budget.
 
 import os
 
-from fortuna_api import gunicorn_worker
+from fortuna_api.env import env_bool
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
-# gthread, sharing new connections evenly between the worker processes (fortuna_api/gunicorn_worker.py).
-worker_class = "fortuna_api.gunicorn_worker.BalancedThreadWorker"
+# Stock gthread. Behind a proxy that pools its connections to gunicorn (Railway's, nginx's keepalive)
+# requests spread over the processes without help; GUNICORN_BALANCED_WORKER=1 opts in to the worker
+# that shares new connections evenly (fortuna_api/gunicorn_worker.py), for clients that reach gunicorn
+# directly with a few long-lived connections. docs/BENCHMARKS.md has what was measured.
+BALANCED_WORKER = env_bool("GUNICORN_BALANCED_WORKER", default=False)
+worker_class = "fortuna_api.gunicorn_worker.BalancedThreadWorker" if BALANCED_WORKER else "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
 # A gthread worker accepts connections regardless of free threads and queues them in its pool, so a
 # worker whose threads all wait on the LLM would delay everything it accepted, /healthz included.
@@ -37,7 +41,9 @@ control_socket_disable = True
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"
 
+if BALANCED_WORKER:
+    from fortuna_api import gunicorn_worker  # its shared memory is created here, in the arbiter
 
-def pre_fork(server, worker):
-    # A shared-memory slot for the worker's connection count (the balanced gthread worker).
-    gunicorn_worker.slot_assign(worker, server.WORKERS.values())
+    def pre_fork(server, worker):
+        # A shared-memory slot for the worker's connection count.
+        gunicorn_worker.slot_assign(worker, server.WORKERS.values())

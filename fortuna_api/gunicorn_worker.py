@@ -1,10 +1,13 @@
-"""gunicorn's gthread worker, sharing new connections evenly with its sibling workers.
+"""gunicorn's gthread worker, sharing new connections evenly with its sibling workers (opt-in).
 
 Stock gthread workers all wait on the one listening socket, and whichever wakes first takes the
-connection; a keep-alive connection then stays with that process. Clients that open a few long-lived
-connections at once (a proxy's pool, a load generator) often land on one worker, whose GIL then
-serves all of them while the other process idles: bench/api.py saw one worker at ~95% of a core and
-the other at 0% in half its runs, with half the throughput and twice the latency.
+connection; a keep-alive connection then stays with that process. Clients that reach gunicorn
+directly with a few long-lived connections (a load generator, a client without a proxy) can land on
+one worker, whose GIL then serves all of them while the other process idles. Behind a proxy that
+pools its upstream connections this was not seen (docs/BENCHMARKS.md), so gunicorn.conf.py uses stock
+gthread and loads this worker only with GUNICORN_BALANCED_WORKER=1. It overrides gthread internals
+(`accept`, `nr_conns`, `notify`) that gunicorn does not document: recheck it on every gunicorn upgrade
+(tests/deploy/test_gunicorn_worker.py runs it against the pinned release).
 
 Here each worker publishes its open-connection count in shared memory (a slot per worker, assigned
 by the arbiter's pre_fork hook in gunicorn.conf.py). A worker asked to accept while a live sibling

@@ -5,7 +5,6 @@ from typing import Any
 from django.contrib.auth import logout
 from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
@@ -35,10 +34,24 @@ def raise_field_errors(exc: DjangoValidationError) -> None:
     raise serializers.ValidationError(serializers.as_serializer_error(exc)) from None
 
 
+@extend_schema_field(
+    {
+        "type": "string",
+        "pattern": r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?$",
+        "example": "14:30:00",
+    }
+)
+class BirthTimeField(serializers.TimeField):
+    """Korean civil time of day without a UTC offset (OpenAPI's format "time" requires one)."""
+
+
 class BirthDataInputSerializer(serializers.Serializer):
     """Every field optional; birth_time null means the birth time is unknown."""
 
-    birth_date_solar = serializers.DateField(required=False, allow_null=True, validators=[validate_birth_date])
+    birth_date_solar = serializers.DateField(
+        required=False, allow_null=True, validators=[validate_birth_date],
+        help_text="From 1900-01-01 to today (Korea). Give either this or the birth_lunar_* fields, not both.",
+    )
     birth_lunar_year = serializers.IntegerField(required=False, min_value=1, max_value=9999)
     birth_lunar_month = serializers.IntegerField(
         required=False, min_value=1, max_value=12,
@@ -49,7 +62,7 @@ class BirthDataInputSerializer(serializers.Serializer):
         error_messages={"min_value": LUNAR_DAY_RANGE, "max_value": LUNAR_DAY_RANGE},
     )
     birth_lunar_is_leap_month = serializers.BooleanField(required=False)
-    birth_time = serializers.TimeField(required=False, allow_null=True)
+    birth_time = BirthTimeField(required=False, allow_null=True, help_text="null: unknown")
     gender = serializers.ChoiceField(
         choices=User.Gender.choices, required=False, allow_blank=True,
         error_messages={"invalid_choice": GENDER_INVALID},
@@ -63,17 +76,31 @@ class BirthDataInputSerializer(serializers.Serializer):
         return attrs
 
 
+class BirthLunarOutputSerializer(serializers.Serializer):
+    year = serializers.IntegerField()
+    month = serializers.IntegerField()
+    day = serializers.IntegerField()
+    is_leap_month = serializers.BooleanField()
+
+
+class NatalPillarsOutputSerializer(serializers.Serializer):
+    year = serializers.CharField()
+    month = serializers.CharField()
+    day = serializers.CharField()
+    hour = serializers.CharField(allow_null=True, help_text="null: birth time unknown")
+
+
 class ProfileOutputSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     username = serializers.CharField()
     email = serializers.EmailField()
     birth_date_solar = serializers.DateField(allow_null=True)
-    birth_lunar = serializers.SerializerMethodField()
-    birth_time = serializers.TimeField(allow_null=True, help_text="null: unknown")
+    birth_lunar = serializers.SerializerMethodField(help_text="null: the birth date was given as solar")
+    birth_time = BirthTimeField(allow_null=True, help_text="null: unknown")
     gender = serializers.CharField()
-    natal_pillars = serializers.SerializerMethodField()
+    natal_pillars = serializers.SerializerMethodField(help_text="null: no birth date yet")
 
-    @extend_schema_field(OpenApiTypes.OBJECT)
+    @extend_schema_field(BirthLunarOutputSerializer(allow_null=True))
     def get_birth_lunar(self, user: User) -> dict | None:
         if user.birth_lunar_year is None:
             return None
@@ -84,7 +111,7 @@ class ProfileOutputSerializer(serializers.Serializer):
             "is_leap_month": user.birth_lunar_is_leap_month,
         }
 
-    @extend_schema_field(OpenApiTypes.OBJECT)
+    @extend_schema_field(NatalPillarsOutputSerializer(allow_null=True))
     def get_natal_pillars(self, user: User) -> dict | None:
         if user.birth_date_solar is None:
             return None
@@ -124,12 +151,17 @@ class RegisterApi(APIView):
     throttle_classes = [AuthRateThrottle]
 
     class InputSerializer(BirthDataInputSerializer):
+        """username, email and password required; birth data optional (birth_time null: unknown)."""
+
         class Meta:
             ref_name = "RegisterInput"
 
         username = serializers.CharField(max_length=150, validators=[UnicodeUsernameValidator()])
         email = serializers.EmailField()
-        password = serializers.CharField(write_only=True, trim_whitespace=False, style={"input_type": "password"})
+        password = serializers.CharField(
+            write_only=True, trim_whitespace=False, style={"input_type": "password"},
+            help_text="Django's password validators apply: at least 8 characters, not common, not all digits.",
+        )
 
     class OutputSerializer(serializers.Serializer):
         class Meta:

@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api.exceptions import ErrorSerializer
 from core.api.http import error_response, etag_matches, fortune_etag, with_fortune_cache_headers
 from core.models import FortuneResult
 from core.services.fortunes import (
@@ -45,11 +46,6 @@ class FortuneOutputSerializer(serializers.Serializer):
     fortune = FortuneContentField(source="generation.content")
     source = serializers.ChoiceField(choices=FortuneResult.Source.choices)
     generated_at = serializers.DateTimeField(source="generation.created_at")
-
-
-class ErrorSerializer(serializers.Serializer):
-    detail = serializers.CharField()
-    code = serializers.CharField()
 
 
 _DATETIME_FIELD = serializers.DateTimeField()

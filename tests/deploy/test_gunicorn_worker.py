@@ -1,4 +1,5 @@
 import http.client
+import os
 import subprocess
 import sys
 import time
@@ -57,12 +58,13 @@ def test_a_deferred_connection_is_accepted_after_the_cap_even_if_the_sibling_nev
 
 
 def test_keep_alive_connections_are_shared_by_both_workers():
-    # Stock gthread gave all ten to one process in most trials here (and under wrk, bench/api.py).
+    # Clients straight to gunicorn: stock gthread often gave all ten to one process (docs/BENCHMARKS.md).
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "tests.deploy.pid_app:application", "--config", "gunicorn.conf.py",
          "--bind", f"127.0.0.1:{port}", "--workers", "2", "--access-logfile", "/dev/null"],
-        cwd=BASE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=BASE_DIR, env={**os.environ, "GUNICORN_BALANCED_WORKER": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
         pids = _served_by(port=port, connections=10)
@@ -98,3 +100,14 @@ def _served_by(*, port: int, connections: int) -> list[str]:
         assert client.getresponse().read().decode() == pids[-1]
         client.close()
     return pids
+
+
+def test_gunicorn_refuses_to_start_with_an_invalid_balanced_worker_setting():
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "tests.deploy.pid_app:application", "--config", "gunicorn.conf.py",
+         "--check-config"],
+        cwd=BASE_DIR, env={**os.environ, "GUNICORN_BALANCED_WORKER": "maybe"}, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "GUNICORN_BALANCED_WORKER must be true or false (1/0, yes/no), got 'maybe'." in result.stderr + result.stdout

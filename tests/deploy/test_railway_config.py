@@ -6,6 +6,7 @@ import shlex
 import tomllib
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from gunicorn.workers.gthread import ThreadWorker
 
 from tests.deploy.server import BASE_DIR, procfile_argv, procfile_command
@@ -83,7 +84,7 @@ def test_procfile_web_line_starts_gunicorn_threaded_on_port():
     assert argv[1] == "fortuna_api.wsgi:application"
     assert "0.0.0.0:$PORT" in argv
     assert argv[argv.index("--timeout") + 1] == "120"
-    assert "--worker-class" not in argv  # gunicorn.conf.py's (the balanced gthread worker)
+    assert "--worker-class" not in argv  # gunicorn.conf.py's (gthread, or the balanced one by GUNICORN_BALANCED_WORKER)
     assert "--workers" not in argv and "-w" not in argv  # the count comes from WEB_CONCURRENCY
     assert argv[argv.index("--config") + 1] == "gunicorn.conf.py"
 
@@ -96,7 +97,7 @@ def test_procfile_argv_expands_port():
 
 
 def _gunicorn_conf(monkeypatch, **env: str) -> dict:
-    for name in ("WEB_CONCURRENCY", "GUNICORN_THREADS", "PORT"):
+    for name in ("WEB_CONCURRENCY", "GUNICORN_THREADS", "PORT", "GUNICORN_BALANCED_WORKER"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -106,8 +107,8 @@ def _gunicorn_conf(monkeypatch, **env: str) -> dict:
 def test_gunicorn_conf_defaults(monkeypatch, settings):
     conf = _gunicorn_conf(monkeypatch)
 
-    module, _, name = conf["worker_class"].rpartition(".")
-    assert issubclass(getattr(importlib.import_module(module), name), ThreadWorker)  # gthread
+    assert conf["worker_class"] == "gthread"  # stock: no hook on gthread internals unless asked for
+    assert "pre_fork" not in conf
     assert conf["workers"] == 4
     assert conf["threads"] >= 8
     assert conf["timeout"] == 120
@@ -117,6 +118,27 @@ def test_gunicorn_conf_defaults(monkeypatch, settings):
     assert conf["graceful_timeout"] < web_draining
     assert conf["accesslog"] == "-"
     assert conf["control_socket_disable"] is True
+
+
+@pytest.mark.parametrize("value", ["1", "true", "yes"])
+def test_gunicorn_balanced_worker_is_opt_in(monkeypatch, value):
+    conf = _gunicorn_conf(monkeypatch, GUNICORN_BALANCED_WORKER=value)
+
+    module, _, name = conf["worker_class"].rpartition(".")
+    assert issubclass(getattr(importlib.import_module(module), name), ThreadWorker)  # gthread underneath
+    assert name == "BalancedThreadWorker"
+    assert callable(conf["pre_fork"])  # gives each worker its shared-memory slot
+
+
+@pytest.mark.parametrize("value", ["0", "false", ""])
+def test_gunicorn_balanced_worker_off_is_stock_gthread(monkeypatch, value):
+    assert _gunicorn_conf(monkeypatch, GUNICORN_BALANCED_WORKER=value)["worker_class"] == "gthread"
+
+
+def test_gunicorn_balanced_worker_rejects_a_value_that_is_not_a_boolean(monkeypatch):
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        _gunicorn_conf(monkeypatch, GUNICORN_BALANCED_WORKER="balanced")
+    assert str(excinfo.value) == "GUNICORN_BALANCED_WORKER must be true or false (1/0, yes/no), got 'balanced'."
 
 
 def test_gunicorn_conf_reads_web_concurrency_threads_and_port(monkeypatch):
