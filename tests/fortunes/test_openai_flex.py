@@ -6,11 +6,12 @@ import threading
 import time
 
 import pytest
-from core.batch.retry import RateLimiter, RetryPolicy, generate_with_retries
 
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers import ProviderError, get_provider
 from core.fortunes.providers.base import FailureReason
+from core.limiter import RateLimiter
+from core.resilience import RetryPolicy, generate_with_retries
 
 HOUR = 3600.0
 
