@@ -2,10 +2,10 @@ import datetime as dt
 
 import pytest
 from rest_framework import exceptions
+from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIRequestFactory
 
-from core.api.authentication import FastTokenAuthentication
 from core.models import User
 from tests.factories import user_create
 
@@ -14,11 +14,11 @@ pytestmark = pytest.mark.django_db
 
 def _authenticate(key: str):
     request = APIRequestFactory().get("/api/ping", HTTP_AUTHORIZATION=f"Token {key}")
-    return FastTokenAuthentication().authenticate(request)
+    return TokenAuthentication().authenticate(request)
 
 
 def test_the_user_is_the_one_the_orm_loads_field_for_field():
-    # The plain-cursor row goes through the ORM's converters: same values, same types, on either backend.
+    # The configured authentication (DRF's) loads the same values and types as the ORM, on either backend.
     user = user_create(birth_date_solar=dt.date(1990, 5, 17), birth_time=dt.time(23, 30), gender="F")
     user.last_login = dt.datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=dt.timezone.utc)
     user.save()
