@@ -234,6 +234,8 @@ def main() -> None:
     parser.add_argument("--reuse-data", action="store_true", help="skip creating the database and the data")
     parser.add_argument("--worker-class", default="", help="override the Procfile's (e.g. sync, to compare)")
     parser.add_argument("--threads", default="", help="GUNICORN_THREADS for the server")
+    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", ""),
+                        help="REDIS_URL for the server (as on Railway: throttles and the token cache in Redis)")
     parser.add_argument("--python-load", action="store_true", help="use the Python load generator, not wrk")
     parser.add_argument("--reference", action="store_true",
                         help="also load FACTS' reference (trivial token-auth view, 2 sync workers, minimal settings)")
@@ -257,6 +259,8 @@ def main() -> None:
     use_wrk = shutil.which("wrk") is not None and not args.python_load
 
     extra = {"WEB_CONCURRENCY": "2", "LOG_LEVEL": "warning"}
+    if args.redis_url:
+        extra["REDIS_URL"] = args.redis_url
     if args.threads:
         extra["GUNICORN_THREADS"] = args.threads
     env = production_env(database_url=database_url, port=0, extra=extra)

@@ -9,6 +9,11 @@ from fortuna_api.env import env, env_bool, env_choice, env_decimal, env_int, env
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+AUTH_TOKEN_CACHE_NEEDS_REDIS = (
+    "AUTH_TOKEN_CACHE_SECONDS needs a cache shared by every web process: set REDIS_URL, or set "
+    "AUTH_TOKEN_CACHE_SECONDS=0 (a per-process cache would keep accepting a logged-out token in the other processes)."
+)
+
 DEBUG = env_bool("DEBUG", default=False)
 SECRET_KEY = env("SECRET_KEY", default="")
 if not SECRET_KEY:
@@ -105,6 +110,11 @@ if REDIS_URL:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+# Seconds a token's user stays cached (core/api/authentication.py); 0 = look it up on every request.
+AUTH_TOKEN_CACHE_SECONDS = env_int("AUTH_TOKEN_CACHE_SECONDS", 60 if REDIS_URL else 0, min_value=0, max_value=3600)
+if AUTH_TOKEN_CACHE_SECONDS and not REDIS_URL:
+    raise ImproperlyConfigured(AUTH_TOKEN_CACHE_NEEDS_REDIS)
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -161,7 +171,7 @@ X_FRAME_OPTIONS = "DENY"
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "core.api.authentication.FastTokenAuthentication",
+        "core.api.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -30,12 +30,11 @@ from typing import IO
 
 import openai
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from core.batch.dates import batch_today
 from core.batch.plan import PAGE_SIZE, batch_plan_pages
-from core.batch.store import BatchWriter, Flush, GeneratedItem, generation_ids_by_hash
+from core.batch.store import BatchWriter, Flush, GeneratedItem, generation_ids_by_hash, writer_threaded
 from core.fortunes.pricing import PathUsage, Tier, cost_estimate
 from core.fortunes.prompt import build_messages, estimate_tokens
 from core.fortunes.providers import Generated, ProviderConfigError, ProviderError
@@ -611,7 +610,7 @@ def _store_lines(
     handed: dict[str, list[int]] = {}  # hash with the writer -> later pages' users waiting for its id
     late: list[tuple[int, int]] = []  # (user, generation id) of those, for the next flush
     writer = BatchWriter(for_date=target_date, provider="openai", model=model, replace=False,
-                         threaded=connection.vendor == "postgresql" and not connection.in_atomic_block)
+                         threaded=writer_threaded())
 
     def settle(flushes: list[Flush]) -> None:
         for flush in flushes:

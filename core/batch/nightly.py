@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import connection
 
 from core.batch.dates import BatchTarget, batch_lock_dates, batch_targets
 from core.batch.guards import StopGuards, StopToken
@@ -31,7 +30,7 @@ from core.batch.process import connections_close, gc_paused, gc_skip_at_exit, st
 from core.batch.progress import ProgressReporter
 from core.batch.retention import fortunes_prune
 from core.batch.scheduler import Scheduler
-from core.batch.store import BatchWriter, generation_ids_by_hash
+from core.batch.store import BatchWriter, generation_ids_by_hash, writer_threaded
 from core.batch.summary import DryRunReport, RunSummary
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.prompt import estimate_tokens
@@ -202,9 +201,7 @@ def batch_run_target(
             )
             writer = BatchWriter(
                 for_date=target.target_date, provider=provider.name, model=provider.model, replace=options.force,
-                # A writer connection of its own cannot see a caller's uncommitted rows; SQLite allows
-                # one writer at a time anyway.
-                threaded=connection.vendor == "postgresql" and not connection.in_atomic_block,
+                threaded=writer_threaded(),
             )
             pages = batch_plan_pages(
                 target_date=target.target_date, generator=provider.generator, force=options.force,

@@ -1,16 +1,14 @@
 """Store batch output: generations once per input hash, then one result row per user — in bulk.
 
 Both writes are INSERT … ON CONFLICT, so a rerun or a concurrent on-demand generation never
-duplicates a row, and neither issues a query per user. On PostgreSQL the rows travel by COPY into a
-temporary staging table, then one INSERT … SELECT moves them (building a multi-row VALUES list
-client-side cost more than the database's whole insert); SQLite gets multi-row INSERTs.
+duplicates a row, and neither issues a query per user. How the rows travel is core.batch.bulk's
+business (PostgreSQL's COPY path, or the plain ORM elsewhere).
 
 BatchWriter runs those flushes on a thread of its own, so the batch keeps generating while the
 database writes.
 """
 
 import datetime as dt
-import io
 import logging
 import queue
 import threading
@@ -18,29 +16,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from django.db import connection, transaction
-from django.utils import timezone
 
+from core.batch.bulk import bulk_for_connection, concurrent_writer_supported
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers import Generated
-from core.models import FortuneGeneration, FortuneResult
+from core.models import FortuneResult
 
 logger = logging.getLogger("fortuna.batch")
 
-INSERT_BATCH = 2000
-LOOKUP_BATCH = 2000
 WRITER_QUEUE = 2  # flushes waiting for the writer thread: bounds memory when the database lags
 WRITER_GONE = "fortune batch writer thread ended with flushes outstanding"
-
-_GEN_STAGE = "fortune_generation_stage"
-_RESULT_STAGE = "fortune_result_stage"
-# Per connection; ON COMMIT DELETE ROWS frees it between flushes, TRUNCATE covers flushes nested in
-# an outer transaction (tests, or a caller's atomic block) where no commit happens in between.
-_STAGE_DDL = {
-    _GEN_STAGE: "input_hash varchar(64), for_date date, content jsonb, tokens_in integer, tokens_out integer",
-    _RESULT_STAGE: "user_id bigint, generation_id bigint",
-}
-# COPY text format: backslash first, then the characters that would end a field or a row.
-_COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,82 +36,8 @@ class GeneratedItem:
 
 
 def generation_ids_by_hash(*, hashes: Iterable[str]) -> dict[str, int]:
-    """hash -> id of the stored generations among hashes.
-
-    Raw SQL: the ORM's per-parameter handling of a 2,000-item IN list cost more than the query. On
-    PostgreSQL one array parameter (= ANY) takes a whole page of hashes.
-    """
-    hashes = list(hashes)
-    table = connection.ops.quote_name(FortuneGeneration._meta.db_table)
-    found: dict[str, int] = {}
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(f"SELECT input_hash, id FROM {table} WHERE input_hash = ANY(%s)", [hashes])
-            return dict(cursor.fetchall())
-        for start in range(0, len(hashes), LOOKUP_BATCH):
-            chunk = hashes[start : start + LOOKUP_BATCH]
-            cursor.execute(f"SELECT input_hash, id FROM {table} WHERE input_hash IN ({', '.join(['%s'] * len(chunk))})",
-                           chunk)
-            found.update(cursor.fetchall())
-    return found
-
-
-def _copy_field(value) -> str:
-    if value is None:
-        return "\\N"
-    text = str(value)
-    for char, escaped in _COPY_ESCAPES:
-        if char in text:
-            text = text.replace(char, escaped)
-    return text
-
-
-def _copy_text(rows: Iterable[Sequence]) -> str:
-    return "".join("\t".join(map(_copy_field, row)) + "\n" for row in rows)
-
-
-def _copy_into_stage(cursor, *, stage: str, text: str) -> None:
-    """Replace the staging table's rows with text's (PostgreSQL COPY, text format)."""
-    cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ({_STAGE_DDL[stage]}) ON COMMIT DELETE ROWS; "
-                   f"TRUNCATE {stage}")
-    cursor.cursor.copy_expert(f"COPY {stage} FROM STDIN", io.StringIO(text))
-
-
-def generations_copy_text(*, items: Sequence[GeneratedItem]) -> str:
-    """The generations' staging rows for PostgreSQL (content serialised here: the costly part)."""
-    return _copy_text(
-        (item.hash, item.inp.for_date.isoformat(), item.generated.content.model_dump_json(),
-         item.generated.tokens_in, item.generated.tokens_out) for item in items
-    )
-
-
-def _insert_values(
-    *, model, columns: Sequence[str], rows: Sequence[tuple], tail: str, returning: bool = False
-) -> tuple[list, int]:
-    """Multi-row INSERT … tail (SQLite): (the RETURNING rows if returning, the rows written)."""
-    qn = connection.ops.quote_name
-    fields = [model._meta.get_field(name.removesuffix("_id")) for name in columns]
-    per_row = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    head = f"INSERT INTO {qn(model._meta.db_table)} ({', '.join(qn(name) for name in columns)}) VALUES "
-    batch = max(1, min(INSERT_BATCH, connection.ops.bulk_batch_size(fields, rows)))
-    returned: list = []
-    written = 0
-    with connection.cursor() as cursor:
-        for start in range(0, len(rows), batch):
-            chunk = rows[start : start + batch]
-            cursor.execute(head + ", ".join([per_row] * len(chunk)) + " " + tail,
-                           [value for row in chunk for value in row])
-            if returning:
-                chunk_rows = cursor.fetchall()
-                returned.extend(chunk_rows)
-                written += len(chunk_rows)
-            else:
-                written += max(cursor.rowcount, 0)
-    return returned, written
-
-
-def _db_value(model, name: str, value):
-    return model._meta.get_field(name).get_db_prep_save(value, connection)
+    """hash -> id of the stored generations among hashes."""
+    return bulk_for_connection().generation_ids(hashes=list(hashes))
 
 
 def generations_store_many(
@@ -134,41 +45,11 @@ def generations_store_many(
 ) -> dict[str, int]:
     """Insert the generations whose hash is new; return hash -> id for every item.
 
-    copy_text: generations_copy_text(items=items), if the caller built it already (PostgreSQL).
+    copy_text: what the bulk implementation prepared for these items already (writer_prepare).
     """
     if not items:
         return {}
-    table = connection.ops.quote_name(FortuneGeneration._meta.db_table)
-    now = _db_value(FortuneGeneration, "created_at", timezone.now())
-    # RETURNING gives the ids of the rows inserted; only hashes that already existed (rare: planning
-    # skips stored inputs) need a look-up afterwards.
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            if copy_text is None:
-                copy_text = generations_copy_text(items=items)
-            _copy_into_stage(cursor, stage=_GEN_STAGE, text=copy_text)
-            cursor.execute(
-                f"INSERT INTO {table} (input_hash, for_date, content, provider, model, tokens_in, tokens_out, "
-                f"created_at) SELECT input_hash, for_date, content, %s, %s, tokens_in, tokens_out, %s "
-                f"FROM {_GEN_STAGE} ON CONFLICT (input_hash) DO NOTHING RETURNING input_hash, id",
-                [provider, model, now],
-            )
-            ids = dict(cursor.fetchall())
-    else:
-        rows = [(item.hash, _db_value(FortuneGeneration, "for_date", item.inp.for_date),
-                 item.generated.content.model_dump_json(), provider, model, item.generated.tokens_in,
-                 item.generated.tokens_out, now) for item in items]
-        # RETURNING needs SQLite 3.35; without it every id comes from the look-up below.
-        returning = connection.features.can_return_rows_from_bulk_insert
-        returned, _ = _insert_values(
-            model=FortuneGeneration,
-            columns=["input_hash", "for_date", "content", "provider", "model", "tokens_in", "tokens_out",
-                     "created_at"],
-            rows=rows,
-            tail="ON CONFLICT (input_hash) DO NOTHING" + (" RETURNING input_hash, id" if returning else ""),
-            returning=returning,
-        )
-        ids = dict(returned)
+    ids = bulk_for_connection().generations_insert(items=items, provider=provider, model=model, prepared=copy_text)
     missing = [item.hash for item in items if item.hash not in ids]
     if missing:
         ids.update(generation_ids_by_hash(hashes=missing))
@@ -186,30 +67,7 @@ def fortune_results_store_many(
     """
     if not pairs:
         return 0
-    now = _db_value(FortuneResult, "created_at", timezone.now())
-    day = _db_value(FortuneResult, "for_date", for_date)
-    if replace:
-        conflict = ("ON CONFLICT (user_id, for_date) DO UPDATE SET generation_id = EXCLUDED.generation_id, "
-                    "source = EXCLUDED.source, updated_at = EXCLUDED.updated_at")
-    else:
-        conflict = "ON CONFLICT (user_id, for_date) DO NOTHING"
-    if connection.vendor == "postgresql":
-        table = connection.ops.quote_name(FortuneResult._meta.db_table)
-        with connection.cursor() as cursor:
-            _copy_into_stage(cursor, stage=_RESULT_STAGE, text=_copy_text(pairs))
-            cursor.execute(
-                f"INSERT INTO {table} (user_id, for_date, generation_id, source, created_at, updated_at) "
-                f"SELECT user_id, %s, generation_id, %s, %s, %s FROM {_RESULT_STAGE} {conflict}",
-                [day, str(source), now, now],
-            )
-            return max(cursor.rowcount, 0)
-    _, written = _insert_values(
-        model=FortuneResult,
-        columns=["user_id", "for_date", "generation_id", "source", "created_at", "updated_at"],
-        rows=[(user_id, day, generation_id, str(source), now, now) for user_id, generation_id in pairs],
-        tail=conflict,
-    )
-    return written
+    return bulk_for_connection().results_insert(pairs=pairs, for_date=for_date, replace=replace, source=str(source))
 
 
 def batch_output_store(
@@ -222,11 +80,7 @@ def batch_output_store(
     ids whose generation is among items. Returns (hash -> id of the stored generations, results sent).
     """
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            # A batch flush need not wait for the WAL flush: if the database server itself crashes,
-            # the last fraction of a second of commits is lost and the next run fills those gaps.
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        bulk_for_connection().flush_begin()
         ids = generations_store_many(items=items, provider=provider, model=model, copy_text=copy_text)
         pairs = list(reused)
         for digest, user_ids in waiting.items():
@@ -234,6 +88,12 @@ def batch_output_store(
             pairs.extend((user_id, generation_id) for user_id in user_ids)
         stored = fortune_results_store_many(pairs=pairs, for_date=for_date, replace=replace)
     return ids, stored
+
+
+def writer_threaded() -> bool:
+    """Whether BatchWriter should write on a thread of its own here: a database that takes a writer
+    beside readers, and no outer transaction (whose uncommitted rows another connection cannot see)."""
+    return concurrent_writer_supported() and not connection.in_atomic_block
 
 
 @dataclass(slots=True)
@@ -297,10 +157,10 @@ class BatchWriter:
         if self._thread is None:
             self._write(flush)
             return
-        if connection.vendor == "postgresql" and flush.items:
+        if flush.items:
             # Serialise here, on the caller's thread: the writer thread then spends its time waiting
             # on the database with the GIL released, so both keep working.
-            flush.copy_text = generations_copy_text(items=flush.items)
+            flush.copy_text = bulk_for_connection().generations_prepare(items=flush.items)
         while True:
             try:
                 self._todo.put(flush, timeout=0.1)

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers import Generated, Provider, ProviderError, get_provider
@@ -72,55 +71,34 @@ class OnDemandUnavailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class StoredFortune:
-    """A user's stored fortune as the API serves it: the content stays the JSON text the database holds.
-
-    The read path of GET /fortune/today neither decodes nor re-encodes the content (about 2 KB); the
-    API's renderer splices it into the response as it is.
-    """
+    """A user's stored fortune as the API serves it."""
 
     generation_id: int
     for_date: dt.date
     source: str
     generated_at: dt.datetime
-    content_json: str
+    content: dict
 
 
-# The hot path of GET /fortune/today: one fixed statement on a plain cursor, because compiling the
-# equivalent select_related ORM query, building two models and decoding the JSON content cost more
-# than running it (docs/BENCHMARKS.md, API).
-_FORTUNE_SQL = (
-    "SELECT r.generation_id, r.source, g.created_at, g.content{as_text} "
-    f"FROM {FortuneResult._meta.db_table} r JOIN {FortuneGeneration._meta.db_table} g ON g.id = r.generation_id "
-    "WHERE r.user_id = %s AND r.for_date = %s"
+# Built once, so a request only adds its filter (filter() clones; this one is never evaluated): setting
+# up the join and the columns is most of what the ORM spends on the hot path of GET /fortune/today.
+_FORTUNE_ROWS = FortuneResult.objects.values_list(
+    "generation_id", "source", "generation__created_at", "generation__content"
 )
-# psycopg decodes jsonb unless it is cast to text; SQLite stores the JSON as text already.
-_FORTUNE_SQL_POSTGRESQL = _FORTUNE_SQL.format(as_text="::text")
-_FORTUNE_SQL_TEXT = _FORTUNE_SQL.format(as_text="")
 
 
 def fortune_get_for_date(*, user: User, for_date: dt.date) -> StoredFortune | None:
     """The user's stored fortune for a date, with its generation's content, in one query."""
-    with connection.cursor() as cursor:
-        sql = _FORTUNE_SQL_POSTGRESQL if connection.vendor == "postgresql" else _FORTUNE_SQL_TEXT
-        cursor.execute(sql, [user.pk, for_date])
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    generation_id, source, generated_at, content_json = row
-    return StoredFortune(
-        generation_id=generation_id,
-        for_date=for_date,
-        source=source,
-        generated_at=_aware(generated_at),
-        content_json=content_json,
-    )
-
-
-def _aware(value: dt.datetime | str) -> dt.datetime:
-    # A plain cursor gets what the driver gives: psycopg an aware datetime, SQLite text in UTC.
-    if isinstance(value, str):
-        value = parse_datetime(value)
-    return value if timezone.is_aware(value) else value.replace(tzinfo=dt.timezone.utc)
+    rows = _FORTUNE_ROWS.filter(user_id=user.pk, for_date=for_date)[:1]
+    for generation_id, source, generated_at, content in rows:
+        return StoredFortune(
+            generation_id=generation_id,
+            for_date=for_date,
+            source=source,
+            generated_at=generated_at,
+            content=content,
+        )
+    return None
 
 
 def fortune_today() -> dt.date:

@@ -1,9 +1,9 @@
 import datetime as dt
-import json
 from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
+from rest_framework import serializers
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -78,14 +78,32 @@ def test_stored_fortune_after_batch_both_slash_forms(auth_client, user, path):
 
 
 def test_body_is_the_documented_serializers_output_and_the_same_bytes_each_time(auth_client, user):
-    # The renderer splices the stored JSON in; FortuneOutputSerializer documents the shape in the schema.
+    # FortuneOutputSerializer makes both the body and the schema; the body holds what the ORM stored.
     result = fortune_store(user=user, for_date=kst_today())
     first = auth_client.get("/fortune/today")
-    assert first.json() == json.loads(json.dumps(FortuneOutputSerializer(result).data))
+    assert first.json() == {
+        "date": result.for_date.isoformat(),
+        "fortune": FortuneGeneration.objects.get().content,
+        "source": result.source,
+        "generated_at": serializers.DateTimeField().to_representation(result.generation.created_at),
+    }
+    assert list(first.json()) == list(FortuneOutputSerializer().fields)
     assert first["Content-Type"] == "application/json"
     # A strong ETag promises identical bytes.
     second = auth_client.get("/fortune/today")
     assert (second.content, second["ETag"]) == (first.content, first["ETag"])
+
+
+def test_the_openapi_schema_documents_the_body_served(auth_client, user):
+    fortune_store(user=user, for_date=kst_today())
+    body = auth_client.get("/fortune/today").json()
+    schema = APIClient().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    operation = next(p["get"] for path, p in schema["paths"].items() if path.rstrip("/") == "/fortune/today")
+    ref = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    component = schema["components"]["schemas"][ref["$ref"].rsplit("/", 1)[-1]]
+    assert set(component["properties"]) == set(body)
+    assert component["properties"]["fortune"]["type"] == "object" and isinstance(body["fortune"], dict)
+    assert component["properties"]["generated_at"]["format"] == "date-time"
 
 
 def test_on_demand_answer_is_byte_identical_to_the_stored_read(auth_client, settings):

@@ -117,12 +117,6 @@ def test_a_writer_failure_is_raised_to_the_caller_and_never_hangs(monkeypatch, t
     assert FortuneGeneration.objects.count() == 0
 
 
-def test_copy_fields_escape_what_would_end_a_field_or_a_row():
-    assert store._copy_field("a\\b\tc\nd\re") == "a\\\\b\\tc\\nd\\re"
-    assert store._copy_field(None) == "\\N"
-    assert store._copy_field(7) == "7"
-
-
 def test_generations_with_awkward_characters_round_trip():
     user_create()
     (page,) = batch_plan_pages(target_date=TARGET, generator="local")
