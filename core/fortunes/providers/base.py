@@ -1,5 +1,6 @@
 """The provider interface: a generation input in, fortune content out."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,13 +21,16 @@ REASON_CONFIG = "misconfigured"               # e.g. FORTUNE_PROVIDER=openai wit
 class ProviderError(Exception):
     def __init__(
         self, message: str, *, reason: str, retryable: bool, retry_after: float | None = None,
-        status_code: int | None = None,
+        status_code: int | None = None, headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.retryable = retryable
         self.retry_after = retry_after  # seconds the server asked us to wait, if it said
         self.status_code = status_code
+        # The answer's rate-limit headers (retry-after*, x-ratelimit-*), lower-cased: core.limiter
+        # learns the account's real limits from them.
+        self.headers = dict(headers or {})
 
 
 class ProviderConfigError(ProviderError):

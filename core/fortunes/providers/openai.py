@@ -112,6 +112,13 @@ def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
     return max(0.0, (when - timezone.now()).total_seconds())
 
 
+def rate_limit_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The retry-after and x-ratelimit-* headers of an answer, lower-cased (for core.limiter)."""
+    if headers is None:
+        return {}
+    return {k.lower(): v for k, v in headers.items() if k.lower().startswith(("x-ratelimit-", "retry-after"))}
+
+
 def _status_error(exc: openai.APIStatusError) -> ProviderError:
     status = exc.status_code
     message = f"HTTP {status}: {exc.message}"[:300]
@@ -119,7 +126,8 @@ def _status_error(exc: openai.APIStatusError) -> ProviderError:
         if exc.code == QUOTA_ERROR_CODE:
             return ProviderError(message, reason=REASON_QUOTA, retryable=False, status_code=status)
         return ProviderError(message, reason=REASON_RATE_LIMITED, retryable=True, status_code=status,
-                             retry_after=retry_after_seconds(exc.response.headers))
+                             retry_after=retry_after_seconds(exc.response.headers),
+                             headers=rate_limit_headers(exc.response.headers))
     if status >= 500:
         return ProviderError(message, reason=REASON_SERVER_ERROR, retryable=True, status_code=status,
                              retry_after=retry_after_seconds(exc.response.headers))
