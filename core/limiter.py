@@ -157,19 +157,23 @@ class _Limiter:
         if granted is None:
             return None
         charged, wait = granted
-        first = True
         while wait > 0:
-            # _reserve checked the first wait against the deadline; a pause found later is checked here.
-            if not first and deadline is not None and self._clock() + wait > deadline:
-                return None
-            first = False
             if stop is not None:
                 if stop.wait(wait):
                     return None
             else:
                 self._sleep(wait)
-            # A 429 seen by anyone while we waited for our slot pauses us too.
-            wait = self._pause_left()
+            if self._pause_left() <= 0:
+                break
+            # A 429 seen by anyone while we waited: our slot was planned at the old pace. Take a new one
+            # after the pause, at the pace learned since, or every waiter would hit the account at once.
+            max_wait = None if deadline is None else deadline - self._clock()
+            if max_wait is not None and max_wait < 0:
+                return None
+            granted = self._reserve(lane=lane, tokens=max(0, int(tokens)), max_wait=max_wait)
+            if granted is None:
+                return None
+            charged, wait = granted
         return charged
 
     def reconcile(self, *, lane: str, reserved: int, used: int) -> None:

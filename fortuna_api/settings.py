@@ -241,6 +241,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# The queue chunks are sent to and workers read (one broker can then serve several deployments).
+CELERY_TASK_DEFAULT_QUEUE = env("FORTUNE_CELERY_QUEUE", default="fortuna")
 # Calls in flight per worker process (threads doing only network I/O), whatever its chunk slots.
 FORTUNE_CELERY_INFLIGHT = env_int("FORTUNE_CELERY_INFLIGHT", 64, min_value=1, max_value=4096)
 # Redis re-delivers a message unacknowledged for this long. Longer than a chunk takes (chunk size /

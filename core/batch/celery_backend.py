@@ -445,6 +445,8 @@ class _Coordinator:
         if self.stop.is_set:
             self._cancel()
         self._store_late()
+        done, failed = BatchRun.objects.filter(pk=self.run.pk).values_list("generated", "failed").get()
+        self.progress.update(done=done, failed=failed)
         self.progress.close()
         return self._complete()
 

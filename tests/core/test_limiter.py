@@ -233,14 +233,15 @@ TWO_PROCESSES = """
 import sys, threading, time
 from core.limiter import RedisRateLimiter
 limiter = RedisRateLimiter(int(sys.argv[1]), tpm=int(sys.argv[2]) or None, url=sys.argv[3], key=sys.argv[4])
-start = float(sys.argv[5])
+print("ready", flush=True)
+start = float(sys.stdin.readline())  # the parent sends one start instant to both processes
 while time.time() < start:
     time.sleep(0.001)
 count = 0
 lock = threading.Lock()
 def work():
     global count
-    end = time.monotonic() + float(sys.argv[6])
+    end = time.monotonic() + (start + float(sys.argv[5]) - time.time())  # the same instant in both processes
     while limiter.acquire(deadline=end, tokens=50):
         with lock:
             count += 1
@@ -255,11 +256,16 @@ print(count)
 def test_two_processes_share_one_limit(redis_limiter, rpm, tpm, bound):
     """2,400 RPM = 40 a second, or 60,000 TPM / 50 tokens = 20 a second: two processes together, over 1 s."""
     key = redis_limiter(None).key
-    start = time.time() + 1.5  # both processes past their imports
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESSES, str(rpm), str(tpm), os.environ["TEST_REDIS_URL"],
-                               key, str(start), "1.0"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+                               key, "1.0"], cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for _ in range(2)]
+    for proc in procs:
+        assert proc.stdout.readline().strip() == "ready"
+    start = time.time() + 0.2
+    for proc in procs:
+        proc.stdin.write(f"{start}\n")
+        proc.stdin.flush()
     counts = [int(proc.communicate(timeout=60)[0]) for proc in procs]
     assert all(count >= 1 for count in counts)  # both got slots
     assert sum(counts) <= bound + 2  # together, not each

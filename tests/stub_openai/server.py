@@ -62,9 +62,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     **{
         # The account limit (see "Account limit and latency jitter" below); 0 = not enforced.
         "latency_jitter_ms": 0.0,  # each answer waits latency_ms ± this, uniformly
-        "account_rpm": 0,          # requests admitted per window
-        "account_tpm": 0,          # tokens (prompt + completion) admitted per window
-        "account_window_s": 60.0,  # the sliding window, a minute like OpenAI's (shorter in tests)
+        "account_rpm": 0,          # requests per minute the account admits
+        "account_tpm": 0,          # tokens (prompt + completion) per minute
+        "account_window_s": 60.0,  # the sliding window (a minute like OpenAI's; shorter in tests, the
+                                   # limits scaled to it: rpm × window / 60 per window)
     },
 }
 
@@ -424,9 +425,10 @@ def _error_body(message: str, *, type_: str, code: str | None = None, param: str
 
 
 # --- Account limit and latency jitter ------------------------------------------------------------
-# Like OpenAI's per-account limits: requests and tokens admitted over a sliding window; over either,
-# 429 with retry-after (when the oldest entry leaves the window) and the x-ratelimit-* headers. A
-# request's tokens are its prompt's at admission, then its real usage once answered.
+# Like OpenAI's per-account limits: requests and tokens admitted over a sliding window (the per-minute
+# limits scaled to its length); over either, 429 with retry-after (when the oldest entry leaves the
+# window) and the x-ratelimit-* headers, which state the per-minute limits. A request's tokens are
+# its prompt's at admission, then its real usage once answered.
 
 
 class AccountLimit:
@@ -448,7 +450,8 @@ class AccountLimit:
         """None if admitted (and recorded), else the 429's headers."""
         self._expire(now, window)
         requests = len(self.admitted)
-        if (rpm and requests >= rpm) or (tpm and self.tokens_in_window + tokens > tpm):
+        max_requests, max_tokens = rpm * window / 60, tpm * window / 60
+        if (rpm and requests + 1 > max_requests) or (tpm and self.tokens_in_window + tokens > max_tokens):
             self.rejected += 1
             oldest = self.admitted[0][0] if self.admitted else now
             wait = max(0.001, oldest + window - now)
@@ -456,10 +459,11 @@ class AccountLimit:
                 "retry-after": f"{math.ceil(wait):d}",
                 "retry-after-ms": str(int(wait * 1000)),
                 "x-ratelimit-limit-requests": str(rpm or 1_000_000_000),
-                "x-ratelimit-remaining-requests": str(max(0, rpm - requests) if rpm else 1_000_000_000),
+                "x-ratelimit-remaining-requests": str(max(0, int(max_requests) - requests) if rpm else 1_000_000_000),
                 "x-ratelimit-reset-requests": f"{wait:.3f}s",
                 "x-ratelimit-limit-tokens": str(tpm or 1_000_000_000),
-                "x-ratelimit-remaining-tokens": str(max(0, tpm - self.tokens_in_window) if tpm else 1_000_000_000),
+                "x-ratelimit-remaining-tokens": str(max(0, int(max_tokens - self.tokens_in_window)) if tpm
+                                                    else 1_000_000_000),
                 "x-ratelimit-reset-tokens": f"{wait:.3f}s",
             }
         entry = [now, n, tokens]
@@ -781,8 +785,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fail-code", default=None)
     parser.add_argument("--record-bodies", type=int, default=200)
     parser.add_argument("--latency-jitter-ms", type=float, default=0.0, help="each answer waits latency ± this")
-    parser.add_argument("--account-rpm", type=int, default=0, help="requests per window the account admits; 0 = any")
-    parser.add_argument("--account-tpm", type=int, default=0, help="tokens per window the account admits; 0 = any")
+    parser.add_argument("--account-rpm", type=int, default=0, help="requests per minute the account admits; 0 = any")
+    parser.add_argument("--account-tpm", type=int, default=0, help="tokens per minute the account admits; 0 = any")
     parser.add_argument("--account-window-s", type=float, default=60.0, help="the account limit's sliding window")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")

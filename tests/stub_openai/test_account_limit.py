@@ -31,13 +31,13 @@ def ask(stub, text: str = "hello"):
 
 def test_over_the_account_rpm_the_stub_answers_429_with_the_limit_headers(stub):
     stub.reset()
-    stub.configure(account_rpm=3, account_window_s=30)
+    stub.configure(account_rpm=6, account_window_s=30)  # 3 per 30 s
     for n in range(3):
         ask(stub, f"q{n}")
     with pytest.raises(openai.RateLimitError) as error:
         ask(stub, "q3")
     headers = error.value.response.headers
-    assert headers["x-ratelimit-limit-requests"] == "3"
+    assert headers["x-ratelimit-limit-requests"] == "6"  # per minute, as OpenAI states it
     assert headers["x-ratelimit-remaining-requests"] == "0"
     assert 0 < float(headers["retry-after-ms"]) <= 30_000
     account = stub.counters()["account"]
@@ -46,7 +46,7 @@ def test_over_the_account_rpm_the_stub_answers_429_with_the_limit_headers(stub):
 
 def test_the_window_slides(stub):
     stub.reset()
-    stub.configure(account_rpm=2, account_window_s=0.5)
+    stub.configure(account_rpm=240, account_window_s=0.5)  # 2 per 0.5 s
     ask(stub, "a")
     ask(stub, "b")
     with pytest.raises(openai.RateLimitError):
@@ -58,13 +58,13 @@ def test_the_window_slides(stub):
 
 def test_over_the_account_tpm_the_stub_answers_429(stub):
     stub.reset()
-    stub.configure(account_tpm=200, account_window_s=30)
+    stub.configure(account_tpm=400, account_window_s=30)  # 200 tokens per 30 s
     first = ask(stub, "x" * 100).parse()
     used = first.usage.total_tokens
     assert used < 200
     with pytest.raises(openai.RateLimitError) as error:
         ask(stub, "y" * 600)  # its prompt alone would pass the window's tokens
-    assert int(error.value.response.headers["x-ratelimit-limit-tokens"]) == 200
+    assert int(error.value.response.headers["x-ratelimit-limit-tokens"]) == 400
     assert stub.counters()["account"]["max_tokens_in_window"] == used
 
 
