@@ -50,7 +50,54 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--chunk-size", type=int, default=200)
     parser.add_argument("--broker", default=os.environ.get("CELERY_BROKER_URL") or settings.REDIS_URL)
     parser.add_argument("--skip-threads", action="store_true", help="only the celery backend")
+    parser.add_argument("--clients-only", action="store_true",
+                        help="only compare threads and AsyncOpenAI at --inflight calls in flight (no database)")
     return parser.parse_args()
+
+
+def clients_compare(*, args) -> None:
+    """Calls in flight in one process, threads (the sync SDK, as the workers use it) against asyncio
+    (AsyncOpenAI): requests/s and client CPU per request, the same stub, the same request bodies."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+    from openai.types.chat import ChatCompletion
+
+    from core.fortunes.inputs import GenerationInput
+    from core.fortunes.prompt import build_messages
+    from core.fortunes.providers.openai import chat_completion_create, response_format
+
+    inputs = [GenerationInput(for_date=BASE, year="甲子", month="丙寅", day="戊午", hour=None, gender="F",
+                              generator="openai:gpt-4o-mini", nonce=str(n)) for n in range(args.users)]
+    bodies = [build_messages(inp) for inp in inputs]
+    with start_stub_process(latency_ms=args.latency_ms, latency_jitter_ms=args.jitter_ms) as stub:
+        client = openai.OpenAI(api_key="sk-bench", base_url=stub.base_url, max_retries=0, timeout=60)
+        cpu, t0 = time.process_time(), time.perf_counter()
+        with ThreadPoolExecutor(max_workers=args.inflight) as pool:
+            list(pool.map(lambda m: chat_completion_create(client, model="gpt-4o-mini", messages=m), bodies))
+        wall, used = time.perf_counter() - t0, time.process_time() - cpu
+        client.close()
+        print(f"  threads x{args.inflight}: {len(bodies) / wall:.1f} req/s, {1000 * used / len(bodies):.2f} ms CPU/req")
+
+        async def run_async() -> None:
+            aclient = openai.AsyncOpenAI(api_key="sk-bench", base_url=stub.base_url, max_retries=0, timeout=60)
+            gate = asyncio.Semaphore(args.inflight)
+
+            async def one(messages):
+                async with gate:
+                    # The same request the sync path posts (chat_completion_create's body, client.post).
+                    await aclient.post("/chat/completions", cast_to=ChatCompletion, body={
+                        "model": "gpt-4o-mini", "messages": messages, "response_format": response_format()})
+
+            await asyncio.gather(*(one(m) for m in bodies))
+            await aclient.close()
+
+        stub.reset()
+        cpu, t0 = time.process_time(), time.perf_counter()
+        asyncio.run(run_async())
+        wall, used = time.perf_counter() - t0, time.process_time() - cpu
+        print(f"  asyncio x{args.inflight}: {len(bodies) / wall:.1f} req/s, {1000 * used / len(bodies):.2f} ms CPU/req")
 
 
 def start_worker(*, env: dict, inflight: int, queue: str, log: Path) -> tuple[subprocess.Popen, str]:
@@ -148,6 +195,9 @@ def celery_round(*, args, stub_env: dict) -> None:
 
 def main() -> None:
     args = parse_args()
+    if args.clients_only:
+        clients_compare(args=args)
+        return
     if "bench" not in str(connection.settings_dict["NAME"]):
         sys.exit("refusing to wipe a database whose name does not contain 'bench'")
     if connection.vendor != "postgresql":
