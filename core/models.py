@@ -222,6 +222,8 @@ class BatchChunk(models.Model):
     stored_inputs = models.PositiveIntegerField(default=0)
     failed_users = models.PositiveIntegerField(default=0)
     failure_sample = models.JSONField(default=list, blank=True)
+    # Payload rows of inputs that failed for a transient reason: the coordinator's end-of-run round.
+    retry_inputs = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
 

@@ -35,6 +35,7 @@ from django.utils import timezone
 from core.batch.dates import BatchTarget
 from core.batch.plan import REASON_NO_NATAL, batch_eligible_users, batch_plan_counts, batch_plan_pages
 from core.batch.progress import ProgressReporter
+from core.batch.retry import is_transient
 from core.batch.store import GeneratedItem, batch_output_store, generation_ids_by_hash
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers import Provider, get_provider
@@ -215,6 +216,7 @@ class _ChunkWorker:
         # twice when its chunk is re-dispatched (the inputs are asked again).
         self.failures: list[dict] = []
         self.failed_users = 0
+        self.retry_rows: list[list] = []
         self.last_heartbeat = time.monotonic()
 
     def execute(self) -> ChunkReport:
@@ -305,6 +307,8 @@ class _ChunkWorker:
                 self.report.failed_inputs += 1
                 self.failed_users += len(user_ids)
                 error = outcome.error
+                if error is not None and is_transient(error):
+                    self.retry_rows.append(_encode(inp, digest, user_ids))
                 if len(self.failures) < FAILURE_SAMPLE_SIZE:
                     self.failures.append({"reason": error.reason if error else "unknown", "error": str(error)[:200],
                                           "input": digest[:16], "count": len(user_ids), "user_ids": user_ids[:5]})
@@ -356,7 +360,7 @@ class _ChunkWorker:
                 state=Case(When(state=BatchChunk.State.CANCELLED, then=Value(BatchChunk.State.CANCELLED)),
                            default=Value(state)),
                 finished_at=timezone.now(), heartbeat_at=timezone.now(), failed_users=self.failed_users,
-                failure_sample=self.failures)
+                failure_sample=self.failures, retry_inputs=self.retry_rows)
             if mine and self.failed_users:
                 BatchRun.objects.filter(pk=self.run.pk).update(failed=F("failed") + self.failed_users)
 
@@ -442,8 +446,9 @@ class _Coordinator:
             self._poll()
         if not self._stopping():
             self._send_buffer()
-        while not self._stopping() and self._poll(force=True):
-            self.stop.event.wait(self.poll_seconds)
+        self._wait()
+        if not self._stopping() and self._retry_round():
+            self._wait()
         if self.stop.is_set:
             self._cancel()
         self._store_late()
@@ -508,7 +513,44 @@ class _Coordinator:
             logger.debug("fortune batch: celery ping failed", exc_info=True)
             return False
 
+    def _retry_round(self) -> bool:
+        """One more round, after options.retry_cooldown, for inputs that failed for a transient reason
+        (as the threads backend does); their users stop counting as failed. True if chunks were sent."""
+        chunks = list(BatchChunk.objects.filter(run=self.run, state=BatchChunk.State.DONE).exclude(retry_inputs=[])
+                      .values_list("pk", "retry_inputs", "failure_sample", "failed_users"))
+        if not chunks:
+            return False
+        rows = [row for _, retry, _, _ in chunks for row in retry]
+        cooldown = float(getattr(self.options, "retry_cooldown", 30.0))
+        logger.info("fortune batch: %d generations failed for transient reasons; one more round in %.1f s",
+                    len(rows), cooldown)
+        self._note(f"retry round for {len(rows)} generations after {cooldown:g} s")
+        if self.stop.event.wait(cooldown) or self._stopping():
+            return False
+        users = 0
+        with transaction.atomic():
+            for chunk_id, retry, sample, failed_users in chunks:
+                retried = {row[9][:16] for row in retry}
+                moved = sum(len(row[10]) for row in retry)
+                users += moved
+                BatchChunk.objects.filter(pk=chunk_id).update(
+                    retry_inputs=[], failed_users=max(0, failed_users - moved),
+                    failure_sample=[entry for entry in sample if entry.get("input") not in retried])
+            BatchRun.objects.filter(pk=self.run.pk).update(failed=F("failed") - users)
+        for row in rows:
+            self.plan.buffer.append(row)
+            self.plan.buffer_users += len(row[10])
+            if len(self.plan.buffer) >= self.chunk_size:
+                self._send_buffer()
+        self._send_buffer()
+        return True
+
     # --- waiting ------------------------------------------------------------------------------
+    def _wait(self) -> None:
+        """Until every chunk is done or cancelled, or the run stops."""
+        while not self._stopping() and self._poll(force=True):
+            self.stop.event.wait(self.poll_seconds)
+
     def _stopping(self) -> bool:
         from core.batch.run import STOP_BUDGET, STOP_DEADLINE
 

@@ -2,7 +2,11 @@
 chunking, dedupe across pages, idempotent re-runs, counters. Real worker processes are in
 tests/batch/test_celery_workers.py."""
 
+import threading
+import time
+
 import pytest
+from django.db import connection
 
 from core.batch.celery_backend import (
     INVALID_CHUNK_SIZE,
@@ -97,3 +101,30 @@ def test_broker_not_configured_is_a_clear_error(settings):
         celery_backend_check()
     assert str(error.value) == BROKER_NOT_CONFIGURED
     assert table_counts() == before
+
+
+def test_transient_failures_get_one_more_round_after_the_cooldown(eager, openai_settings):
+    users_with_shared_inputs(distinct=6, twins=2)
+    openai_settings.configure(fault_500=1.0)  # the first round: every attempt fails
+    healed = []
+
+    def heal_when_the_first_round_is_over():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if BatchChunk.objects.exclude(retry_inputs=[]).count() == 2:
+                openai_settings.configure(fault_500=0.0)
+                healed.append(True)
+                break
+            time.sleep(0.02)
+        connection.close()
+
+    helper = threading.Thread(target=heal_when_the_first_round_is_over)
+    helper.start()
+    run = celery_run(chunk_size=3, provider_name="openai", max_attempts=1, retry_cooldown=1.0)
+    helper.join(timeout=30)
+    assert healed
+    assert run.status == BatchRun.Status.SUCCEEDED, run.stop_reason
+    assert (run.generated, run.generations, run.failed, run.llm_requests) == (8, 6, 0, 12)
+    assert run.failure_sample == []
+    assert "retry round for 6 generations" in run.notes
+    assert batch_chunk_counts(run=run) == {"done": 4}  # two first-round chunks, two retry chunks
