@@ -44,7 +44,7 @@ from core.models import BatchChunk, BatchRun, FortuneResult
 logger = logging.getLogger("fortuna.batch")
 
 CHUNK_SIZE = 200
-HEARTBEAT_SECONDS = 5.0  # a working chunk's heartbeat_at is at most this old
+HEARTBEAT_SECONDS = 2.0  # a working chunk's heartbeat_at is at most this old; a cancel is seen as soon
 STALE_SECONDS = 60.0  # a running chunk silent this long is re-dispatched (its worker died)
 POLL_SECONDS = 1.0  # the coordinator reads the chunks' progress this often
 FLUSH_SECONDS = 1.0  # a worker stores what it generated at least this often

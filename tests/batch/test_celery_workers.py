@@ -16,7 +16,12 @@ import pytest
 from django.db import connection
 from kombu import pools
 
-from core.batch.celery_backend import BROKER_UNAVAILABLE, BrokerUnavailable, celery_backend_check
+from core.batch.celery_backend import (
+    BROKER_UNAVAILABLE,
+    HEARTBEAT_SECONDS,
+    BrokerUnavailable,
+    celery_backend_check,
+)
 from core.fortunes.inputs import GenerationInput
 from core.limiter import LANE_ON_DEMAND, REDIS_KEY, RedisRateLimiter, account_call_once
 from core.models import BatchChunk, BatchRun, FortuneGeneration, FortuneResult
@@ -267,3 +272,44 @@ def test_a_broker_that_is_down_is_a_clear_error_and_nothing_is_written(settings)
         _use_broker("", "fortuna")
     assert str(error.value).startswith(BROKER_UNAVAILABLE.split("{error}")[0].format(url=url))
     assert table_counts() == before
+
+
+def test_a_stopped_run_cancels_its_chunks_and_keeps_what_was_stored(workers, openai_settings):
+    from core.batch.run import STOP_SIGNAL, StopToken
+
+    openai_settings.configure(latency_ms=300)
+    users_create_many(count=40, seed=45)
+    workers.start("w", concurrency=1, inflight=4)
+    stop = StopToken()
+
+    def interrupt():
+        deadline = time.monotonic() + 60
+        while FortuneResult.objects.count() < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stop.request(STOP_SIGNAL.format(signal="SIGTERM"), interrupted=True)
+        connection.close()
+
+    signaller = threading.Thread(target=interrupt)
+    signaller.start()
+    run = celery_run(chunk_size=8, provider_name="openai", stop=stop)
+    signaller.join(timeout=60)
+    assert run.status == BatchRun.Status.INTERRUPTED and run.stop_reason == "interrupted by SIGTERM"
+    assert 4 <= run.generated < 40
+    assert BatchChunk.objects.filter(state=BatchChunk.State.CANCELLED).exists()
+    # The worker sees the cancel at its next heartbeat and stops asking; what is in flight finishes.
+    time.sleep(HEARTBEAT_SECONDS + 0.5)
+    asked = openai_settings.counters()["requests"]
+    time.sleep(1.5)
+    assert openai_settings.counters()["requests"] == asked < 40
+
+
+def test_the_deadline_stops_the_run_as_partial(workers, openai_settings):
+    from core.batch.run import STOP_DEADLINE
+
+    openai_settings.configure(latency_ms=500)
+    users_create_many(count=40, seed=46)
+    workers.start("w", concurrency=1, inflight=2)
+    run = celery_run(chunk_size=10, provider_name="openai", runtime=3.0)
+    assert run.stop_reason == STOP_DEADLINE.format(minutes=3.0 / 60)
+    assert run.status in (BatchRun.Status.PARTIAL, BatchRun.Status.FAILED)
+    assert run.generated < 40
