@@ -578,11 +578,26 @@ class _Coordinator:
                 age = (timezone.now() - heartbeat_at).total_seconds()
                 logger.warning("fortune batch: %s", CHUNK_REDISPATCHED.format(index=index, age=age))
                 self._dispatch(chunk_id)
+        self._check_provider()
         BatchRun.objects.filter(pk=self.run.pk).update(heartbeat_at=timezone.now())
         done, failed = BatchRun.objects.filter(pk=self.run.pk).values_list("generated", "failed").get()
         self.progress.update(done=done, failed=failed)
         return BatchChunk.objects.filter(run=self.run).exclude(
             state__in=[BatchChunk.State.DONE, BatchChunk.State.CANCELLED]).exists()
+
+    def _check_provider(self) -> None:
+        """Stop the run when a finished chunk stored nothing and its failures all say the provider is
+        unusable (wrong URL, bad key, quota gone), as the threads backend stops on such a streak."""
+        from core.batch.run import PROVIDER_DOWN_MIN_STREAK, PROVIDER_DOWN_REASONS, STOP_PROVIDER_DOWN
+
+        if self.stop.is_set:
+            return
+        for sample in BatchChunk.objects.filter(run=self.run, state=BatchChunk.State.DONE, stored_inputs=0).exclude(
+                failure_sample=[]).values_list("failure_sample", flat=True):
+            reasons = {entry["reason"] for entry in sample}
+            if len(sample) >= PROVIDER_DOWN_MIN_STREAK and reasons <= PROVIDER_DOWN_REASONS:
+                self.stop.request(STOP_PROVIDER_DOWN.format(count=len(sample), reason=sorted(reasons)[0]))
+                return
 
     def _cancel(self) -> None:
         """Stop the run's open chunks: queued ones are never started, running ones stop at their next

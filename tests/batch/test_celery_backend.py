@@ -128,3 +128,15 @@ def test_transient_failures_get_one_more_round_after_the_cooldown(eager, openai_
     assert run.failure_sample == []
     assert "retry round for 6 generations" in run.notes
     assert batch_chunk_counts(run=run) == {"done": 4}  # two first-round chunks, two retry chunks
+
+
+def test_an_unusable_provider_stops_the_run_instead_of_grinding_through_everyone(eager, openai_settings):
+    from core.batch.run import STOP_PROVIDER_DOWN
+
+    users_with_shared_inputs(distinct=40, twins=0)
+    openai_settings.configure(fail_when_contains=[""], fail_status=429, fail_code="insufficient_quota")
+    run = celery_run(chunk_size=10, page_size=10, provider_name="openai", max_attempts=1)
+    assert run.status == BatchRun.Status.FAILED
+    assert run.stop_reason == STOP_PROVIDER_DOWN.format(count=10, reason="quota_exhausted")
+    assert openai_settings.counters()["requests"] < 40
+    assert FortuneGeneration.objects.count() == 0
