@@ -58,12 +58,14 @@ BROKER_UNAVAILABLE = (
 )
 NO_WORKER_NOTE = "no celery worker answered a ping at the start: chunks wait in the queue until one starts"
 CHUNK_REDISPATCHED = "chunk {index} re-dispatched: its worker's heartbeat is {age:.0f} s old"
+CHUNK_ABANDONED = "chunk {index} abandoned after {attempts} workers took it and went silent"
+MAX_CHUNK_ATTEMPTS = 5
 PAYLOAD_HASH_MISMATCH = "chunk {chunk_id}: an input's hash changed since planning ({expected} != {actual})"
 INVALID_CHUNK_SIZE = "--chunk-size must be between 1 and 10000, got {value}."
 
 
-class BrokerUnavailable(Exception):
-    pass
+class CeleryBackendUnavailable(Exception):
+    """The celery backend cannot run (no broker, or no Redis for the shared limiter): nothing was written."""
 
 
 def _redacted(url: str) -> str:
@@ -73,19 +75,25 @@ def _redacted(url: str) -> str:
     return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
 
 
-def celery_backend_check(*, timeout: float = 3.0) -> None:
-    """Raise BrokerUnavailable (BROKER_UNAVAILABLE, or fortuna_api.celery.BROKER_NOT_CONFIGURED) unless
-    the broker answers. Call before anything is written: the run must not start without one."""
+def celery_backend_check(*, rpm: int | None = None, tpm: int | None = None, timeout: float = 3.0) -> None:
+    """Raise CeleryBackendUnavailable unless the backend can run: a broker that answers
+    (BROKER_UNAVAILABLE, fortuna_api.celery.BROKER_NOT_CONFIGURED) and, when requests or tokens are
+    limited (rpm/tpm, else OPENAI_RPM/OPENAI_TPM), Redis for the limiter the workers share
+    (core.limiter.LIMITER_NEEDS_REDIS). Call before anything is written."""
+    from core.limiter import LIMITER_NEEDS_REDIS
     from fortuna_api.celery import BROKER_NOT_CONFIGURED, app
 
     url = settings.CELERY_BROKER_URL
     if not url:
-        raise BrokerUnavailable(BROKER_NOT_CONFIGURED)
+        raise CeleryBackendUnavailable(BROKER_NOT_CONFIGURED)
+    limited = (settings.OPENAI_RPM if rpm is None else rpm) or (settings.OPENAI_TPM if tpm is None else tpm)
+    if limited and not settings.REDIS_URL:
+        raise CeleryBackendUnavailable(LIMITER_NEEDS_REDIS)
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, timeout=timeout)
     except Exception as exc:  # kombu raises the transport's own errors (redis, amqp, socket)
-        raise BrokerUnavailable(BROKER_UNAVAILABLE.format(url=_redacted(url), error=exc)) from exc
+        raise CeleryBackendUnavailable(BROKER_UNAVAILABLE.format(url=_redacted(url), error=exc)) from exc
 
 
 def chunk_size_check(value: int) -> int:
@@ -570,8 +578,15 @@ class _Coordinator:
         self.last_poll = now
         cutoff = timezone.now() - dt.timedelta(seconds=self.stale_seconds)
         stale = list(BatchChunk.objects.filter(run=self.run, state=BatchChunk.State.RUNNING, heartbeat_at__lt=cutoff)
-                     .values_list("pk", "index", "heartbeat_at"))
-        for chunk_id, index, heartbeat_at in stale:
+                     .values_list("pk", "index", "heartbeat_at", "attempts"))
+        for chunk_id, index, heartbeat_at, attempts in stale:
+            if attempts >= MAX_CHUNK_ATTEMPTS:
+                # A chunk that kills or crashes every worker that takes it: give up on it, not on the night.
+                BatchChunk.objects.filter(pk=chunk_id, state=BatchChunk.State.RUNNING).update(
+                    state=BatchChunk.State.CANCELLED, finished_at=timezone.now())
+                self._note(CHUNK_ABANDONED.format(index=index, attempts=attempts))
+                logger.error("fortune batch: %s", CHUNK_ABANDONED.format(index=index, attempts=attempts))
+                continue
             requeued = BatchChunk.objects.filter(pk=chunk_id, state=BatchChunk.State.RUNNING,
                                                  heartbeat_at=heartbeat_at).update(state=BatchChunk.State.QUEUED)
             if requeued:

@@ -2,24 +2,33 @@
 chunking, dedupe across pages, idempotent re-runs, counters. Real worker processes are in
 tests/batch/test_celery_workers.py."""
 
+import datetime as dt
+import io
 import threading
 import time
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from core.batch.celery_backend import (
+    CHUNK_ABANDONED,
     INVALID_CHUNK_SIZE,
-    BrokerUnavailable,
+    CeleryBackendUnavailable,
+    _Coordinator,
     batch_chunk_claim,
     batch_chunk_counts,
     batch_chunk_generate,
     celery_backend_check,
 )
+from core.batch.dates import BatchTarget
+from core.batch.progress import ProgressReporter
+from core.batch.run import BatchOptions, StopToken
+from core.fortunes.providers import get_provider
 from core.models import BatchChunk, BatchRun, FortuneGeneration, FortuneResult
 from fortuna_api.celery import BROKER_NOT_CONFIGURED, app
 from tests.batch.celery_helpers import celery_run, duplicates, stored_triples, users_with_shared_inputs
-from tests.batch.helpers import TARGET, eligible_ids, run_batch, table_counts
+from tests.batch.helpers import BASE, TARGET, eligible_ids, run_batch, table_counts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -97,7 +106,7 @@ def test_chunk_size_is_checked():
 def test_broker_not_configured_is_a_clear_error(settings):
     settings.CELERY_BROKER_URL = ""
     before = table_counts()
-    with pytest.raises(BrokerUnavailable) as error:
+    with pytest.raises(CeleryBackendUnavailable) as error:
         celery_backend_check()
     assert str(error.value) == BROKER_NOT_CONFIGURED
     assert table_counts() == before
@@ -140,3 +149,29 @@ def test_an_unusable_provider_stops_the_run_instead_of_grinding_through_everyone
     assert run.stop_reason == STOP_PROVIDER_DOWN.format(count=10, reason="quota_exhausted")
     assert openai_settings.counters()["requests"] < 40
     assert FortuneGeneration.objects.count() == 0
+
+
+def test_limits_without_redis_for_the_workers_to_share_are_a_clear_error(settings):
+    from core.limiter import LIMITER_NEEDS_REDIS
+
+    settings.CELERY_BROKER_URL, settings.REDIS_URL = "redis://127.0.0.1:6379/9", ""
+    with pytest.raises(CeleryBackendUnavailable) as error:
+        celery_backend_check(rpm=600)
+    assert str(error.value) == LIMITER_NEEDS_REDIS
+
+
+def test_a_chunk_that_every_worker_dies_on_is_abandoned_not_retried_forever(eager):
+    users_with_shared_inputs(distinct=4, twins=0)
+    run = celery_run(chunk_size=4)
+    chunk = BatchChunk.objects.get(run=run)
+    BatchChunk.objects.filter(pk=chunk.pk).update(state=BatchChunk.State.RUNNING, attempts=5,
+                                                  heartbeat_at=timezone.now() - dt.timedelta(minutes=5))
+    coordinator = _Coordinator(run=run, target=BatchTarget(base_date=BASE, target_date=TARGET),
+                               options=BatchOptions(base_date=BASE), provider=get_provider(name="local"),
+                               stop=StopToken(), deadline=time.monotonic() + 60, chunk_size=4, stale_seconds=60,
+                               poll_seconds=0)
+    coordinator.progress = ProgressReporter(total=4, stream=io.StringIO(), is_tty=False)
+    assert coordinator._poll(force=True) is False  # nothing left open
+    chunk.refresh_from_db()
+    assert chunk.state == BatchChunk.State.CANCELLED
+    assert CHUNK_ABANDONED.format(index=0, attempts=5) in BatchRun.objects.get(pk=run.pk).notes

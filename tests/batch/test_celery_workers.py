@@ -19,7 +19,7 @@ from kombu import pools
 from core.batch.celery_backend import (
     BROKER_UNAVAILABLE,
     HEARTBEAT_SECONDS,
-    BrokerUnavailable,
+    CeleryBackendUnavailable,
     celery_backend_check,
 )
 from core.fortunes.inputs import GenerationInput
@@ -266,7 +266,7 @@ def test_a_broker_that_is_down_is_a_clear_error_and_nothing_is_written(settings)
     _use_broker(url, "fortuna")
     before = table_counts()
     try:
-        with pytest.raises(BrokerUnavailable) as error:
+        with pytest.raises(CeleryBackendUnavailable) as error:
             celery_backend_check(timeout=1)
     finally:
         _use_broker("", "fortuna")
