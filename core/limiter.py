@@ -47,6 +47,7 @@ TPM_INVALID = "tpm must be a positive whole number or None/0 for no limit, got {
 BURST_INVALID = "burst must be at least 1, got {burst!r}."
 RESERVE_INVALID = "reserve must be a fraction within 0 ≤ reserve < 1, got {reserve!r}."
 LANE_INVALID = "lane must be one of {lanes}, got {lane!r}."
+ON_DEMAND_NO_SLOT = "no slot under the account's rate limit within the request's time budget"
 LIMITER_NEEDS_REDIS = (
     "A limit shared by several processes needs Redis: set REDIS_URL (the shared cache's server), "
     "or run the threads backend, whose limiter is per process."
@@ -547,5 +548,3 @@ def account_call_once(*, provider, inp, limiter: _Limiter, deadline: float, lane
                             retry_after=float(math.ceil(max(1.0, DEFAULT_PAUSE))))
     return call.generate(inp)
 
-
-ON_DEMAND_NO_SLOT = "no slot under the account's rate limit within the request's time budget"
