@@ -271,3 +271,47 @@ class OpenAIBatch(models.Model):
 
     def __str__(self) -> str:
         return f"OpenAIBatch {self.pk} {self.target_date} {self.state} {self.batch_id or self.metadata_key}"
+
+
+class BatchChunk(models.Model):
+    """A slice of one BatchRun's new generations, dispatched to Celery workers (the celery backend).
+
+    Completion lives here, not in the broker: the coordinator waits until every chunk of its run is
+    done, and re-dispatches a chunk whose worker stopped heartbeating. Generating a chunk twice is
+    harmless (stores are upserts by input hash; a re-run skips inputs already stored).
+    """
+
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"  # every input stored, or failed for good
+        CANCELLED = "cancelled"  # the run stopped (deadline, signal, budget) before it finished
+
+    run = models.ForeignKey(BatchRun, on_delete=models.CASCADE, related_name="chunks")
+    index = models.PositiveIntegerField()
+    for_date = models.DateField()
+    # {"inputs": [[year, month, day, hour, gender, language, prompt_version, generator, nonce, hash,
+    # [user ids]], ...]}: the generation inputs and who needs them, as planned.
+    payload = models.JSONField()
+    inputs = models.PositiveIntegerField(default=0)
+    users = models.PositiveIntegerField(default=0)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Times a worker claimed it.")
+    dispatches = models.PositiveSmallIntegerField(default=0, help_text="Times it was sent to the broker.")
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=255, blank=True, default="", help_text="hostname:pid of its last worker")
+    stored_inputs = models.PositiveIntegerField(default=0)
+    failed_users = models.PositiveIntegerField(default=0)
+    failure_sample = models.JSONField(default=list, blank=True)
+    # Payload rows of inputs that failed for a transient reason: the coordinator's end-of-run round.
+    retry_inputs = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "index"], name="batchchunk_one_per_index")]
+        indexes = [models.Index(fields=["run", "state"], name="batchchunk_run_state_idx")]
+
+    def __str__(self) -> str:
+        return f"BatchChunk {self.run_id}/{self.index} {self.state}"

@@ -27,7 +27,7 @@ from django.conf import settings
 
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers.base import FailureReason, Generated, Provider, ProviderError
-from core.limiter import RateLimiter
+from core.limiter import LANE_BATCH, AccountCall, RateLimiter, RedisRateLimiter, estimated_tokens
 
 logger = logging.getLogger("fortuna.resilience")
 
@@ -355,3 +355,14 @@ def wait_until(
         retry_error_callback=lambda retry_state: False,
     )
     return bool(loop(condition))
+
+
+def account_generate(
+    *, provider, inp, policy, limiter: RateLimiter | RedisRateLimiter, stop: threading.Event, deadline: float | None,
+    lane: str = LANE_BATCH,
+):
+    """generate_with_retries under the account limiter: every attempt reserves a request and the
+    input's estimated tokens, reconciled with the answer's usage; a 429 pauses everyone."""
+    tokens = estimated_tokens(inp) if limiter.tpm is not None or isinstance(limiter, RedisRateLimiter) else 0
+    call = AccountCall(limiter=limiter, provider=provider, lane=lane, tokens=tokens)
+    return generate_with_retries(provider=call, inp=inp, policy=policy, limiter=call, stop=stop, deadline=deadline)

@@ -207,6 +207,14 @@ OPENAI_BASE_URL = env("OPENAI_BASE_URL", default="") or None
 OPENAI_MODEL = env("OPENAI_MODEL", default="gpt-4o-mini")
 OPENAI_TIMEOUT = env_int("OPENAI_TIMEOUT", 30, min_value=1, max_value=600)
 OPENAI_RPM = env_int("OPENAI_RPM", 0, min_value=0)  # 0 = no client-side limit
+OPENAI_TPM = env_int("OPENAI_TPM", 0, min_value=0)  # tokens per minute, prompt + completion; 0 = no limit
+# The share of OPENAI_RPM/OPENAI_TPM the batch may never take, kept for the web's on-demand path.
+OPENAI_ON_DEMAND_RESERVE = env_decimal("OPENAI_ON_DEMAND_RESERVE", "0.1")
+if OPENAI_ON_DEMAND_RESERVE >= 1:
+    raise ImproperlyConfigured(
+        f"OPENAI_ON_DEMAND_RESERVE must be a fraction below 1 (e.g. 0.1 keeps 10% for on-demand), "
+        f"got {OPENAI_ON_DEMAND_RESERVE}."
+    )
 FORTUNE_PROVIDER = env_choice("FORTUNE_PROVIDER", "openai" if OPENAI_API_KEY else "local", ("openai", "local"))
 FORTUNE_LANGUAGE = "ko"
 FORTUNE_MAX_RETRY_AFTER = env_int("FORTUNE_MAX_RETRY_AFTER", 60, min_value=0, max_value=3600)
@@ -242,6 +250,32 @@ FORTUNE_ON_DEMAND_DAILY_LIMIT = env_int("FORTUNE_ON_DEMAND_DAILY_LIMIT", 5, min_
 FORTUNE_BATCH_DEADLINE = env("FORTUNE_BATCH_DEADLINE", default="23:30")  # KST, for /healthz/batch
 SLACK_WEBHOOK_URL = env("SLACK_WEBHOOK_URL", default="")
 DISCORD_WEBHOOK_URL = env("DISCORD_WEBHOOK_URL", default="")
+
+# --- Celery (the batch's scale-out backend: generate_daily_fortunes --backend celery) ----------
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html — read with the CELERY_ namespace.
+# Empty: the celery backend is unavailable (the command says so); the threads backend needs no broker.
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
+if CELERY_BROKER_URL and CELERY_BROKER_URL.split("://", 1)[0] not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):
+    raise ImproperlyConfigured(
+        f"CELERY_BROKER_URL must be a redis://, rediss:// or amqp:// URL, got {CELERY_BROKER_URL!r}."
+    )
+# Chunks record their own state in the database: no result backend.
+CELERY_TASK_IGNORE_RESULT = True
+# A chunk is acknowledged after it ran, and a worker killed mid-chunk puts it back on the queue.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# Chunks are long: a worker takes one at a time, so an idle worker never waits behind a busy one.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# The queue chunks are sent to and workers read (one broker can then serve several deployments).
+CELERY_TASK_DEFAULT_QUEUE = env("FORTUNE_CELERY_QUEUE", default="fortuna")
+# Calls in flight per worker process (threads doing only network I/O), whatever its chunk slots.
+FORTUNE_CELERY_INFLIGHT = env_int("FORTUNE_CELERY_INFLIGHT", 64, min_value=1, max_value=4096)
+# Redis re-delivers a message unacknowledged for this long. Longer than a chunk takes (chunk size /
+# in flight × latency × attempts); a re-delivered chunk whose worker still heartbeats is skipped.
+FORTUNE_CELERY_VISIBILITY_TIMEOUT = env_int("FORTUNE_CELERY_VISIBILITY_TIMEOUT", 900, min_value=60, max_value=43200)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": FORTUNE_CELERY_VISIBILITY_TIMEOUT}
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()

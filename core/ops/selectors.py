@@ -199,6 +199,8 @@ def _related_rows(run: BatchRun) -> list[RelatedRows]:
             ["" if getattr(obj, f.attname) is None else str(getattr(obj, f.attname)) for f in fields]
             for obj in queryset[:RELATED_ROWS_SHOWN]
         ]
+        if not rows:  # a path this run did not take (a threads run has no chunks)
+            continue
         sections.append(RelatedRows(
             title=str(model._meta.verbose_name_plural), columns=[f.verbose_name for f in fields], rows=rows,
             total=queryset.count() if len(rows) == RELATED_ROWS_SHOWN else len(rows),

@@ -40,9 +40,41 @@ def test_openai_is_the_default_provider_when_a_key_is_set():
         ({"FORTUNE_PRICE_INPUT_PER_M": "-1"}, "FORTUNE_PRICE_INPUT_PER_M must be a number"),
         ({"SAJU_ZI_CONVENTION": "midnight"}, "SAJU_ZI_CONVENTION must be one of joja, yaja"),
         ({"USE_S3": "1"}, "Set the environment variable AWS_ACCESS_KEY_ID"),
+        ({"OPENAI_TPM": "lots"}, "OPENAI_TPM must be a whole number"),
+        ({"OPENAI_ON_DEMAND_RESERVE": "-0.1"}, "OPENAI_ON_DEMAND_RESERVE must be a number"),
+        ({"OPENAI_ON_DEMAND_RESERVE": "1"}, "OPENAI_ON_DEMAND_RESERVE must be a fraction below 1"),
+        ({"CELERY_BROKER_URL": "http://127.0.0.1:6379"}, "CELERY_BROKER_URL must be a redis://, rediss:// or amqp://"),
+        ({"FORTUNE_CELERY_INFLIGHT": "0"}, "FORTUNE_CELERY_INFLIGHT must be between 1 and 4096"),
+        ({"FORTUNE_CELERY_VISIBILITY_TIMEOUT": "10"}, "FORTUNE_CELERY_VISIBILITY_TIMEOUT must be between 60"),
     ],
 )
 def test_bad_environment_refuses_to_start_with_a_clear_message(overrides, message):
     result = start(**overrides)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+CELERY_PROBE = (
+    "import django; django.setup(); from fortuna_api import celery_app as app; "
+    "print(app.conf.broker_url, app.conf.task_acks_late, app.conf.task_reject_on_worker_lost, "
+    "app.conf.worker_prefetch_multiplier, app.conf.broker_transport_options['visibility_timeout'])"
+)
+
+
+def _celery_conf(**overrides: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "CELERY_BROKER_URL"}}
+    env |= {"DJANGO_SETTINGS_MODULE": "fortuna_api.settings", "DEBUG": "1", "SECRET_KEY": ""} | overrides
+    result = subprocess.run([sys.executable, "-c", CELERY_PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_celery_takes_its_broker_from_redis_url_and_acks_late():
+    assert _celery_conf(REDIS_URL="redis://cache:6379/1") == ["redis://cache:6379/1", "True", "True", "1", "900"]
+
+
+def test_celery_broker_url_wins_over_redis_url():
+    conf = _celery_conf(REDIS_URL="redis://cache:6379/1", CELERY_BROKER_URL="amqp://guest:guest@mq:5672//",
+                        FORTUNE_CELERY_VISIBILITY_TIMEOUT="120")
+    assert conf[0] == "amqp://guest:guest@mq:5672//" and conf[-1] == "120"

@@ -10,6 +10,9 @@ prints ``READY http://127.0.0.1:PORT/v1`` once listening and serves until SIGTER
 * Faults are scheduled per request: request number n (arrival order, from 1) gets the fault drawn by
   ``random.Random(f"{seed}:{n}")`` against the configured probabilities, so a seed always gives the
   same sequence. ``fail_when_contains`` fails every request whose body contains a substring.
+* An account limit (``account_rpm``/``account_tpm`` per ``account_window_s``, sliding) answers 429 with
+  Retry-After and x-ratelimit-* headers, counted in ``counters()["account"]``; ``latency_jitter_ms``
+  spreads each answer's latency around ``latency_ms``.
 * Control: ``POST /_stub/config``, ``POST /_stub/reset``, ``GET /_stub/config``, ``GET /_stub/counters``,
   ``GET /_stub/requests[?bodies=1]``.
 
@@ -24,6 +27,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import math
 import os
 import random
 import select
@@ -55,6 +59,14 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "fail_status": 500,
     "fail_code": None,        # error.code of those failures, e.g. "insufficient_quota" with fail_status 429
     "record_bodies": 200,     # how many recent request bodies /_stub/requests?bodies=1 can show
+    **{
+        # The account limit (see "Account limit and latency jitter" below); 0 = not enforced.
+        "latency_jitter_ms": 0.0,  # each answer waits latency_ms ± this, uniformly
+        "account_rpm": 0,          # requests per minute the account admits
+        "account_tpm": 0,          # tokens (prompt + completion) per minute
+        "account_window_s": 60.0,  # the sliding window (a minute like OpenAI's; shorter in tests, the
+                                   # limits scaled to it: rpm × window / 60 per window)
+    },
 }
 
 CONFIG_UNKNOWN_KEY = "unknown config key(s): {keys}; allowed: {allowed}"
@@ -295,7 +307,7 @@ def config_apply(current: dict, update: dict) -> dict:
             new["faults"].update({k: float(v) for k, v in value.items()})
         elif key == "fail_when_contains":
             new[key] = [str(s) for s in ([value] if isinstance(value, str) else value)]
-        elif key in ("seed", "fail_status", "record_bodies"):
+        elif key in ("seed", "fail_status", "record_bodies", "account_rpm", "account_tpm"):
             new[key] = int(value)
         elif key == "retry_after":
             new[key] = None if value is None else float(value)
@@ -330,6 +342,7 @@ class StubState:
         self.max_in_flight = 0
         self.hangs = 0
         self.bad_requests = 0
+        self.account = AccountLimit()
 
     def reset(self, *, config: bool) -> None:
         with self.lock:
@@ -383,6 +396,7 @@ class StubState:
                 "in_flight": self.gen_in_flight,  # begun since the last reset and not answered yet
                 "max_in_flight": self.max_in_flight,
                 "distinct_inputs": len({r[4] for r in self.records if r[4]}),
+                "account": self.account.counters(self.config),
             }
 
     def requests(self, *, bodies: bool) -> list[dict]:
@@ -410,6 +424,95 @@ def fault_for(*, seed: int, n: int, faults: dict) -> tuple[str, random.Random]:
 
 def _error_body(message: str, *, type_: str, code: str | None = None, param: str | None = None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+# --- Account limit and latency jitter ------------------------------------------------------------
+# Like OpenAI's per-account limits: requests and tokens admitted over a sliding window (the per-minute
+# limits scaled to its length); over either, 429 with retry-after (when the oldest entry leaves the
+# window) and the x-ratelimit-* headers, which state the per-minute limits. A request's tokens are
+# its prompt's at admission, then its real usage once answered.
+
+
+class AccountLimit:
+    def __init__(self) -> None:
+        self.admitted: collections.deque[list] = collections.deque()  # [arrival, n, tokens], in order
+        self.by_n: dict[int, list] = {}
+        self.tokens_in_window = 0
+        self.rejected = 0  # 429s for the account limit
+        self.max_requests = 0  # the most requests admitted within one window
+        self.max_tokens = 0  # the most tokens admitted within one window
+
+    def _expire(self, now: float, window: float) -> None:
+        while self.admitted and self.admitted[0][0] <= now - window:
+            _, n, tokens = self.admitted.popleft()
+            self.by_n.pop(n, None)
+            self.tokens_in_window -= tokens
+
+    def admit(self, *, now: float, n: int, tokens: int, rpm: int, tpm: int, window: float) -> dict | None:
+        """None if admitted (and recorded), else the 429's headers."""
+        self._expire(now, window)
+        requests = len(self.admitted)
+        max_requests, max_tokens = rpm * window / 60, tpm * window / 60
+        if (rpm and requests + 1 > max_requests) or (tpm and self.tokens_in_window + tokens > max_tokens):
+            self.rejected += 1
+            oldest = self.admitted[0][0] if self.admitted else now
+            wait = max(0.001, oldest + window - now)
+            return {
+                "retry-after": f"{math.ceil(wait):d}",
+                "retry-after-ms": str(int(wait * 1000)),
+                "x-ratelimit-limit-requests": str(rpm or 1_000_000_000),
+                "x-ratelimit-remaining-requests": str(max(0, int(max_requests) - requests) if rpm else 1_000_000_000),
+                "x-ratelimit-reset-requests": f"{wait:.3f}s",
+                "x-ratelimit-limit-tokens": str(tpm or 1_000_000_000),
+                "x-ratelimit-remaining-tokens": str(max(0, int(max_tokens - self.tokens_in_window)) if tpm
+                                                    else 1_000_000_000),
+                "x-ratelimit-reset-tokens": f"{wait:.3f}s",
+            }
+        entry = [now, n, tokens]
+        self.admitted.append(entry)
+        self.by_n[n] = entry
+        self.tokens_in_window += tokens
+        self.max_requests = max(self.max_requests, requests + 1)
+        self.max_tokens = max(self.max_tokens, self.tokens_in_window)
+        return None
+
+    def used(self, *, n: int, tokens: int) -> None:
+        entry = self.by_n.get(n)
+        if entry is not None:
+            self.tokens_in_window += tokens - entry[2]
+            entry[2] = tokens
+            self.max_tokens = max(self.max_tokens, self.tokens_in_window)
+
+    def counters(self, config: dict) -> dict:
+        return {"rejected_429": self.rejected, "max_requests_in_window": self.max_requests,
+                "max_tokens_in_window": self.max_tokens, "window_s": config["account_window_s"],
+                "rpm": config["account_rpm"], "tpm": config["account_tpm"]}
+
+
+def account_admit(state: StubState, *, config: dict, n: int, prompt_tokens: int) -> tuple[dict, dict] | None:
+    """None if the account limit admits request n, else the 429's (payload, headers)."""
+    if not config["account_rpm"] and not config["account_tpm"]:
+        return None
+    with state.lock:
+        headers = state.account.admit(now=time.monotonic(), n=n, tokens=prompt_tokens, rpm=config["account_rpm"],
+                                      tpm=config["account_tpm"], window=config["account_window_s"])
+    if headers is None:
+        return None
+    return _error_body("Rate limit reached for the account (stub).", type_="requests",
+                       code="rate_limit_exceeded"), headers
+
+
+def account_used(state: StubState, *, n: int, tokens: int) -> None:
+    with state.lock:
+        state.account.used(n=n, tokens=tokens)
+
+
+def answer_latency(*, config: dict, n: int) -> None:
+    latency = config["latency_ms"]
+    if config["latency_jitter_ms"]:
+        latency += random.Random(f"{config['seed']}:{n}:latency").uniform(-1, 1) * config["latency_jitter_ms"]
+    if latency > 0:
+        time.sleep(latency / 1000)
 
 
 # --- HTTP -----------------------------------------------------------------------------------------
@@ -541,8 +644,10 @@ class StubHandler(BaseHTTPRequestHandler):
         conversation = request["messages"] if chat else [request.get("instructions"), request["input"]]
         sha = messages_sha256(conversation)
         conversation_text = json.dumps(conversation, ensure_ascii=False)
-        if config["latency_ms"] > 0:
-            time.sleep(config["latency_ms"] / 1000)
+        limited = account_admit(self.server.state, config=config, n=n, prompt_tokens=approx_tokens(conversation_text))
+        if limited is not None:
+            return 429, limited[0], {"x-request-id": f"req_stub_{n}", **limited[1]}, "account_limit", sha
+        answer_latency(config=config, n=n)
         headers = {"x-request-id": f"req_stub_{n}"}
 
         if any(s in text or s in conversation_text for s in config["fail_when_contains"]):
@@ -591,6 +696,7 @@ class StubHandler(BaseHTTPRequestHandler):
 
         usage_in = approx_tokens(conversation_text) + (approx_tokens(json.dumps(schema)) if schema else 0)
         usage_out = approx_tokens(content or refusal or "")
+        account_used(self.server.state, n=n, tokens=usage_in + usage_out)
         model = request["model"]
         if chat:
             payload = _chat_completion(n=n, model=model, content=content, refusal=refusal,
@@ -1117,6 +1223,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fail-status", type=int, default=500)
     parser.add_argument("--fail-code", default=None)
     parser.add_argument("--record-bodies", type=int, default=200)
+    parser.add_argument("--latency-jitter-ms", type=float, default=0.0, help="each answer waits latency ± this")
+    parser.add_argument("--account-rpm", type=int, default=0, help="requests per minute the account admits; 0 = any")
+    parser.add_argument("--account-tpm", type=int, default=0, help="tokens per minute the account admits; 0 = any")
+    parser.add_argument("--account-window-s", type=float, default=60.0, help="the account limit's sliding window")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
     return parser.parse_args(argv)
@@ -1133,6 +1243,10 @@ def config_from_args(args: argparse.Namespace) -> dict:
         "fail_status": args.fail_status,
         "fail_code": args.fail_code,
         "record_bodies": args.record_bodies,
+        "latency_jitter_ms": args.latency_jitter_ms,
+        "account_rpm": args.account_rpm,
+        "account_tpm": args.account_tpm,
+        "account_window_s": args.account_window_s,
     })
 
 

@@ -30,13 +30,16 @@ class FailureReason(StrEnum):
 class ProviderError(Exception):
     def __init__(
         self, message: str, *, reason: FailureReason | str, retryable: bool, retry_after: float | None = None,
-        status_code: int | None = None,
+        status_code: int | None = None, headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.retryable = retryable
         self.retry_after = retry_after  # seconds the server asked us to wait, if it said
         self.status_code = status_code
+        # The answer's rate-limit headers (retry-after*, x-ratelimit-*), lower-cased: core.limiter
+        # learns the account's real limits from them.
+        self.headers = dict(headers or {})
 
 
 class ProviderConfigError(ProviderError):

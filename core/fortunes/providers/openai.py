@@ -8,6 +8,7 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Mapping
 
 import openai
 import pydantic
@@ -83,6 +84,13 @@ def openai_clients_close() -> None:
         client.close()
 
 
+def rate_limit_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The retry-after and x-ratelimit-* headers of an answer, lower-cased (for core.limiter)."""
+    if headers is None:
+        return {}
+    return {k.lower(): v for k, v in headers.items() if k.lower().startswith(("x-ratelimit-", "retry-after"))}
+
+
 def _status_error(exc: openai.APIStatusError) -> ProviderError:
     status = exc.status_code
     message = f"HTTP {status}: {exc.message}"[:300]
@@ -94,7 +102,8 @@ def _status_error(exc: openai.APIStatusError) -> ProviderError:
             return ProviderError(message, reason=FailureReason.FLEX_UNAVAILABLE, retryable=True, status_code=status,
                                  retry_after=0.0)
         return ProviderError(message, reason=FailureReason.RATE_LIMITED, retryable=True, status_code=status,
-                             retry_after=retry_after_seconds(exc.response.headers))
+                             retry_after=retry_after_seconds(exc.response.headers),
+                             headers=rate_limit_headers(exc.response.headers))
     if status >= 500:
         return ProviderError(message, reason=FailureReason.SERVER_ERROR, retryable=True, status_code=status,
                              retry_after=retry_after_seconds(exc.response.headers))

@@ -1,0 +1,238 @@
+"""Benchmark of the celery backend at a real model's latency (issue 9). Not a test: prints figures.
+
+    createdb -h 127.0.0.1 -U postgres fortuna_bench
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/fortuna_bench REDIS_URL=redis://127.0.0.1:6379/0 \
+        .venv/bin/python bench/scale.py                        # 6,000 inputs, 3 s ± 0.5 s, 6,000 RPM
+    ... bench/scale.py --users 300 --latency-ms 300 --jitter-ms 50 --inflight 16   # a small smoke run
+
+The stub (own process) answers after --latency-ms ± --jitter-ms and enforces an account limit of
+--rpm over a sliding minute. Two Celery worker processes (threads pool, --inflight calls in flight
+each) generate every input (all distinct); the coordinator runs here. Printed: generations/s over the
+run, the bound min(RPM/60, total in flight / latency), their ratio (target ≥ 0.9), the stub's 429s,
+each worker's peak RSS; then the threads backend (the command) with the same total in flight.
+The limiter's on-demand reserve is 0 here: there is no web traffic to keep a share for.
+
+The database is WIPED (users, fortunes, runs): it refuses to run unless its name contains "bench".
+"""
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from django.conf import settings  # noqa: E402
+from django.db import connection  # noqa: E402
+from kombu import pools  # noqa: E402
+
+from bench.batch import BASE, _env, _vm_hwm_kb, _wipe, command_run, users_seed  # noqa: E402
+from core.models import BatchRun, FortuneGeneration, FortuneResult  # noqa: E402
+from fortuna_api.celery import app  # noqa: E402
+from tests.stub_openai.server import start_stub_process  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--users", type=int, default=6000, help="eligible users, every input distinct")
+    parser.add_argument("--latency-ms", type=float, default=3000)
+    parser.add_argument("--jitter-ms", type=float, default=500)
+    parser.add_argument("--rpm", type=int, default=6000, help="the account limit the stub enforces (and configured)")
+    parser.add_argument("--inflight", type=int, default=160, help="FORTUNE_CELERY_INFLIGHT per worker process")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--chunk-size", type=int, default=200)
+    parser.add_argument("--broker", default=os.environ.get("CELERY_BROKER_URL") or settings.REDIS_URL)
+    parser.add_argument("--skip-threads", action="store_true", help="only the celery backend")
+    parser.add_argument("--clients-only", action="store_true",
+                        help="only compare threads and AsyncOpenAI at --inflight calls in flight (no database)")
+    return parser.parse_args()
+
+
+def clients_compare(*, args) -> None:
+    """Calls in flight in one process, threads (the sync SDK, as the workers use it) against asyncio
+    (AsyncOpenAI): requests/s and client CPU per request, the same stub, the same request bodies."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+    from openai.types.chat import ChatCompletion
+
+    from core.fortunes.inputs import GenerationInput
+    from core.fortunes.prompt import build_messages
+    from core.fortunes.providers.openai import chat_completion_create, response_format
+
+    inputs = [GenerationInput(for_date=BASE, year="甲子", month="丙寅", day="戊午", hour=None, gender="F",
+                              generator="openai:gpt-4o-mini", nonce=str(n)) for n in range(args.users)]
+    bodies = [build_messages(inp) for inp in inputs]
+    with start_stub_process(latency_ms=args.latency_ms, latency_jitter_ms=args.jitter_ms) as stub:
+        client = openai.OpenAI(api_key="sk-bench", base_url=stub.base_url, max_retries=0, timeout=60)
+        cpu, t0 = time.process_time(), time.perf_counter()
+        with ThreadPoolExecutor(max_workers=args.inflight) as pool:
+            list(pool.map(lambda m: chat_completion_create(client, model="gpt-4o-mini", messages=m), bodies))
+        wall, used = time.perf_counter() - t0, time.process_time() - cpu
+        client.close()
+        print(f"  threads x{args.inflight}: {len(bodies) / wall:.1f} req/s, {1000 * used / len(bodies):.2f} ms CPU/req")
+
+        async def run_async() -> None:
+            aclient = openai.AsyncOpenAI(api_key="sk-bench", base_url=stub.base_url, max_retries=0, timeout=60)
+            gate = asyncio.Semaphore(args.inflight)
+
+            async def one(messages):
+                async with gate:
+                    # The same request the sync path posts (chat_completion_create's body, client.post).
+                    await aclient.post("/chat/completions", cast_to=ChatCompletion, body={
+                        "model": "gpt-4o-mini", "messages": messages, "response_format": response_format()})
+
+            await asyncio.gather(*(one(m) for m in bodies))
+            await aclient.close()
+
+        stub.reset()
+        cpu, t0 = time.process_time(), time.perf_counter()
+        asyncio.run(run_async())
+        wall, used = time.perf_counter() - t0, time.process_time() - cpu
+        print(f"  asyncio x{args.inflight}: {len(bodies) / wall:.1f} req/s, {1000 * used / len(bodies):.2f} ms CPU/req")
+
+
+def start_worker(*, env: dict, inflight: int, queue: str, log: Path) -> tuple[subprocess.Popen, str]:
+    node = f"bench-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+    argv = [sys.executable, "-m", "celery", "-A", "fortuna_api", "worker", "-P", "threads", "-c", "2", "-O", "fair",
+            "--without-heartbeat", "--without-gossip", "--without-mingle", "-n", node, "--loglevel", "WARNING"]
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**env, "FORTUNE_CELERY_INFLIGHT": str(inflight),
+                                                 "FORTUNE_CELERY_QUEUE": queue},
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, node
+
+
+def wait_ready(nodes: list[str], procs: list[subprocess.Popen]) -> None:
+    deadline = time.monotonic() + 60
+    waiting = set(nodes)
+    while waiting and time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            sys.exit("a worker exited at start (see its log)")
+        for reply in app.control.ping(destination=list(waiting), timeout=0.5):
+            waiting -= set(reply)
+    if waiting:
+        sys.exit(f"workers did not answer: {sorted(waiting)}")
+
+
+def celery_round(*, args, stub_env: dict) -> None:
+    from core.batch.celery_backend import batch_run_target_celery, celery_backend_check
+    from core.batch.dates import batch_targets
+    from core.batch.guards import StopToken
+    from core.batch.lock import batch_lock
+    from core.batch.options import BatchOptions
+    from core.fortunes.providers import get_provider
+    from core.limiter import REDIS_KEY, RedisRateLimiter
+
+    queue = f"fortuna-bench-{uuid.uuid4().hex[:6]}"
+    app.conf.broker_url, app.conf.task_default_queue = args.broker, queue
+    pools.reset()
+    settings.CELERY_BROKER_URL = args.broker
+    celery_backend_check()
+    RedisRateLimiter(None, url=settings.REDIS_URL, key=REDIS_KEY).clear()
+    env = {**_env(**stub_env), "CELERY_BROKER_URL": args.broker, "REDIS_URL": settings.REDIS_URL,
+           "OPENAI_RPM": str(args.rpm), "OPENAI_ON_DEMAND_RESERVE": "0", "OPENAI_TIMEOUT": "60"}
+    logs = Path(tempfile.mkdtemp(prefix="fortuna-scale-"))
+    started = [start_worker(env=env, inflight=args.inflight, queue=queue, log=logs / f"worker{n}.log")
+               for n in range(args.processes)]
+    procs, nodes = [p for p, _ in started], [n for _, n in started]
+    peaks = {p.pid: 0 for p in procs}
+    try:
+        wait_ready(nodes, procs)
+        for name, value in stub_env.items():
+            os.environ[name] = value
+        settings.FORTUNE_PROVIDER, settings.OPENAI_API_KEY = "openai", stub_env["OPENAI_API_KEY"]
+        settings.OPENAI_BASE_URL = stub_env["OPENAI_BASE_URL"]
+        provider = get_provider(name="openai")
+        target = batch_targets(base_date=BASE, catch_up_allowed=False)[0]
+        options = BatchOptions(base_date=BASE, rpm=args.rpm, max_runtime_minutes=120)
+        t0 = time.perf_counter()
+        with batch_lock(target_date=target.target_date):
+            run = BatchRun.objects.create(base_date=target.base_date, target_date=target.target_date,
+                                          provider=provider.name, model=provider.model)
+            import threading
+
+            done = threading.Event()
+
+            def sample_rss():
+                while not done.wait(0.5):
+                    for p in procs:
+                        peaks[p.pid] = max(peaks[p.pid], _vm_hwm_kb(p.pid))
+
+            sampler = threading.Thread(target=sample_rss, daemon=True)
+            sampler.start()
+            run = batch_run_target_celery(run=run, target=target, options=options, provider=provider,
+                                          stop=StopToken(), deadline=time.monotonic() + 7200,
+                                          chunk_size=args.chunk_size)
+            done.set()
+        wall = time.perf_counter() - t0
+    finally:
+        for p in procs:
+            peaks[p.pid] = max(peaks[p.pid], _vm_hwm_kb(p.pid))
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+    latency = args.latency_ms / 1000
+    total_inflight = args.processes * args.inflight
+    bound = min(args.rpm / 60, total_inflight / latency)
+    rate = run.generations / wall
+    print(f"  celery: {args.processes} workers × {args.inflight} in flight, chunk {args.chunk_size}: "
+          f"{run.generations:,} generations in {wall:.1f} s = {rate:.1f}/s; bound min({args.rpm}/60, "
+          f"{total_inflight}/{latency:g} s) = {bound:.1f}/s; ratio {rate / bound:.2f}; status {run.status}; "
+          f"LLM requests {run.llm_requests:,}")
+    print(f"    worker peak RSS: {', '.join(f'{kb / 1024:.0f} MB' for kb in peaks.values())}; logs in {logs}")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.clients_only:
+        clients_compare(args=args)
+        return
+    if "bench" not in str(connection.settings_dict["NAME"]):
+        sys.exit("refusing to wipe a database whose name does not contain 'bench'")
+    if connection.vendor != "postgresql":
+        sys.exit("bench/scale.py needs PostgreSQL (workers write concurrently)")
+    if not settings.REDIS_URL or not args.broker:
+        sys.exit("set REDIS_URL (the shared limiter, and the broker unless CELERY_BROKER_URL is set)")
+    print(f"== scale: {args.users:,} distinct inputs, stub {args.latency_ms:g} ± {args.jitter_ms:g} ms, "
+          f"{args.rpm:,} RPM enforced ==")
+    _wipe()
+    users_seed(count=args.users, distinct=True)
+    with start_stub_process(latency_ms=args.latency_ms, latency_jitter_ms=args.jitter_ms,
+                            account_rpm=args.rpm) as stub:
+        celery_round(args=args, stub_env=stub.env())
+        print(f"    stub: {stub.counters()['account']}")
+        if args.skip_threads:
+            return
+        for model in (FortuneResult, FortuneGeneration, BatchRun):
+            model.objects.all().delete()
+        stub.reset(config=True)
+        from core.management.commands.generate_daily_fortunes import MAX_WORKERS
+
+        workers = args.processes * args.inflight
+        if workers > MAX_WORKERS:
+            print(f"  (threads backend capped at the command's --workers limit {MAX_WORKERS}, not {workers})")
+            workers = MAX_WORKERS
+        result = command_run(env=_env(**stub.env(), OPENAI_TIMEOUT="60"),
+                             args=["--workers", str(workers), "--rpm", str(args.rpm)])
+        run = result["run"]
+        bound = min(args.rpm / 60, workers / (args.latency_ms / 1000))
+        rate = run.generations / result["wall"]
+        print(f"  threads: --workers {workers}: {run.generations:,} generations in {result['wall']:.1f} s = "
+              f"{rate:.1f}/s; ratio {rate / bound:.2f}; peak RSS {result['rss_mb']:.0f} MB; exit {result['code']}")
+        print(f"    stub: {stub.counters()['account']}")
+
+
+if __name__ == "__main__":
+    main()

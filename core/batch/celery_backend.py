@@ -1,0 +1,724 @@
+"""The celery backend of the nightly batch: the coordinator plans and dispatches chunks, workers
+generate and store them, and the database says what is done.
+
+* The coordinator (batch_run_target_celery, inside the nightly job's lock) plans exactly as the
+  threads backend (batch_plan_pages, reuse of stored generations, dedupe across pages), writes the
+  new generations as BatchChunk rows, sends one task per chunk, and waits — progress and counters
+  from the database — until every chunk is done or the run stops. It re-dispatches a chunk whose
+  heartbeat went stale (its worker died). Completion is never a chord: Redis chords lose callbacks.
+* A worker (batch_chunk_generate, from core.tasks) claims the chunk, skips inputs already stored (a
+  re-dispatched chunk asks again only what was in flight when its worker died), generates the rest
+  with up to FORTUNE_CELERY_INFLIGHT calls in flight per process under the account limiter
+  (core.limiter), stores them as it goes (upserts by input hash), heartbeats the chunk, and adds to
+  the run's counters with F() expressions. Its generator threads do network I/O only: the ORM stays
+  on the task's thread, so DB connections scale with chunk slots, not with calls in flight.
+  Threads rather than AsyncOpenAI: the sync provider and retry module serve both backends, and
+  threads cost less client CPU per request at 256 in flight (bench/scale.py --clients-only).
+"""
+
+import datetime as dt
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Case, Count, Exists, F, OuterRef, Q, Value, When
+from django.utils import timezone
+
+from core.batch.dates import BatchTarget
+from core.batch.guards import (
+    PROVIDER_DOWN_MIN_STREAK,
+    PROVIDER_DOWN_REASONS,
+    STOP_BUDGET,
+    STOP_DEADLINE,
+    STOP_PROVIDER_DOWN,
+)
+from core.batch.lifecycle import STILL_MISSING
+from core.batch.plan import REASON_NO_NATAL, batch_eligible_users, batch_plan_counts, batch_plan_pages
+from core.batch.pricing import batch_cost
+from core.batch.progress import ProgressReporter
+from core.batch.store import GeneratedItem, batch_output_store, generation_ids_by_hash
+from core.batch.summary import batch_run_summary
+from core.fortunes.inputs import GenerationInput
+from core.fortunes.providers import Provider, ProviderError, get_provider
+from core.limiter import LIMITER_NEEDS_REDIS, account_limiter
+from core.models import BatchChunk, BatchRun, FortuneResult
+from core.resilience import Attempted, RetryPolicy, account_generate, is_transient
+from fortuna_api.celery import BROKER_NOT_CONFIGURED, app
+
+logger = logging.getLogger("fortuna.batch")
+
+CHUNK_SIZE = 200
+CHUNK_TASK = "fortuna.batch_chunk_generate"
+HEARTBEAT_SECONDS = 2.0  # a working chunk's heartbeat_at is at most this old; a cancel is seen as soon
+STALE_SECONDS = 60.0  # a running chunk silent this long is re-dispatched (its worker died)
+POLL_SECONDS = 1.0  # the coordinator reads the chunks' progress this often
+FLUSH_SECONDS = 1.0  # a worker stores what it generated at least this often
+FLUSH_GENERATIONS = 100
+CANCEL_GRACE_SECONDS = 10.0  # after a stop, how long the coordinator waits for running chunks
+FAILURE_SAMPLE_SIZE = 20
+
+BROKER_UNAVAILABLE = (
+    "The celery backend cannot reach its broker at {url} ({error}). Start the broker or fix "
+    "CELERY_BROKER_URL; nothing was written. (--backend threads needs no broker.)"
+)
+NO_WORKER_NOTE = "no celery worker answered a ping at the start: chunks wait in the queue until one starts"
+CHUNK_REDISPATCHED = "chunk {index} re-dispatched: its worker's heartbeat is {age:.0f} s old"
+CHUNK_ABANDONED = "chunk {index} abandoned after {attempts} workers took it and went silent"
+MAX_CHUNK_ATTEMPTS = 5
+PAYLOAD_HASH_MISMATCH = "chunk {chunk_id}: an input's hash changed since planning ({expected} != {actual})"
+INVALID_CHUNK_SIZE = "--chunk-size must be between 1 and 10000, got {value}."
+
+
+class CeleryBackendUnavailable(Exception):
+    """The celery backend cannot run (no broker, or no Redis for the shared limiter): nothing was written."""
+
+
+def _redacted(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+
+def _chunk_task():
+    """The chunk task, found by name: core/tasks.py sits above the batch services and calls this module,
+    so it is loaded the way a worker loads it (Celery's autodiscovery), not imported from here. The task
+    object, not send_task(), so that task_always_eager (tests) runs it in place."""
+    if CHUNK_TASK not in app.tasks:
+        app.loader.import_default_modules()
+    return app.tasks[CHUNK_TASK]
+
+
+def celery_backend_check(*, rpm: int | None = None, tpm: int | None = None, timeout: float = 3.0) -> None:
+    """Raise CeleryBackendUnavailable unless the backend can run: a broker that answers
+    (BROKER_UNAVAILABLE, fortuna_api.celery.BROKER_NOT_CONFIGURED) and, when requests or tokens are
+    limited (rpm/tpm, else OPENAI_RPM/OPENAI_TPM), Redis for the limiter the workers share
+    (core.limiter.LIMITER_NEEDS_REDIS). Call before anything is written."""
+
+    url = settings.CELERY_BROKER_URL
+    if not url:
+        raise CeleryBackendUnavailable(BROKER_NOT_CONFIGURED)
+    limited = (settings.OPENAI_RPM if rpm is None else rpm) or (settings.OPENAI_TPM if tpm is None else tpm)
+    if limited and not settings.REDIS_URL:
+        raise CeleryBackendUnavailable(LIMITER_NEEDS_REDIS)
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, timeout=timeout)
+    except Exception as exc:  # kombu raises the transport's own errors (redis, amqp, socket)
+        raise CeleryBackendUnavailable(BROKER_UNAVAILABLE.format(url=_redacted(url), error=exc)) from exc
+
+
+def chunk_size_check(value: int) -> int:
+    if not 1 <= value <= 10_000:
+        raise ValueError(INVALID_CHUNK_SIZE.format(value=value))
+    return value
+
+
+# --- chunk payloads -------------------------------------------------------------------------------
+
+
+def _encode(inp: GenerationInput, digest: str, user_ids: list[int]) -> list:
+    return [inp.year, inp.month, inp.day, inp.hour, inp.gender, inp.language, inp.prompt_version, inp.generator,
+            inp.nonce, digest, user_ids]
+
+
+def _decode(row: list, *, for_date: dt.date, chunk_id: int) -> tuple[GenerationInput, str, list[int]]:
+    year, month, day, hour, gender, language, prompt_version, generator, nonce, digest, user_ids = row
+    inp = GenerationInput(for_date=for_date, year=year, month=month, day=day, hour=hour, gender=gender,
+                          language=language, prompt_version=prompt_version, generator=generator, nonce=nonce)
+    if inp.hash != digest:
+        raise ValueError(PAYLOAD_HASH_MISMATCH.format(chunk_id=chunk_id, expected=digest[:12], actual=inp.hash[:12]))
+    return inp, digest, list(user_ids)
+
+
+# --- the worker's side ----------------------------------------------------------------------------
+
+
+class _GenerationPool:
+    """Process-wide daemon threads that only call the provider: FORTUNE_CELERY_INFLIGHT calls in flight
+    per worker process, shared by the chunks it runs at once (so a chunk's tail never idles the
+    process). Made lazily and again after a fork (prefork children)."""
+
+    _lock = threading.Lock()
+    _instance: "_GenerationPool | None" = None
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pid = os.getpid()
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        for n in range(size):
+            threading.Thread(target=self._work, name=f"fortune-celery-{n}", daemon=True).start()
+
+    @classmethod
+    def get(cls) -> "_GenerationPool":
+        size = settings.FORTUNE_CELERY_INFLIGHT
+        with cls._lock:
+            pool = cls._instance
+            if pool is None or pool.pid != os.getpid() or pool.size != size:
+                if pool is not None and pool.pid == os.getpid():
+                    pool.shutdown()
+                pool = cls._instance = cls(size)
+            return pool
+
+    def _work(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            call, key, results = job
+            try:
+                outcome = call()
+            except BaseException as exc:  # a bug: the chunk's thread re-raises it
+                outcome = exc
+            results.put((key, outcome))
+
+    def submit(self, call: Callable, key: str, results: queue.SimpleQueue) -> None:
+        self.jobs.put((call, key, results))
+
+    def shutdown(self) -> None:
+        for _ in range(self.size):
+            self.jobs.put(None)
+
+
+_limiters: dict[tuple, object] = {}
+_limiters_lock = threading.Lock()
+
+
+def _worker_limiter(*, rpm: int | None, tpm: int | None):
+
+    key = (os.getpid(), rpm, tpm, settings.REDIS_URL, settings.OPENAI_ON_DEMAND_RESERVE)
+    with _limiters_lock:
+        limiter = _limiters.get(key)
+        if limiter is None:
+            limiter = _limiters[key] = account_limiter(rpm=rpm, tpm=tpm)
+        return limiter
+
+
+@dataclass
+class ChunkReport:
+    chunk_id: int
+    skipped: bool = False  # someone else has it (or it is done or cancelled)
+    reused_inputs: int = 0  # already stored when the chunk started (a re-dispatch)
+    generated_inputs: int = 0
+    failed_inputs: int = 0
+    stopped_inputs: int = 0
+    stored_users: int = 0
+    requests: int = 0
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"[:255]
+
+
+def batch_chunk_claim(*, chunk_id: int, worker: str, stale_seconds: float) -> bool:
+    """Take the chunk if it is queued, or running with a stale heartbeat (its worker died)."""
+    now = timezone.now()
+    stale = now - dt.timedelta(seconds=stale_seconds)
+    return bool(BatchChunk.objects.filter(
+        Q(state=BatchChunk.State.QUEUED) | Q(state=BatchChunk.State.RUNNING, heartbeat_at__lt=stale), pk=chunk_id,
+    ).update(state=BatchChunk.State.RUNNING, worker=worker, heartbeat_at=now, attempts=F("attempts") + 1))
+
+
+class _ChunkWorker:
+    def __init__(self, *, chunk: BatchChunk, worker: str, provider: Provider, rpm: int | None, tpm: int | None,
+                 max_attempts: int | None) -> None:
+
+        self.chunk = chunk
+        self.run = chunk.run
+        self.worker = worker
+        self.provider = provider
+        self.limiter = _worker_limiter(rpm=rpm, tpm=tpm)
+        self.policy = RetryPolicy.from_settings(max_attempts=max_attempts)
+        self.stop = threading.Event()
+        self.report = ChunkReport(chunk_id=chunk.pk)
+        remaining = (chunk.deadline_at - timezone.now()).total_seconds() if chunk.deadline_at else None
+        self.deadline = None if remaining is None else time.monotonic() + remaining
+        # Counted into the run when the chunk finishes, so a dead worker's failures are not counted
+        # twice when its chunk is re-dispatched (the inputs are asked again).
+        self.failures: list[dict] = []
+        self.failed_users = 0
+        self.retry_rows: list[list] = []
+        self.last_heartbeat = time.monotonic()
+
+    def execute(self) -> ChunkReport:
+        chunk = self.chunk
+        jobs: dict[str, tuple[GenerationInput, list[int]]] = {}
+        for row in chunk.payload["inputs"]:
+            inp, digest, user_ids = _decode(row, for_date=chunk.for_date, chunk_id=chunk.pk)
+            jobs[digest] = (inp, user_ids)
+        stored = generation_ids_by_hash(hashes=list(jobs)) if jobs else {}
+        if stored:
+            # A re-dispatch: what the dead worker stored is not asked again; its users are (re)linked,
+            # which writes nothing for those whose row exists.
+            pairs = [(uid, stored[d]) for d in stored for uid in jobs.pop(d)[1]]
+            self.report.reused_inputs = len(stored)
+            self._store(items=[], reused=pairs, waiting={}, requests=0)
+        if self.provider.name == "local":
+            self._generate_inline(jobs)
+        else:
+            self._generate_pooled(jobs)
+        self._finish()
+        return self.report
+
+    def _call(self, inp: GenerationInput):
+
+        return lambda: account_generate(provider=self.provider, inp=inp, policy=self.policy, limiter=self.limiter,
+                                        stop=self.stop, deadline=self.deadline)
+
+    def _generate_inline(self, jobs: dict) -> None:
+
+        ready: list[tuple[str, object]] = []
+        for digest, (inp, _) in jobs.items():
+            if self._should_stop():
+                self.report.stopped_inputs += 1
+                continue
+            try:
+                ready.append((digest, Attempted(generated=self.provider.generate(inp), error=None, attempts=0)))
+            except ProviderError as exc:
+                ready.append((digest, Attempted(generated=None, error=exc, attempts=0)))
+            if len(ready) >= FLUSH_GENERATIONS:
+                self._take(ready, jobs)
+                ready = []
+                self._heartbeat()
+        self._take(ready, jobs)
+
+    def _generate_pooled(self, jobs: dict) -> None:
+        pool = _GenerationPool.get()
+        results: queue.SimpleQueue = queue.SimpleQueue()
+        for digest, (inp, _) in jobs.items():
+            pool.submit(self._call(inp), digest, results)
+        waiting = len(jobs)
+        ready: list[tuple[str, object]] = []
+        last_flush = time.monotonic()
+        while waiting:
+            try:
+                item = results.get(timeout=0.2)
+                while True:
+                    ready.append(item)
+                    waiting -= 1
+                    item = results.get_nowait()
+            except queue.Empty:
+                pass
+            now = time.monotonic()
+            if ready and (len(ready) >= FLUSH_GENERATIONS or now - last_flush >= FLUSH_SECONDS or not waiting):
+                self._take(ready, jobs)
+                ready, last_flush = [], now
+            if now - self.last_heartbeat >= HEARTBEAT_SECONDS:
+                self._heartbeat()
+            self._should_stop()
+        self._take(ready, jobs)
+
+    def _take(self, ready: list, jobs: dict) -> None:
+        """Store a batch of outcomes: generations and their users in one transaction, counters with F()."""
+        items, waiting, requests = [], {}, 0
+        for digest, outcome in ready:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            inp, user_ids = jobs[digest]
+            requests += outcome.attempts
+            if outcome.generated is not None:
+                items.append(GeneratedItem(inp=inp, hash=digest, generated=outcome.generated))
+                waiting[digest] = user_ids
+            elif outcome.stopped:
+                self.report.stopped_inputs += 1
+            else:
+                self.report.failed_inputs += 1
+                self.failed_users += len(user_ids)
+                error = outcome.error
+                if error is not None and is_transient(error):
+                    self.retry_rows.append(_encode(inp, digest, user_ids))
+                if len(self.failures) < FAILURE_SAMPLE_SIZE:
+                    self.failures.append({"reason": error.reason if error else "unknown", "error": str(error)[:200],
+                                          "input": digest[:16], "count": len(user_ids), "user_ids": user_ids[:5]})
+        if items or requests:
+            self._store(items=items, reused=[], waiting=waiting, requests=requests)
+
+    def _store(self, *, items: list, reused: list, waiting: dict, requests: int) -> None:
+
+        stored = 0
+        if items or reused:
+            _, stored = batch_output_store(items=items, reused=reused, waiting=waiting, for_date=self.chunk.for_date,
+                                           provider=self.provider.name, model=self.provider.model,
+                                           replace=self.run.forced)
+        tokens_in = sum(item.generated.tokens_in for item in items)
+        tokens_out = sum(item.generated.tokens_out for item in items)
+        if self.provider.name == "local":
+            requests = 0  # no LLM
+        BatchRun.objects.filter(pk=self.run.pk).update(
+            generated=F("generated") + stored, generations=F("generations") + len(items),
+            llm_requests=F("llm_requests") + requests, tokens_in=F("tokens_in") + tokens_in,
+            tokens_out=F("tokens_out") + tokens_out,
+            estimated_cost=F("estimated_cost") + batch_cost(tokens_in=tokens_in, tokens_out=tokens_out),
+        )
+        self.report.generated_inputs += len(items)
+        self.report.stored_users += stored
+        self.report.requests += requests
+        BatchChunk.objects.filter(pk=self.chunk.pk, worker=self.worker).update(
+            stored_inputs=F("stored_inputs") + len(items), heartbeat_at=timezone.now())
+
+    def _heartbeat(self) -> None:
+        """Tell the coordinator we live; stop if the chunk was cancelled or taken over."""
+        self.last_heartbeat = time.monotonic()
+        alive = BatchChunk.objects.filter(pk=self.chunk.pk, worker=self.worker, state=BatchChunk.State.RUNNING).update(
+            heartbeat_at=timezone.now())
+        if not alive and not self.stop.is_set():
+            logger.warning("fortune chunk %s: cancelled or taken over; stopping", self.chunk.pk)
+            self.stop.set()
+
+    def _should_stop(self) -> bool:
+        if not self.stop.is_set() and self.deadline is not None and time.monotonic() >= self.deadline:
+            self.stop.set()
+        return self.stop.is_set()
+
+    def _finish(self) -> None:
+        state = BatchChunk.State.CANCELLED if self.report.stopped_inputs else BatchChunk.State.DONE
+        with transaction.atomic():
+            mine = BatchChunk.objects.filter(pk=self.chunk.pk, worker=self.worker).update(
+                state=Case(When(state=BatchChunk.State.CANCELLED, then=Value(BatchChunk.State.CANCELLED)),
+                           default=Value(state)),
+                finished_at=timezone.now(), heartbeat_at=timezone.now(), failed_users=self.failed_users,
+                failure_sample=self.failures, retry_inputs=self.retry_rows)
+            if mine and self.failed_users:
+                BatchRun.objects.filter(pk=self.run.pk).update(failed=F("failed") + self.failed_users)
+
+
+def batch_chunk_generate(
+    *, chunk_id: int, stale_seconds: float = STALE_SECONDS, rpm: int | None = None, tpm: int | None = None,
+    max_attempts: int | None = None,
+) -> ChunkReport:
+    """Generate and store one chunk (the Celery task's body). Safe to run twice: the claim lets one
+    worker at a time have it, and a second run only asks what is not stored yet."""
+    worker = _worker_name()
+    if not batch_chunk_claim(chunk_id=chunk_id, worker=worker, stale_seconds=stale_seconds):
+        logger.info("fortune chunk %s: done, cancelled or running elsewhere; skipped", chunk_id)
+        return ChunkReport(chunk_id=chunk_id, skipped=True)
+    chunk = BatchChunk.objects.select_related("run").get(pk=chunk_id)
+    provider = get_provider(name=chunk.run.provider)
+    report = _ChunkWorker(chunk=chunk, worker=worker, provider=provider, rpm=rpm, tpm=tpm,
+                          max_attempts=max_attempts).execute()
+    logger.info("fortune chunk %s: %d generated, %d reused, %d failed, %d stopped; %d users stored",
+                chunk_id, report.generated_inputs, report.reused_inputs, report.failed_inputs, report.stopped_inputs,
+                report.stored_users)
+    return report
+
+
+# --- the coordinator's side -----------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    chunk_of: dict[str, int] = field(default_factory=dict)  # hash -> chunk index, for dedupe across pages
+    late: dict[str, list[int]] = field(default_factory=dict)  # hash -> users planned after its chunk was sent
+    buffer: list[list] = field(default_factory=list)
+    buffer_users: int = 0
+    chunks: int = 0
+    inputs: int = 0
+
+
+class _Coordinator:
+    def __init__(self, *, run: BatchRun, target: BatchTarget, options, provider: Provider, stop, deadline: float,
+                 chunk_size: int, stale_seconds: float, poll_seconds: float) -> None:
+        self.run = run
+        self.target = target
+        self.options = options
+        self.provider = provider
+        self.stop = stop
+        self.deadline = deadline
+        self.chunk_size = chunk_size_check(chunk_size)
+        self.stale_seconds = stale_seconds
+        self.poll_seconds = poll_seconds
+        self.replace = options.force
+        self.plan = _Plan()
+        self.unplannable: list[int] = []
+        self.budget = Decimal(
+            (options.max_cost if options.max_cost is not None else settings.FORTUNE_MAX_COST_PER_RUN) or 0)
+        self.deadline_at = timezone.now() + dt.timedelta(seconds=max(0.0, deadline - time.monotonic()))
+        self.task_kwargs = {"stale_seconds": stale_seconds, "rpm": options.rpm, "tpm": getattr(options, "tpm", None),
+                            "max_attempts": options.max_attempts}
+        self.progress: ProgressReporter | None = None
+        self.last_poll = 0.0
+
+    def execute(self) -> BatchRun:
+        run, target = self.run, self.target
+        counts = batch_plan_counts(target_date=target.target_date, user_id=self.options.user_id)
+        total = counts.eligible if self.replace else counts.eligible - counts.already_present
+        BatchRun.objects.filter(pk=run.pk).update(eligible=counts.eligible, already_present=counts.already_present,
+                                                  heartbeat_at=timezone.now())
+        run.eligible, run.already_present = counts.eligible, counts.already_present
+        self.progress = ProgressReporter(
+            total=total, stream=self.options.progress_stream, is_tty=self.options.progress_is_tty,
+            interval=self.options.progress_interval, label=f"fortunes {target.target_date}",
+        )
+        if not self._workers_answer():
+            self._note(NO_WORKER_NOTE)
+        pages = batch_plan_pages(
+            target_date=target.target_date, generator=self.provider.generator, force=self.replace,
+            nonce=f"force-run-{run.pk}" if self.replace else "", user_id=self.options.user_id,
+            page_size=self.options.page_size, language=settings.FORTUNE_LANGUAGE,
+        )
+        for page in pages:
+            if self._stopping():
+                break
+            self._take_page(page)
+            self._poll()
+        if not self._stopping():
+            self._send_buffer()
+        self._wait()
+        if not self._stopping() and self._retry_round():
+            self._wait()
+        if self.stop.is_set:
+            self._cancel()
+        self._store_late()
+        done, failed = BatchRun.objects.filter(pk=self.run.pk).values_list("generated", "failed").get()
+        self.progress.update(done=done, failed=failed)
+        self.progress.close()
+        return self._complete()
+
+    # --- planning and dispatch --------------------------------------------------------------
+    def _take_page(self, page) -> None:
+        plan = self.plan
+        if page.unplannable:
+            self.unplannable.extend(page.unplannable)
+            BatchRun.objects.filter(pk=self.run.pk).update(failed=F("failed") + len(page.unplannable))
+        fresh = {}
+        for digest, group in page.groups.items():
+            if digest in plan.chunk_of:
+                plan.late.setdefault(digest, []).extend(group.user_ids)
+            else:
+                fresh[digest] = group
+        stored = generation_ids_by_hash(hashes=list(fresh)) if fresh else {}
+        reused = [(uid, stored[d]) for d in stored for uid in fresh.pop(d).user_ids]
+        if reused:
+            _, written = batch_output_store(items=[], reused=reused, waiting={}, for_date=self.target.target_date,
+                                            provider=self.provider.name, model=self.provider.model,
+                                            replace=self.replace)
+            BatchRun.objects.filter(pk=self.run.pk).update(generated=F("generated") + written)
+        for digest, group in fresh.items():
+            plan.chunk_of[digest] = plan.chunks
+            plan.buffer.append(_encode(group.inp, digest, group.user_ids))
+            plan.buffer_users += len(group.user_ids)
+            if len(plan.buffer) >= self.chunk_size:
+                self._send_buffer()
+
+    def _send_buffer(self) -> None:
+        plan = self.plan
+        if not plan.buffer:
+            return
+        chunk = BatchChunk.objects.create(
+            run=self.run, index=plan.chunks, for_date=self.target.target_date, payload={"inputs": plan.buffer},
+            inputs=len(plan.buffer), users=plan.buffer_users, deadline_at=self.deadline_at,
+        )
+        plan.inputs += len(plan.buffer)
+        plan.chunks += 1
+        plan.buffer, plan.buffer_users = [], 0
+        self._dispatch(chunk.pk)
+
+    def _dispatch(self, chunk_id: int) -> None:
+
+        BatchChunk.objects.filter(pk=chunk_id).update(dispatches=F("dispatches") + 1)
+        _chunk_task().apply_async(kwargs={"chunk_id": chunk_id, **self.task_kwargs})
+
+    def _workers_answer(self) -> bool:
+
+        if app.conf.task_always_eager:
+            return True
+        try:
+            return bool(app.control.ping(timeout=1.0))
+        except Exception:  # noqa: BLE001 - a broker without remote control: only a note is lost
+            logger.debug("fortune batch: celery ping failed", exc_info=True)
+            return False
+
+    def _retry_round(self) -> bool:
+        """One more round, after options.retry_cooldown, for inputs that failed for a transient reason
+        (as the threads backend does); their users stop counting as failed. True if chunks were sent."""
+        chunks = list(BatchChunk.objects.filter(run=self.run, state=BatchChunk.State.DONE).exclude(retry_inputs=[])
+                      .values_list("pk", "retry_inputs", "failure_sample", "failed_users"))
+        if not chunks:
+            return False
+        rows = [row for _, retry, _, _ in chunks for row in retry]
+        cooldown = float(getattr(self.options, "retry_cooldown", 30.0))
+        logger.info("fortune batch: %d generations failed for transient reasons; one more round in %.1f s",
+                    len(rows), cooldown)
+        self._note(f"retry round for {len(rows)} generations after {cooldown:g} s")
+        if self.stop.event.wait(cooldown) or self._stopping():
+            return False
+        users = 0
+        with transaction.atomic():
+            for chunk_id, retry, sample, failed_users in chunks:
+                retried = {row[9][:16] for row in retry}
+                moved = sum(len(row[10]) for row in retry)
+                users += moved
+                BatchChunk.objects.filter(pk=chunk_id).update(
+                    retry_inputs=[], failed_users=max(0, failed_users - moved),
+                    failure_sample=[entry for entry in sample if entry.get("input") not in retried])
+            BatchRun.objects.filter(pk=self.run.pk).update(failed=F("failed") - users)
+        for row in rows:
+            self.plan.buffer.append(row)
+            self.plan.buffer_users += len(row[10])
+            if len(self.plan.buffer) >= self.chunk_size:
+                self._send_buffer()
+        self._send_buffer()
+        return True
+
+    # --- waiting ------------------------------------------------------------------------------
+    def _wait(self) -> None:
+        """Until every chunk is done or cancelled, or the run stops."""
+        while not self._stopping() and self._poll(force=True):
+            self.stop.event.wait(self.poll_seconds)
+
+    def _stopping(self) -> bool:
+
+        if not self.stop.is_set and time.monotonic() >= self.deadline:
+            self.stop.request(STOP_DEADLINE.format(minutes=self.options.max_runtime_minutes))
+        if not self.stop.is_set and self.budget:
+            cost = BatchRun.objects.filter(pk=self.run.pk).values_list("estimated_cost", flat=True).first() or 0
+            if cost >= self.budget:
+                self.stop.request(STOP_BUDGET.format(cost=cost, budget=self.budget))
+        return self.stop.is_set
+
+    def _poll(self, *, force: bool = False) -> bool:
+        """Heartbeat the run, draw progress, re-dispatch stale chunks; True while chunks are open."""
+        now = time.monotonic()
+        if not force and now - self.last_poll < self.poll_seconds:
+            return True
+        self.last_poll = now
+        cutoff = timezone.now() - dt.timedelta(seconds=self.stale_seconds)
+        stale = list(BatchChunk.objects.filter(run=self.run, state=BatchChunk.State.RUNNING, heartbeat_at__lt=cutoff)
+                     .values_list("pk", "index", "heartbeat_at", "attempts"))
+        for chunk_id, index, heartbeat_at, attempts in stale:
+            if attempts >= MAX_CHUNK_ATTEMPTS:
+                # A chunk that kills or crashes every worker that takes it: give up on it, not on the night.
+                BatchChunk.objects.filter(pk=chunk_id, state=BatchChunk.State.RUNNING).update(
+                    state=BatchChunk.State.CANCELLED, finished_at=timezone.now())
+                self._note(CHUNK_ABANDONED.format(index=index, attempts=attempts))
+                logger.error("fortune batch: %s", CHUNK_ABANDONED.format(index=index, attempts=attempts))
+                continue
+            requeued = BatchChunk.objects.filter(pk=chunk_id, state=BatchChunk.State.RUNNING,
+                                                 heartbeat_at=heartbeat_at).update(state=BatchChunk.State.QUEUED)
+            if requeued:
+                age = (timezone.now() - heartbeat_at).total_seconds()
+                logger.warning("fortune batch: %s", CHUNK_REDISPATCHED.format(index=index, age=age))
+                self._dispatch(chunk_id)
+        self._check_provider()
+        BatchRun.objects.filter(pk=self.run.pk).update(heartbeat_at=timezone.now())
+        done, failed = BatchRun.objects.filter(pk=self.run.pk).values_list("generated", "failed").get()
+        self.progress.update(done=done, failed=failed)
+        return BatchChunk.objects.filter(run=self.run).exclude(
+            state__in=[BatchChunk.State.DONE, BatchChunk.State.CANCELLED]).exists()
+
+    def _check_provider(self) -> None:
+        """Stop the run when a finished chunk stored nothing and its failures all say the provider is
+        unusable (wrong URL, bad key, quota gone), as the threads backend stops on such a streak."""
+
+        if self.stop.is_set:
+            return
+        for sample in BatchChunk.objects.filter(run=self.run, state=BatchChunk.State.DONE, stored_inputs=0).exclude(
+                failure_sample=[]).values_list("failure_sample", flat=True):
+            reasons = {entry["reason"] for entry in sample}
+            if len(sample) >= PROVIDER_DOWN_MIN_STREAK and reasons <= PROVIDER_DOWN_REASONS:
+                self.stop.request(STOP_PROVIDER_DOWN.format(count=len(sample), reason=sorted(reasons)[0]))
+                return
+
+    def _cancel(self) -> None:
+        """Stop the run's open chunks: queued ones are never started, running ones stop at their next
+        heartbeat (what they generated is stored). Waits up to CANCEL_GRACE_SECONDS for them."""
+        BatchChunk.objects.filter(run=self.run, state__in=[BatchChunk.State.QUEUED, BatchChunk.State.RUNNING]).update(
+            state=BatchChunk.State.CANCELLED, finished_at=timezone.now())
+        grace_end = time.monotonic() + min(CANCEL_GRACE_SECONDS, float(getattr(self.options, "grace_seconds", 2.0)))
+        while time.monotonic() < grace_end:
+            cutoff = timezone.now() - dt.timedelta(seconds=FLUSH_SECONDS * 2)
+            if not BatchChunk.objects.filter(run=self.run, state=BatchChunk.State.CANCELLED,
+                                             heartbeat_at__gt=cutoff).exists():
+                break
+            time.sleep(0.2)
+
+    def _store_late(self) -> None:
+        """Users planned after their input's chunk was sent: linked to its stored generation."""
+        late = self.plan.late
+        if not late:
+            return
+        ids = generation_ids_by_hash(hashes=list(late))
+        pairs = [(uid, ids[d]) for d, users in late.items() if d in ids for uid in users]
+        missing = sum(len(users) for d, users in late.items() if d not in ids)
+        written = 0
+        if pairs:
+            _, written = batch_output_store(items=[], reused=pairs, waiting={}, for_date=self.target.target_date,
+                                            provider=self.provider.name, model=self.provider.model,
+                                            replace=self.replace)
+        # Late users of a failed input failed with it; those of a stopped one are left for the next run.
+        failed_hashes = {entry["input"] for entry in self._chunk_failures()}
+        failed = sum(len(users) for d, users in late.items() if d not in ids and d[:16] in failed_hashes)
+        BatchRun.objects.filter(pk=self.run.pk).update(generated=F("generated") + written, failed=F("failed") + failed)
+        logger.debug("fortune batch: %d late users linked, %d without a stored generation", written, missing)
+
+    def _chunk_failures(self) -> list[dict]:
+        sample: list[dict] = []
+        for entries in BatchChunk.objects.filter(run=self.run).exclude(failure_sample=[]).values_list(
+                "failure_sample", flat=True):
+            sample.extend(entries)
+        return sample
+
+    def _note(self, text: str) -> None:
+        self.run.notes = f"{self.run.notes}\n{text}".strip()
+        BatchRun.objects.filter(pk=self.run.pk).update(notes=self.run.notes)
+
+    def _complete(self) -> BatchRun:
+
+        run = self.run
+        run.refresh_from_db()
+        sample = self._chunk_failures()[:FAILURE_SAMPLE_SIZE]
+        if self.unplannable and len(sample) < FAILURE_SAMPLE_SIZE:
+            sample.append({"reason": REASON_NO_NATAL, "error": "natal pillars could not be computed", "input": "",
+                           "count": len(self.unplannable), "user_ids": self.unplannable[:5]})
+        missing = (
+            batch_eligible_users(user_id=self.options.user_id)
+            .filter(~Exists(FortuneResult.objects.filter(user=OuterRef("pk"), for_date=self.target.target_date)))
+            .count()
+        )
+        stop_reason = self.stop.reason if self.stop.is_set else ""
+        if self.stop.is_set and self.stop.interrupted:
+            status = BatchRun.Status.INTERRUPTED
+        elif not run.failed and not stop_reason and not missing:
+            status = BatchRun.Status.SUCCEEDED
+        elif run.generated == 0 and (run.failed or stop_reason):
+            status = BatchRun.Status.FAILED
+        else:
+            status = BatchRun.Status.PARTIAL
+        if not stop_reason and missing and not run.failed:
+            stop_reason = STILL_MISSING.format(count=missing, target_date=self.target.target_date)
+        run.status, run.stop_reason, run.finished_at = status, stop_reason[:255], timezone.now()
+        run.failure_sample, run.heartbeat_at = sample, timezone.now()
+        # Only the coordinator's own fields: workers still add to the counters with F() expressions.
+        run.save(update_fields=["status", "stop_reason", "finished_at", "failure_sample", "heartbeat_at", "notes"])
+        logger.info("fortune batch %s finished: %s", self.target.target_date, batch_run_summary(run=run))
+        return run
+
+
+def batch_run_target_celery(
+    *, run: BatchRun, target: BatchTarget, options, provider: Provider, stop, deadline: float,
+    chunk_size: int = CHUNK_SIZE, stale_seconds: float = STALE_SECONDS, poll_seconds: float = POLL_SECONDS,
+) -> BatchRun:
+    """One target date on Celery workers, for the BatchRun the caller created (holding the target's
+    lock, as for the threads backend). Returns the run with its final status and counters.
+
+    `options` is the threads backend's BatchOptions (force, user_id, rpm, tpm, max_attempts, max_cost,
+    page_size, max_runtime_minutes, progress_*); `stop` its StopToken; `deadline` a time.monotonic()
+    value. Call celery_backend_check() before creating the run: a broker that is down must leave
+    nothing written.
+    """
+    if connection.in_atomic_block:
+        # Workers are other processes: they cannot see rows of an open transaction.
+        raise RuntimeError("batch_run_target_celery needs autocommit: workers cannot see uncommitted chunks")
+    return _Coordinator(run=run, target=target, options=options, provider=provider, stop=stop, deadline=deadline,
+                        chunk_size=chunk_size, stale_seconds=stale_seconds, poll_seconds=poll_seconds).execute()
+
+
+def batch_chunk_counts(*, run: BatchRun) -> dict[str, int]:
+    """state -> number of the run's chunks (for progress displays and tests)."""
+    rows = BatchChunk.objects.filter(run=run).values("state").annotate(n=Count("pk"))
+    return {row["state"]: row["n"] for row in rows}
