@@ -117,7 +117,7 @@ def night_hooks(*, options: BatchOptions, stop: StopToken) -> NightHooks:
 def batch_ahead_check(*, options: BatchOptions, provider: Provider) -> None:
     """Day-ahead asked for with a provider that cannot do it: raise ProviderConfigError before anything."""
     if options.ahead:
-        batch_api_client().close()
+        batch_api_client()  # the shared client (core.fortunes.providers.openai): raises, never closed here
 
 
 def batch_ahead_plan(*, base_date: dt.date, user_id: int | None = None) -> str:
