@@ -42,6 +42,19 @@ def failure_reason_counts(sample) -> list[tuple[str, int]]:
     return counts.most_common()
 
 
+def cost_paths_text(*, cost_by_path: dict) -> str:
+    """A BatchRun.cost_by_path in words: per path its requests and cost, and the saving against
+    all-standard; "" when the night was all standard (nothing to compare)."""
+    paths = cost_by_path or {}
+    if not any((paths.get(path) or {}).get("requests") for path in ("batch_api", "flex")):
+        return ""
+    parts = [f"{label} {paths[path]['requests']} req ~${paths[path]['cost']}"
+             for path, label in (("batch_api", "batch API"), ("flex", "flex"), ("standard", "standard"))
+             if path in paths]
+    return (", ".join(parts) + f"; saving ~${paths.get('saving', 0)} against all-standard "
+            f"~${paths.get('standard_equivalent', 0)}")
+
+
 @dataclass(frozen=True)
 class RunSummary:
     pk: int | None
@@ -90,16 +103,7 @@ class RunSummary:
         return format_duration(self.seconds)
 
     def cost_paths_text(self) -> str:
-        """Per path its requests and cost, and the saving against all-standard; "" when the night was
-        all standard (nothing to compare)."""
-        paths = self.cost_paths
-        if not any((paths.get(path) or {}).get("requests") for path in ("batch_api", "flex")):
-            return ""
-        parts = [f"{label} {paths[path]['requests']} req ~${paths[path]['cost']}"
-                 for path, label in (("batch_api", "batch API"), ("flex", "flex"), ("standard", "standard"))
-                 if path in paths]
-        return (", ".join(parts) + f"; saving ~${paths.get('saving', 0)} against all-standard "
-                f"~${paths.get('standard_equivalent', 0)}")
+        return cost_paths_text(cost_by_path=self.cost_paths)
 
     def line(self) -> str:
         """The one-line human summary (stdout, logs, the command's error)."""
