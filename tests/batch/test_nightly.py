@@ -110,6 +110,7 @@ def test_the_default_hooks_leave_the_batch_api_alone_unless_day_ahead_is_on_or_b
     night = batch_nightly(options=BatchOptions(base_date=BASE + dt.timedelta(days=1), workers=2, retry_cooldown=0,
                                                batch_ahead=True))
     # Day-ahead on: settle tomorrow (nothing was submitted for it), then submit the day after.
-    assert [line.split(":")[0] for line in night.lines] == ["batch api collect", f"batch api {BASE + dt.timedelta(days=3)}"]
+    ahead = BASE + dt.timedelta(days=3)
+    assert [line.split(":")[0] for line in night.lines] == ["batch api collect", f"batch api {ahead}"]
     assert night.lines[0].startswith("batch api collect: 0 polled")
     assert openai_settings.batch_state()["counters"]["batches_created"] == 1
