@@ -70,13 +70,19 @@ class BatchApiHooks(NightHooks):
         ).exists():
             return
         try:
-            report = batch_api_settle(target_date=target.target_date, base_date=target.base_date,
-                                      wait_seconds=self.options.cancel_wait_seconds, stop=self.stop.event)
+            if self.options.user_id is not None:
+                # One user's run (an operator's fix during the day): collect what is done, but never
+                # cancel the whole date's batches for it; the nightly run settles them.
+                collected = batch_api_collect(target_date=target.target_date, base_date=target.base_date)
+            else:
+                collected = batch_api_settle(target_date=target.target_date, base_date=target.base_date,
+                                             wait_seconds=self.options.cancel_wait_seconds,
+                                             stop=self.stop.event).collect
         except (openai.APIError, ProviderError) as exc:
             self._say(SETTLE_FAILED.format(target_date=target.target_date, error=_error(exc)), warning=True)
             return
-        self.settled[target.target_date] = report.collect
-        self._say(batch_api_collect_summary(report=report.collect))
+        self.settled[target.target_date] = collected
+        self._say(batch_api_collect_summary(report=collected))
 
     def after_target(self, *, target: BatchTarget, provider: Provider, run: BatchRun) -> None:
         collected = self.settled.get(target.target_date)
@@ -109,12 +115,12 @@ class BatchApiHooks(NightHooks):
 
 
 def night_hooks(*, options: BatchOptions, stop: StopToken) -> NightHooks:
-    """The hooks a night runs with: the Batch API steps whenever the provider is OpenAI (they do
-    nothing unless day-ahead is on or batches are open), else none."""
+    """The hooks a night runs with by default: the Batch API steps (they do nothing unless the
+    provider is OpenAI and day-ahead is on or the target date has open batches)."""
     return BatchApiHooks(options=options, stop=stop)
 
 
-def batch_ahead_check(*, options: BatchOptions, provider: Provider) -> None:
+def batch_ahead_check(*, options: BatchOptions) -> None:
     """Day-ahead asked for with a provider that cannot do it: raise ProviderConfigError before anything."""
     if options.ahead:
         batch_api_client()  # the shared client (core.fortunes.providers.openai): raises, never closed here

@@ -152,7 +152,7 @@ def batch_generate_night(
 def prices_check(*, provider: Provider, options: BatchOptions) -> None:
     """Every tier this night may use has a price (a cost estimate must not crash the run halfway), and
     day-ahead is possible; raises ProviderConfigError saying what to set."""
-    batch_ahead_check(options=options, provider=provider)
+    batch_ahead_check(options=options)
     if provider.name == "local":
         return  # no tokens, no cost
     tiers = [Tier.STANDARD]

@@ -242,3 +242,13 @@ def test_the_night_holds_the_lock_of_the_day_it_submits(users, openai_settings):
             _night(BASE)
     assert caught.value.returncode == command.EXIT_LOCKED
     assert run_batch("--date", BASE.isoformat(), "--no-batch-ahead", *FAST)  # without day-ahead B+2 is not needed
+
+
+def test_a_one_user_run_collects_what_is_done_but_never_cancels_the_dates_batches(users, openai_settings):
+    stub = openai_settings
+    stub.batch_configure(stuck=True)
+    _night(BASE)
+    run_batch("--date", B1.isoformat(), "--user-id", str(users[0].pk), *FAST)
+    row = OpenAIBatch.objects.get(target_date=B2)
+    assert (row.state, row.remote_status, row.cancel_requested_at) == ("submitted", "in_progress", None)
+    assert set(fortune_map(for_date=B2)) == {users[0].pk}  # that user, synchronously
