@@ -107,7 +107,7 @@ class Command(BaseCommand):
             raise CommandError(RUN_NOT_COMPLETE.format(summary=incomplete[0].line()), returncode=EXIT_INCOMPLETE)
 
     def collect(self, options) -> None:
-        others = [flag for flag, key in (("--date", "date"), ("--user-id", "user_id"), ("--dry-run", "dry_run"),
+        others = [name for name, key in (("--date", "date"), ("--user-id", "user_id"), ("--dry-run", "dry_run"),
                                          ("--force", "force"), ("--batch-ahead", "batch_ahead")) if options[key]]
         if others:
             raise CommandError(COLLECT_ALONE.format(flags=", ".join(others)), returncode=EXIT_USAGE)
