@@ -10,6 +10,9 @@ Scenarios (targets from issue 3, on a 2-core machine with PostgreSQL):
   local   N users (default 100,000), local provider, the command's whole wall time: >= 10,000 users/s;
           at 1,000,000 users: <= 150 s and peak RSS <= 400 MB.
   rerun   the same date again after a complete run: 0 LLM requests, <= 5 s.
+  batch-api  the day-ahead Batch API through the stub (bench/batch_api.py): N users (default 100,000),
+          requests by path, tokens, cost against all-standard (about 50%), files and sizes, collect
+          time (>= 5,000 stored users/s).
   openai  the stub server (own process) at --latency-ms, every input distinct, per --workers value
           (--repeat rounds, each the bare loop then the command, the median printed last):
           generations/s >= 90% of a bare loop (one shared OpenAI client, ThreadPoolExecutor of the
@@ -270,14 +273,19 @@ def scenario_openai(*, workers_list: list[int], latency_ms: float, per_worker: i
 
 
 def main() -> int:
+    # bench/batch_api.py imports this module's helpers, so it is imported once this one has loaded.
+    from bench.batch_api import add_arguments as batch_api_arguments
+    from bench.batch_api import scenario_batch_api
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=("local", "rerun", "openai", "all"), default="all")
+    parser.add_argument("--scenario", choices=("local", "rerun", "openai", "batch-api", "all"), default="all")
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[10, 64])
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--keep-users", action="store_true", help="local: reuse already seeded users")
     parser.add_argument("--per-worker", type=int, default=100, help="openai: users per worker (all distinct)")
     parser.add_argument("--repeat", type=int, default=3, help="openai: rounds of bare loop + command per --workers")
+    batch_api_arguments(parser)
     args = parser.parse_args()
 
     name = str(connection.settings_dict["NAME"])
@@ -293,6 +301,9 @@ def main() -> int:
     if args.scenario in ("openai", "all"):
         scenario_openai(workers_list=args.workers, latency_ms=args.latency_ms, per_worker=args.per_worker,
                         repeat=args.repeat)
+    if args.scenario == "batch-api":
+        return scenario_batch_api(users=args.users, completion_delay=args.completion_delay,
+                                  fail_share=args.fail_share, workers=max(args.workers))
     return 0
 
 

@@ -1,7 +1,8 @@
-"""Benchmark of the day-ahead Batch API path. Not a test: prints its configuration and figures.
+"""Benchmark of the day-ahead Batch API path: `bench/batch.py --scenario batch-api` (or this file alone).
+Not a test: prints its configuration and figures.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/fortuna_bench .venv/bin/python bench/batch_api.py
-    ... --users 100000 --completion-delay 5 --fail-share 0.02
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/fortuna_bench .venv/bin/python bench/batch.py --scenario batch-api
+    ... --scenario batch-api --users 100000 --completion-delay 5 --fail-share 0.02
 
 Night 1 submits the day after tomorrow through the stub's Batch API (own process, the real SDK);
 after --completion-delay the batches are complete and night 2 collects them, then runs the
@@ -35,24 +36,34 @@ AHEAD = BASE + dt.timedelta(days=2)
 NIGHT_2 = BASE + dt.timedelta(days=1)
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This scenario's flags (bench/batch.py takes them too; --users and --workers are shared)."""
+    parser.add_argument("--completion-delay", type=float, default=2.0, help="batch-api: seconds until the stub "
+                        "completes")
+    parser.add_argument("--fail-share", type=float, default=0.0, help="batch-api: share of lines answered 5xx")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=100_000)
-    parser.add_argument("--completion-delay", type=float, default=2.0, help="seconds until the stub completes")
-    parser.add_argument("--fail-share", type=float, default=0.0, help="share of lines answered 5xx")
     parser.add_argument("--workers", type=int, default=16, help="the synchronous pass's --workers")
+    add_arguments(parser)
     args = parser.parse_args()
     name = str(settings.DATABASES["default"]["NAME"])
     if "bench" not in name:
         print(f"refusing to wipe database {name!r}: its name must contain 'bench'", file=sys.stderr)
         return 2
+    return scenario_batch_api(users=args.users, completion_delay=args.completion_delay, fail_share=args.fail_share,
+                              workers=args.workers)
 
-    print(f"== Batch API day ahead, {args.users:,} users ({connection.vendor}), model {settings.OPENAI_MODEL} ==")
+
+def scenario_batch_api(*, users: int, completion_delay: float, fail_share: float, workers: int) -> int:
+    print(f"== Batch API day ahead, {users:,} users ({connection.vendor}), model {settings.OPENAI_MODEL} ==")
     OpenAIBatch.objects.all().delete()
     _wipe()
-    users_seed(count=args.users, distinct=False)
+    users_seed(count=users, distinct=False)
     with stub_process() as stub:
-        stub.batch_configure(completion_delay=args.completion_delay, fail_5xx=args.fail_share, seed=1)
+        stub.batch_configure(completion_delay=completion_delay, fail_5xx=fail_share, seed=1)
         settings.FORTUNE_PROVIDER, settings.OPENAI_API_KEY = "openai", "sk-bench-stub"
         settings.OPENAI_BASE_URL = stub.base_url
 
@@ -64,7 +75,7 @@ def main() -> int:
               f"{len(submitted.files)} file(s) [{sizes}] in {submit_s:.1f} s; estimated ${submitted.cost_batch} "
               f"(standard ${submitted.cost_standard})")
 
-        time.sleep(args.completion_delay)
+        time.sleep(completion_delay)
         stub.batch_state()  # the stub writes its output files when a batch is first read: not ours to time
         collected = batch_api_collect(target_date=AHEAD)
         lines = collected.lines_ok + collected.lines_failed
@@ -77,7 +88,7 @@ def main() -> int:
         missing = eligible - FortuneResult.objects.filter(for_date=AHEAD).count()
         # command_run passes --date BASE first; argparse keeps the last --date: night 2, target AHEAD.
         sync = command_run(env=_env(**stub.env(), OPENAI_MODEL=settings.OPENAI_MODEL),
-                           args=["--date", NIGHT_2.isoformat(), "--workers", str(args.workers),
+                           args=["--date", NIGHT_2.isoformat(), "--workers", str(workers),
                                  "--retry-cooldown", "0"]) if missing else None
     sync_requests = sync["run"].llm_requests if sync else 0
     sync_cost = Decimal(sync["run"].estimated_cost) if sync else Decimal(0)

@@ -219,9 +219,6 @@ FORTUNE_PROVIDER = env_choice("FORTUNE_PROVIDER", "openai" if OPENAI_API_KEY els
 FORTUNE_LANGUAGE = "ko"
 FORTUNE_MAX_RETRY_AFTER = env_int("FORTUNE_MAX_RETRY_AFTER", 60, min_value=0, max_value=3600)
 FORTUNE_MAX_ATTEMPTS = env_int("FORTUNE_MAX_ATTEMPTS", 5, min_value=1, max_value=20)
-# USD per million tokens; defaults are gpt-4o-mini's list prices.
-FORTUNE_PRICE_INPUT_PER_M = env_decimal("FORTUNE_PRICE_INPUT_PER_M", "0.15")
-FORTUNE_PRICE_OUTPUT_PER_M = env_decimal("FORTUNE_PRICE_OUTPUT_PER_M", "0.60")
 FORTUNE_MAX_COST_PER_RUN = env_decimal("FORTUNE_MAX_COST_PER_RUN", "0")  # 0 = no budget
 # USD per 1M tokens (input, output) per model and tier: list prices as defaults; FORTUNE_PRICES adds or
 # overrides entries, e.g. "gpt-4o-mini:flex=0.075/0.30,gpt-5-mini:standard=0.25/2.00".

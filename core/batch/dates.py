@@ -18,12 +18,14 @@ def batch_today() -> dt.date:
     return timezone.localdate()
 
 
-def batch_lock_dates(*, base_date: dt.date | None) -> list[dt.date]:
-    """Every target date a run with this base date may touch, so all of them are locked up front."""
+def batch_lock_dates(*, base_date: dt.date | None, ahead: bool = False) -> list[dt.date]:
+    """Every target date a run with this base date may touch, so all of them are locked up front
+    (ahead: the day after tomorrow too, which the run submits to the Batch API)."""
+    extra = [(base_date or batch_today()) + dt.timedelta(days=2)] if ahead else []
     if base_date is not None:
-        return [base_date + dt.timedelta(days=1)]
+        return [base_date + dt.timedelta(days=1), *extra]
     today = batch_today()
-    return [today, today + dt.timedelta(days=1)]
+    return [today, today + dt.timedelta(days=1), *extra]
 
 
 def batch_targets(*, base_date: dt.date | None, catch_up_allowed: bool = True) -> list[BatchTarget]:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from decimal import Decimal
 
-from core.batch.pricing import batch_cost
+from core.fortunes.pricing import PathUsage, cost_paid
 from core.fortunes.providers.base import FailureReason
 
 # Consecutive generations failing for a reason that means "the provider is unusable" (nothing will
@@ -47,12 +47,13 @@ class StopGuards:
 
     def __init__(
         self, *, stop: StopToken, deadline: float, max_runtime_minutes: float, budget: Decimal = Decimal(0),
-        workers: int = 1, clock: Callable[[], float] = time.monotonic,
+        workers: int = 1, model: str = "", clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stop = stop
         self.deadline = deadline
         self.max_runtime_minutes = max_runtime_minutes
         self.budget = Decimal(budget or 0)
+        self.model = model  # the prices the budget is counted at (core.fortunes.pricing)
         self.down_streak_limit = max(PROVIDER_DOWN_MIN_STREAK, 2 * workers)
         self.failure_streak = 0
         self._clock = clock
@@ -85,11 +86,11 @@ class StopGuards:
         """Sleep up to seconds; True if a stop came meanwhile."""
         return self.stop.event.wait(seconds)
 
-    def succeeded(self, *, tokens_in: int, tokens_out: int) -> None:
-        """A generation arrived; tokens_* are the run's running totals."""
+    def succeeded(self, *, usage: dict[str, PathUsage]) -> None:
+        """A generation arrived; usage is the run's running totals per path (flex, standard)."""
         self.failure_streak = 0
         if self.budget:
-            cost = batch_cost(tokens_in=tokens_in, tokens_out=tokens_out)
+            cost = cost_paid(model=self.model, usage=usage)
             if cost >= self.budget:
                 self.stop.request(STOP_BUDGET.format(cost=cost, budget=self.budget))
 

@@ -14,10 +14,10 @@ from core.batch.dates import BatchTarget
 from core.batch.jobs import JobState
 from core.batch.options import BatchOptions
 from core.batch.plan import REASON_NO_NATAL, batch_eligible_users
-from core.batch.pricing import batch_cost
 from core.batch.progress import ProgressReporter
 from core.batch.scheduler import Scheduler
 from core.batch.summary import batch_run_summary
+from core.fortunes.pricing import PATH_TIERS, PathUsage, cost_by_path, cost_paid, path_usage_from
 from core.fortunes.providers import Provider
 from core.models import BatchRun, FortuneResult
 
@@ -29,7 +29,8 @@ STILL_MISSING = "{count} eligible users still have no fortune for {target_date}"
 STALE = "stale: its process died without finishing (the lock was free)"
 CRASHED = "crashed: {error}"
 _COUNTER_FIELDS = ["eligible", "already_present", "generated", "generations", "failed", "llm_requests",
-                   "tokens_in", "tokens_out", "estimated_cost", "heartbeat_at", "failure_sample", "notes"]
+                   "tokens_in", "tokens_out", "estimated_cost", "heartbeat_at", "failure_sample", "notes",
+                   "cost_by_path"]
 
 
 def batch_runs_mark_stale(*, target_date: dt.date) -> int:
@@ -84,6 +85,15 @@ def failure_sample(*, scheduler: Scheduler, limit: int = FAILURE_SAMPLE_SIZE) ->
     return sample
 
 
+def run_cost_paths_set(*, run: BatchRun, usage: dict[str, PathUsage]) -> None:
+    """Set run.cost_by_path (and estimated_cost, what the run's own paths cost) from some paths' usage;
+    the paths not given keep what the run has (e.g. the synchronous ones when the Batch API's is added)."""
+    merged = {path: path_usage_from(cost_by_path=run.cost_by_path or {}, path=path) for path in PATH_TIERS}
+    merged.update(usage)
+    run.cost_by_path = cost_by_path(model=run.model, usage=merged)
+    run.estimated_cost = cost_paid(model=run.model, usage=merged)
+
+
 class RunRecorder:
     """Keeps one BatchRun (and the progress display) in step with its scheduler."""
 
@@ -108,7 +118,7 @@ class RunRecorder:
             tally = scheduler.tally
             run.generated, run.generations, run.failed = tally.stored_users, tally.generations, scheduler.failed_users
             run.llm_requests, run.tokens_in, run.tokens_out = tally.requests, tally.tokens_in, tally.tokens_out
-            run.estimated_cost = batch_cost(tokens_in=tally.tokens_in, tokens_out=tally.tokens_out)
+            run_cost_paths_set(run=run, usage=tally.paths)
             run.failure_sample = failure_sample(scheduler=scheduler)
         run.heartbeat_at = timezone.now()
         run.save(update_fields=_COUNTER_FIELDS + (["status", "stop_reason", "finished_at"] if final else []))

@@ -17,15 +17,16 @@ from decimal import Decimal
 
 from django.conf import settings
 
+from core.batch.batch_ahead import batch_ahead_check, batch_ahead_plan, night_hooks
 from core.batch.dates import BatchTarget, batch_lock_dates, batch_targets
 from core.batch.guards import StopGuards, StopToken
+from core.batch.hooks import NightHooks
 from core.batch.lifecycle import RunRecorder, batch_run_create, batch_runs_mark_stale
 from core.batch.lock import batch_lock
 from core.batch.notify import run_report_send
 from core.batch.options import BatchOptions
 from core.batch.plan import batch_plan_counts, batch_plan_pages, batch_user_check
 from core.batch.pool import GenerationBackend, InlineBackend, ThreadBackend
-from core.batch.pricing import batch_cost
 from core.batch.process import connections_close, gc_paused, gc_skip_at_exit, stop_on_signals
 from core.batch.progress import ProgressReporter
 from core.batch.retention import fortunes_prune
@@ -33,8 +34,9 @@ from core.batch.scheduler import Scheduler
 from core.batch.store import BatchWriter, generation_ids_by_hash, writer_threaded
 from core.batch.summary import DryRunReport, RunSummary
 from core.fortunes.inputs import GenerationInput
+from core.fortunes.pricing import PriceUnknown, Tier, cost_estimate, price_get
 from core.fortunes.prompt import estimate_tokens
-from core.fortunes.providers import Provider, get_provider
+from core.fortunes.providers import Provider, ProviderConfigError, get_provider
 from core.limiter import RateLimiter
 from core.models import BatchRun
 from core.resilience import RetryPolicy, generate_with_retries
@@ -65,20 +67,11 @@ def generation_backend(*, provider: Provider, options: BatchOptions, guards: Sto
     return ThreadBackend(workers=options.workers, call=call)
 
 
-class NightHooks:
-    """Steps around each target's run; the defaults do nothing."""
-
-    def before_target(self, *, target: BatchTarget, provider: Provider) -> None:
-        pass
-
-    def after_target(self, *, target: BatchTarget, provider: Provider, run: BatchRun) -> None:
-        pass
-
-
 @dataclass
 class NightReport:
     runs: list[BatchRun] = field(default_factory=list)
     plans: list[DryRunReport] = field(default_factory=list)  # dry run only
+    lines: list[str] = field(default_factory=list)  # the hooks' (Batch API) and the dry run's day-ahead lines
     pruned: int | None = None  # fortunes pruned; None when pruning was skipped or failed
 
     @property
@@ -91,10 +84,10 @@ class NightReport:
 
 
 @contextmanager
-def batch_locks(*, base_date: dt.date | None) -> Iterator[None]:
+def batch_locks(*, base_date: dt.date | None, ahead: bool = False) -> Iterator[None]:
     """Every target date this run may touch, locked before any planning (raises BatchLocked)."""
     with ExitStack() as stack:
-        for target_date in batch_lock_dates(base_date=base_date):
+        for target_date in batch_lock_dates(base_date=base_date, ahead=ahead):
             stack.enter_context(batch_lock(target_date=target_date))
         yield
 
@@ -109,12 +102,13 @@ def batch_nightly(
     nothing written; a crash fails its BatchRun and is raised.
     """
     stop = stop or StopToken()
+    hooks = hooks or night_hooks(options=options, stop=stop)
     gc_skip_at_exit()
     try:
         if options.dry_run:
-            return NightReport(plans=batch_plan_night(options=options))
+            return batch_plan_night(options=options)
         with stop_on_signals(stop) if options.handle_signals else nullcontext():
-            runs = batch_generate_night(options=options, stop=stop, backend=backend, hooks=hooks or NightHooks())
+            runs = batch_generate_night(options=options, stop=stop, backend=backend, hooks=hooks)
     finally:
         connections_close()
     for run in runs:
@@ -122,7 +116,7 @@ def batch_nightly(
     pruned = None
     if runs and options.user_id is None:
         pruned = _prune(today=runs[-1].base_date)
-    return NightReport(runs=runs, pruned=pruned)
+    return NightReport(runs=runs, pruned=pruned, lines=hooks.report_lines())
 
 
 def batch_generate_night(
@@ -133,10 +127,12 @@ def batch_generate_night(
     hooks = hooks or NightHooks()
     # --max-runtime bounds the whole night, catch-up included.
     deadline = time.monotonic() + options.max_runtime_minutes * 60
-    with batch_locks(base_date=options.base_date):
+    with batch_locks(base_date=options.base_date, ahead=options.ahead):
         if options.user_id is not None:
             batch_user_check(user_id=options.user_id)
-        provider = get_provider(name=options.provider_name)
+        # The deadline also ends flex early (OPENAI_SERVICE_TIER=flex; only this batch path asks for it).
+        provider = get_provider(name=options.provider_name, flex_deadline=deadline)
+        prices_check(provider=provider, options=options)
         targets = batch_targets(base_date=options.base_date, catch_up_allowed=options.user_id is None)
         for target in targets:
             batch_runs_mark_stale(target_date=target.target_date)
@@ -151,6 +147,24 @@ def batch_generate_night(
             runs.append(run)
             hooks.after_target(target=target, provider=provider, run=run)
         return runs
+
+
+def prices_check(*, provider: Provider, options: BatchOptions) -> None:
+    """Every tier this night may use has a price (a cost estimate must not crash the run halfway), and
+    day-ahead is possible; raises ProviderConfigError saying what to set."""
+    batch_ahead_check(options=options)
+    if provider.name == "local":
+        return  # no tokens, no cost
+    tiers = [Tier.STANDARD]
+    if settings.OPENAI_SERVICE_TIER == "flex":
+        tiers.append(Tier.FLEX)
+    if options.ahead:
+        tiers.append(Tier.BATCH)
+    try:
+        for tier in tiers:
+            price_get(model=provider.model, tier=tier)
+    except PriceUnknown as exc:
+        raise ProviderConfigError(str(exc)) from None
 
 
 def _natal_refresh() -> list[str]:
@@ -176,7 +190,7 @@ def batch_run_target(
     run = batch_run_create(target=target, options=options, provider=provider, notes=notes)
     budget = options.max_cost if options.max_cost is not None else settings.FORTUNE_MAX_COST_PER_RUN
     guards = StopGuards(stop=stop, deadline=deadline, max_runtime_minutes=options.max_runtime_minutes,
-                        budget=Decimal(budget or 0), workers=options.workers)
+                        budget=Decimal(budget or 0), workers=options.workers, model=provider.model)
     recorder = RunRecorder(run=run)
     scheduler = None
     try:
@@ -236,12 +250,13 @@ def _stored_ids(hashes) -> dict[str, int]:
     return generation_ids_by_hash(hashes=hashes)
 
 
-def batch_plan_night(*, options: BatchOptions) -> list[DryRunReport]:
-    """What a real night would do, through the same scheduler in plan-only mode: nothing written,
-    no provider called."""
+def batch_plan_night(*, options: BatchOptions) -> NightReport:
+    """What a real night would do, through the same scheduler in plan-only mode, and (day-ahead on)
+    what it would submit for base+2 and cost each way: nothing written, no provider called."""
     provider = get_provider(name=options.provider_name)
+    prices_check(provider=provider, options=options)
     estimate = None if provider.name == "local" else estimate_tokens
-    with batch_locks(base_date=options.base_date):
+    with batch_locks(base_date=options.base_date, ahead=options.ahead):
         if options.user_id is not None:
             batch_user_check(user_id=options.user_id)
         reports = []
@@ -257,10 +272,14 @@ def batch_plan_night(*, options: BatchOptions) -> list[DryRunReport]:
                 target=target, eligible=counts.eligible, already_present=counts.already_present,
                 to_generate=tally.to_generate, generations=tally.planned, reused=tally.reused_users,
                 unplannable=len(tally.unplannable), tokens_in=tally.tokens_in, tokens_out=tally.tokens_out,
-                estimated_cost=batch_cost(tokens_in=tally.tokens_in, tokens_out=tally.tokens_out),
+                estimated_cost=cost_estimate(model=provider.model, tier=Tier.STANDARD, tokens_in=tally.tokens_in,
+                                             tokens_out=tally.tokens_out),
                 sample_user_ids=tally.sample_user_ids, provider=provider.generator,
             ))
-        return reports
+        lines = []
+        if options.ahead:
+            lines.append(batch_ahead_plan(base_date=reports[-1].target.base_date, user_id=options.user_id))
+        return NightReport(plans=reports, lines=lines)
 
 
 def _prune(*, today: dt.date) -> int | None:

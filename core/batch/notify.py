@@ -60,7 +60,8 @@ def _facts(summary: RunSummary) -> list[tuple[str, str]]:
         ("Failed", f"{summary.failed:,}"),
         ("LLM requests", f"{summary.llm_requests:,} (tokens {summary.tokens_in:,} in / {summary.tokens_out:,} out)"),
         ("Duration", summary.duration),
-        ("Estimated cost", f"${summary.estimated_cost:.4f}"),
+        ("Estimated cost", f"${summary.estimated_cost:.4f}"
+                           + (f" ({paths})" if (paths := summary.cost_paths_text()) else "")),
         ("Provider", f"{provider}, {summary.workers} workers"),
     ]
 

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TextIO
 
+from django.conf import settings
+
 from core.batch.plan import PAGE_SIZE
 
 
@@ -23,9 +25,16 @@ class BatchOptions:
     grace_seconds: float = 2.0  # in-flight calls' time to finish once stopped (Railway's gap is 3 s)
     page_size: int = PAGE_SIZE
     provider_name: str | None = None
+    batch_ahead: bool | None = None  # submit base+2 to the OpenAI Batch API; None: settings.FORTUNE_BATCH_AHEAD
+    cancel_wait_seconds: float | None = None  # None: settings.FORTUNE_BATCH_CANCEL_WAIT_SECONDS
     # SIGTERM/SIGINT become a stop request when the service runs on the main thread. A Celery worker
     # owns its signals: its task passes False and its own StopToken (e.g. on revoke).
     handle_signals: bool = True
     progress_stream: TextIO | None = None
     progress_is_tty: bool = False
     progress_interval: float = 10.0
+
+    @property
+    def ahead(self) -> bool:
+        """Day-ahead Batch API submission is on (the flag, else the setting)."""
+        return settings.FORTUNE_BATCH_AHEAD if self.batch_ahead is None else self.batch_ahead

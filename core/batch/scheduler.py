@@ -18,6 +18,7 @@ from core.batch.plan import InputGroup, PlanPage
 from core.batch.pool import GenerationBackend, Outcome
 from core.batch.store import Flush, GeneratedItem
 from core.fortunes.inputs import GenerationInput
+from core.fortunes.pricing import PathUsage
 from core.resilience import is_transient
 
 logger = logging.getLogger("fortuna.batch")
@@ -54,6 +55,9 @@ class Tally:
     requests: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
+    # Generations by the tier that served them ("flex" when the provider says so, else "standard"):
+    # the synchronous entries of BatchRun.cost_by_path.
+    paths: dict[str, PathUsage] = field(default_factory=lambda: {"flex": PathUsage(), "standard": PathUsage()})
     unplannable: list[int] = field(default_factory=list)
     sample_user_ids: list[int] = field(default_factory=list)
 
@@ -179,10 +183,14 @@ class Scheduler:
             return  # delivered after the job was abandoned: its users get a fortune next run
         if outcome.generated is not None:
             self.table.generated(job, outcome.generated)
-            tally = self.tally
-            tally.tokens_in += outcome.generated.tokens_in
-            tally.tokens_out += outcome.generated.tokens_out
-            self.guards.succeeded(tokens_in=tally.tokens_in, tokens_out=tally.tokens_out)
+            tally, generated = self.tally, outcome.generated
+            tally.tokens_in += generated.tokens_in
+            tally.tokens_out += generated.tokens_out
+            path = tally.paths["flex" if generated.service_tier == "flex" else "standard"]
+            path.requests += 1
+            path.tokens_in += generated.tokens_in
+            path.tokens_out += generated.tokens_out
+            self.guards.succeeded(usage=tally.paths)
             return
         if outcome.stopped:
             self.table.abandoned(job)  # neither done nor failed: the next run retries its users

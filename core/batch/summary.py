@@ -42,6 +42,19 @@ def failure_reason_counts(sample) -> list[tuple[str, int]]:
     return counts.most_common()
 
 
+def cost_paths_text(*, cost_by_path: dict) -> str:
+    """A BatchRun.cost_by_path in words: per path its requests and cost, and the saving against
+    all-standard; "" when the night was all standard (nothing to compare)."""
+    paths = cost_by_path or {}
+    if not any((paths.get(path) or {}).get("requests") for path in ("batch_api", "flex")):
+        return ""
+    parts = [f"{label} {paths[path]['requests']} req ~${paths[path]['cost']}"
+             for path, label in (("batch_api", "batch API"), ("flex", "flex"), ("standard", "standard"))
+             if path in paths]
+    return (", ".join(parts) + f"; saving ~${paths.get('saving', 0)} against all-standard "
+            f"~${paths.get('standard_equivalent', 0)}")
+
+
 @dataclass(frozen=True)
 class RunSummary:
     pk: int | None
@@ -65,6 +78,7 @@ class RunSummary:
     stop_reason: str
     finished_at: dt.datetime | None
     reasons: list[tuple[str, int]] = field(default_factory=list)
+    cost_paths: dict = field(default_factory=dict)  # BatchRun.cost_by_path
 
     @classmethod
     def from_run(cls, run) -> "RunSummary":
@@ -77,7 +91,7 @@ class RunSummary:
             tokens_in=run.tokens_in, tokens_out=run.tokens_out, estimated_cost=Decimal(run.estimated_cost or 0),
             seconds=seconds, provider=run.provider or "", model=run.model or "", workers=run.workers,
             stop_reason=run.stop_reason or "", finished_at=run.finished_at,
-            reasons=failure_reason_counts(run.failure_sample),
+            reasons=failure_reason_counts(run.failure_sample), cost_paths=dict(run.cost_by_path or {}),
         )
 
     @property
@@ -88,6 +102,9 @@ class RunSummary:
     def duration(self) -> str:
         return format_duration(self.seconds)
 
+    def cost_paths_text(self) -> str:
+        return cost_paths_text(cost_by_path=self.cost_paths)
+
     def line(self) -> str:
         """The one-line human summary (stdout, logs, the command's error)."""
         text = (
@@ -96,6 +113,8 @@ class RunSummary:
             f"{self.failed} failed; {self.generations} generations, {self.llm_requests} LLM requests, "
             f"tokens {self.tokens_in}/{self.tokens_out}, ~${self.estimated_cost}; {self.duration}"
         )
+        if paths := self.cost_paths_text():
+            text += f" ({paths})"
         if self.reasons:
             text += "; failures: " + ", ".join(f"{reason} {count}" for reason, count in self.reasons)
         if self.stop_reason:

@@ -52,6 +52,19 @@ class PathUsage:
     tokens_out: int = 0
 
 
+def cost_paid(*, model: str, usage: dict[str, PathUsage]) -> Decimal:
+    """What these paths' tokens cost, each at its own tier (PATH_TIERS)."""
+    return sum((cost_estimate(model=model, tier=PATH_TIERS[path], tokens_in=used.tokens_in, tokens_out=used.tokens_out)
+                for path, used in usage.items()), Decimal(0)).quantize(_QUANTUM)
+
+
+def path_usage_from(*, cost_by_path: dict, path: str) -> PathUsage:
+    """One path's usage back from a BatchRun.cost_by_path (empty when the run has none)."""
+    entry = cost_by_path.get(path) or {}
+    return PathUsage(requests=entry.get("requests", 0), tokens_in=entry.get("tokens_in", 0),
+                     tokens_out=entry.get("tokens_out", 0))
+
+
 def cost_by_path(*, model: str, usage: dict[str, PathUsage]) -> dict:
     """BatchRun.cost_by_path: per path (PATH_TIERS) its requests, tokens and estimated cost, then what the
     same tokens would cost all on the standard tier ("standard_equivalent") and the "saving". Decimals

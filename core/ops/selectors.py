@@ -14,7 +14,8 @@ from decimal import Decimal
 from django.db.models import Count, Exists, OuterRef, Q
 from django.utils import timezone
 
-from core.models import BatchRun, FortuneResult, User
+from core.batch.summary import cost_paths_text
+from core.models import BatchRun, FortuneResult, OpenAIBatch, User
 from core.services.health import batch_health
 
 # A live run saves its counters every few seconds (its heartbeat); this long without one means its
@@ -134,6 +135,7 @@ class RunView:
     command: str
     # Celery chunks, Batch API batches: filled for running runs only (see _related_summaries).
     related: list["RelatedSummary"] = field(default_factory=list)
+    cost_paths: str = ""  # BatchRun.cost_by_path in words ("" when the night was all standard)
 
     @property
     def eta_text(self) -> str:
@@ -181,6 +183,7 @@ def _run_view(run: BatchRun, *, now: dt.datetime) -> RunView:
         failures=[FailureReason(reason=r, users=n) for r, n in sorted(reasons.items(), key=lambda i: (-i[1], i[0]))],
         failures_sampled=sum(reasons.values()), missing=max(run.eligible - present, 0) if run.eligible else 0,
         command=rerun_command(target_date=run.target_date, user_id=run.user_id_filter),
+        cost_paths=cost_paths_text(cost_by_path=run.cost_by_path),
     )
 
 
@@ -205,7 +208,21 @@ def _related_rows(run: BatchRun) -> list[RelatedRows]:
             title=str(model._meta.verbose_name_plural), columns=[f.verbose_name for f in fields], rows=rows,
             total=queryset.count() if len(rows) == RELATED_ROWS_SHOWN else len(rows),
         ))
+    batches = OpenAIBatch.objects.filter(target_date=run.target_date).order_by("pk")
+    if batches.exists():
+        fields = [OpenAIBatch._meta.get_field(name) for name in BATCH_API_COLUMNS]
+        rows = [[str(getattr(obj, f.attname)) for f in fields] for obj in batches[:RELATED_ROWS_SHOWN]]
+        sections.append(RelatedRows(
+            title=BATCH_API_TITLE.format(target_date=run.target_date), columns=[f.verbose_name for f in fields],
+            rows=rows, total=batches.count(),
+        ))
     return sections
+
+
+# The Batch API's batches belong to a target date, not to a run (a batch is submitted a night ahead).
+BATCH_API_TITLE = "OpenAI Batch API batches for {target_date}"
+BATCH_API_COLUMNS = ("batch_id", "state", "remote_status", "request_count", "completed_lines", "failed_lines",
+                     "stored_users", "estimated_cost", "last_error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +260,11 @@ def _related_summaries(run: BatchRun) -> list[RelatedSummary]:
         hosts = (sorted(rows.order_by().exclude(**{host: ""}).values_list(host, flat=True).distinct()[:20])
                  if host else [])
         summaries.append(RelatedSummary(title=str(model._meta.verbose_name_plural), states=states, hosts=hosts))
+    states = sorted(OpenAIBatch.objects.filter(target_date=run.target_date).order_by().values_list("state")
+                    .annotate(n=Count("*")), key=lambda i: (-i[1], i[0]))
+    if states:
+        summaries.append(RelatedSummary(title=BATCH_API_TITLE.format(target_date=run.target_date), states=states,
+                                        hosts=[]))
     return summaries
 
 
@@ -264,8 +286,12 @@ def ops_now(*, now: dt.datetime | None = None) -> OpsNow:
         running.append(view)
     last = BatchRun.objects.exclude(status=BatchRun.Status.RUNNING).order_by("-started_at").first()
     health = batch_health(now=now)
+    last_view = None
+    if last is not None:
+        last_view = _run_view(last, now=now)
+        last_view.related = _related_summaries(last)
     return OpsNow(
-        now=now, running=running, last_finished=_run_view(last, now=now) if last else None,
+        now=now, running=running, last_finished=last_view,
         health_ok=health.ok, health_problems=list(health.problems),
     )
 

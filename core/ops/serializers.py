@@ -56,6 +56,7 @@ class RunSerializer(serializers.Serializer):
     missing = serializers.IntegerField()
     command = serializers.CharField()
     related = serializers.SerializerMethodField()
+    cost_paths = serializers.CharField()
 
     def get_related(self, run) -> list[str]:
         return [summary.text for summary in run.related]

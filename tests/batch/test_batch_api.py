@@ -22,6 +22,9 @@ from core.batch.batch_api import (
     batch_api_submit_ahead,
     batch_api_submit_summary,
 )
+from core.batch.hooks import NightHooks
+from core.batch.nightly import batch_nightly
+from core.batch.options import BatchOptions
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.pricing import cost_estimate
 from core.fortunes.prompt import build_messages
@@ -70,8 +73,10 @@ def _hash_users(users) -> dict[str, set[int]]:
 
 
 def _sync_night_2(stub) -> int:
-    """The synchronous pass of night 2 for AHEAD; returns the chat requests made so far."""
-    run_batch("--date", NIGHT_2.isoformat(), "--workers", "2", "--retry-cooldown", "0")
+    """The synchronous pass of night 2 for AHEAD alone (no Batch API hooks: the command's night is
+    tested in tests/commands/test_generate_daily_fortunes_batch_api.py); returns the chat requests
+    made so far."""
+    batch_nightly(options=BatchOptions(base_date=NIGHT_2, workers=2, retry_cooldown=0), hooks=NightHooks())
     return stub.counters()["by_path"].get("/v1/chat/completions", 0)
 
 
@@ -386,7 +391,8 @@ def test_the_upload_is_a_jsonl_file_named_for_its_key(users, openai_settings):
 def test_users_still_missing_get_the_generation_another_path_stored_for_their_input(users, openai_settings):
     twins = [u for u in users if u.birth_date_solar == dt.date(1979, 4, 4)]
     batch_api_submit_ahead(target_date=AHEAD, base_date=BASE)
-    run_batch("--date", NIGHT_2.isoformat(), "--workers", "1", "--retry-cooldown", "0", "--user", str(twins[0].pk))
+    batch_nightly(options=BatchOptions(base_date=NIGHT_2, workers=1, retry_cooldown=0, user_id=twins[0].pk),
+                  hooks=NightHooks())  # the synchronous pass for one user, the batch not collected yet
     kept = FortuneGeneration.objects.get(input_hash=_input(twins[0]).hash)
     report = batch_api_collect()
     results = fortune_map(for_date=AHEAD)

@@ -11,7 +11,7 @@ import time
 import pytest
 import time_machine
 
-from core.batch.dates import BatchTarget, batch_targets
+from core.batch.dates import BatchTarget, batch_lock_dates, batch_targets
 from core.models import BatchRun
 from tests.batch.helpers import fortune_map, run_batch
 from tests.factories import users_create_many
@@ -97,3 +97,12 @@ def test_the_command_at_the_scheduled_time_makes_only_tomorrow(utc_process):
     assert set(fortune_map(for_date=DAY + dt.timedelta(days=1))) == {u.pk for u in users}
     assert not fortune_map(for_date=DAY)
     assert BatchRun.objects.filter(catch_up=True).count() == 0
+
+
+@pytest.mark.usefixtures("utc_process")
+def test_a_day_ahead_run_also_locks_the_day_it_submits():
+    assert batch_lock_dates(base_date=DAY) == [DAY + dt.timedelta(days=1)]
+    assert batch_lock_dates(base_date=DAY, ahead=True) == [DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=2)]
+    with time_machine.travel(AFTER_MIDNIGHT, tick=False):  # today in Korea is 3/11
+        today = DAY + dt.timedelta(days=1)
+        assert batch_lock_dates(base_date=None, ahead=True) == [today + dt.timedelta(days=n) for n in range(3)]

@@ -1,6 +1,7 @@
 """The nightly service itself: its extension points (backend, hooks), the dry run through the same
 service, and signal handling only where Python allows it (the main thread)."""
 
+import datetime as dt
 import os
 import signal
 import threading
@@ -95,3 +96,21 @@ def test_signals_become_a_stop_request_on_the_main_thread_only():
     thread.start()
     thread.join()
     assert outcome == {"handler": before}
+
+
+def test_the_default_hooks_leave_the_batch_api_alone_unless_day_ahead_is_on_or_batches_are_open(openai_settings):
+    users_create_many(count=4, seed=2)
+    night = batch_nightly(options=BatchOptions(base_date=BASE, workers=2, retry_cooldown=0, batch_ahead=False))
+    assert openai_settings.batch_state()["counters"] == {}  # not one Batch API call
+    assert night.lines == []
+    (run,) = night.runs
+    assert run.cost_by_path["standard"]["requests"] == run.generations == 4
+    assert run.cost_by_path["batch_api"]["requests"] == 0
+
+    night = batch_nightly(options=BatchOptions(base_date=BASE + dt.timedelta(days=1), workers=2, retry_cooldown=0,
+                                               batch_ahead=True))
+    # Day-ahead on: settle tomorrow (nothing was submitted for it), then submit the day after.
+    ahead = BASE + dt.timedelta(days=3)
+    assert [line.split(":")[0] for line in night.lines] == ["batch api collect", f"batch api {ahead}"]
+    assert night.lines[0].startswith("batch api collect: 0 polled")
+    assert openai_settings.batch_state()["counters"]["batches_created"] == 1

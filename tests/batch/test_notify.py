@@ -11,10 +11,14 @@ from core.batch.notify import (
     BACKOFF,
     MAX_ATTEMPTS,
     USER_AGENT,
+    discord_payload,
     run_report_send,
     run_report_text,
     run_top_failure_reasons,
+    slack_payload,
 )
+from core.batch.summary import RunSummary
+from core.fortunes.pricing import PathUsage, cost_by_path
 from core.models import BatchRun
 from tests.webhook_receiver import WebhookReceiver
 
@@ -271,3 +275,19 @@ def test_a_5xx_retry_after_is_not_waited_the_backoff_is(webhooks, settings):
     run_report_send(run=make_run(), sleep=sleeps)
     assert [r.status for r in webhooks.received()] == [503, 200]
     assert sleeps == [BACKOFF]
+
+
+def test_the_report_shows_the_cost_per_path_and_the_saving_when_the_batch_api_or_flex_was_used():
+    paths = cost_by_path(model="gpt-4o-mini", usage={
+        "batch_api": PathUsage(requests=600, tokens_in=300_000, tokens_out=240_000),
+        "flex": PathUsage(requests=40, tokens_in=20_000, tokens_out=16_000)})
+    run = make_run(cost_by_path=paths)
+    expected = (f"batch API 600 req ~${paths['batch_api']['cost']}, flex 40 req ~${paths['flex']['cost']}, "
+                f"standard 0 req ~$0.000000; saving ~${paths['saving']} against all-standard "
+                f"~${paths['standard_equivalent']}")
+    assert Decimal(paths["saving"]) > 0
+    assert f"Estimated cost: $0.2016 ({expected})" in run_report_text(run=run)
+    assert f"({expected})" in RunSummary.from_run(run).line()
+    assert expected in str(slack_payload(run=run)) and expected in str(discord_payload(run=run))
+    assert "saving" not in run_report_text(run=make_run(cost_by_path=cost_by_path(
+        model="gpt-4o-mini", usage={"standard": PathUsage(requests=5, tokens_in=10, tokens_out=10)})))

@@ -106,7 +106,7 @@ class FakeWriter:
 
 def guards(*, budget: str = "0", workers: int = 1, clock=None) -> StopGuards:
     return StopGuards(stop=StopToken(), deadline=NOW + 3600, max_runtime_minutes=60, budget=Decimal(budget),
-                      workers=workers, clock=clock or Clock())
+                      workers=workers, model="priced-model", clock=clock or Clock())
 
 
 def scheduler(pages, *, backend, writer=None, stored=None, clock=None, **kwargs) -> Scheduler:
@@ -197,8 +197,7 @@ def test_the_retry_round_resubmits_transient_failures_only():
 
 
 def test_a_cost_budget_stops_taking_pages(settings):
-    settings.FORTUNE_PRICE_INPUT_PER_M = Decimal("1")
-    settings.FORTUNE_PRICE_OUTPUT_PER_M = Decimal("1")
+    settings.FORTUNE_PRICES = {"priced-model": {"standard": (Decimal("1"), Decimal("1"))}}
     backend = FakeBackend(answer=lambda digest, n: ok(tokens=1000))
     run = scheduler([page(a=[1]), page(b=[2]), page(c=[3])], backend=backend, guards=guards(budget="0.003"))
     run.run()

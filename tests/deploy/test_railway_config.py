@@ -145,3 +145,13 @@ def test_gunicorn_conf_reads_web_concurrency_threads_and_port(monkeypatch):
     conf = _gunicorn_conf(monkeypatch, WEB_CONCURRENCY="2", GUNICORN_THREADS="3", PORT="9001")
 
     assert (conf["workers"], conf["threads"], conf["bind"]) == (2, 3, "0.0.0.0:9001")
+
+
+def test_collect_config_is_an_hourly_batch_api_collect_off_the_nightly_minute():
+    deploy = _load(BASE_DIR / "railway.collect.toml")["deploy"]
+    argv = shlex.split(deploy["startCommand"])
+    assert argv == ["python", "manage.py", "generate_daily_fortunes", "--collect-batches"]
+    minute, hour, *rest = deploy["cronSchedule"].split()
+    assert hour == "*" and rest == ["*", "*", "*"] and minute != "0"  # hourly, never at the 13:00 UTC start
+    assert deploy["restartPolicyType"] == "NEVER"
+    assert "preDeployCommand" not in deploy and "healthcheckPath" not in deploy

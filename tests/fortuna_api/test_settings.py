@@ -37,7 +37,7 @@ def test_openai_is_the_default_provider_when_a_key_is_set():
         ({"FORTUNE_PROVIDER": "gpt"}, "FORTUNE_PROVIDER must be one of openai, local"),
         ({"OPENAI_TIMEOUT": "soon"}, "OPENAI_TIMEOUT must be a whole number"),
         ({"OPENAI_TIMEOUT": "0"}, "OPENAI_TIMEOUT must be between 1 and 600"),
-        ({"FORTUNE_PRICE_INPUT_PER_M": "-1"}, "FORTUNE_PRICE_INPUT_PER_M must be a number"),
+        ({"FORTUNE_MAX_COST_PER_RUN": "-1"}, "FORTUNE_MAX_COST_PER_RUN must be a number"),
         ({"SAJU_ZI_CONVENTION": "midnight"}, "SAJU_ZI_CONVENTION must be one of joja, yaja"),
         ({"USE_S3": "1"}, "Set the environment variable AWS_ACCESS_KEY_ID"),
         ({"OPENAI_TPM": "lots"}, "OPENAI_TPM must be a whole number"),

@@ -8,7 +8,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from core.batch.plan import batch_eligible_users
-from core.models import BatchRun, FortuneResult
+from core.fortunes.pricing import PathUsage, cost_by_path
+from core.models import BatchRun, FortuneResult, OpenAIBatch
 from core.ops.selectors import (
     DATE_INVALID,
     DAYS_INVALID,
@@ -257,7 +258,7 @@ RUN_KEYS = {
     "eligible", "already_present", "total", "done", "failed", "percent", "rate", "eta_seconds", "eta_text",
     "in_flight", "generations", "llm_requests", "tokens_in", "tokens_out", "estimated_cost", "workers",
     "workers_text", "hostname", "pid", "started_at", "heartbeat_at", "finished_at", "duration_seconds",
-    "duration_text", "stale", "stop_reason", "failures", "missing", "command", "related",
+    "duration_text", "stale", "stop_reason", "failures", "missing", "command", "related", "cost_paths",
 }
 COVERAGE_KEYS = {"for_date", "label", "eligible", "with_fortune", "gap", "ok", "percent", "on_demand", "command"}
 
@@ -276,3 +277,30 @@ def test_status_json_shape(staff_client):
     assert [c["for_date"] for c in data["coverage"]] == [d.isoformat() for d in (_today(), _tomorrow(), chosen)]
     assert [c["label"] for c in data["coverage"]] == ["today", "tomorrow", ""]
     assert all(set(c) == COVERAGE_KEYS for c in data["coverage"])
+
+
+def test_batch_api_batches_and_cost_per_path_show_on_now_and_run_pages(staff_client):
+    paths = cost_by_path(model="gpt-4o-mini", usage={
+        "batch_api": PathUsage(requests=90, tokens_in=90_000, tokens_out=45_000),
+        "standard": PathUsage(requests=10, tokens_in=10_000, tokens_out=5_000)})
+    run = run_create(target_date=_tomorrow(), eligible=100, generated=10, cost_by_path=paths)
+    OpenAIBatch.objects.create(target_date=_tomorrow(), model="gpt-4o-mini", metadata_key="k1", batch_id="batch_one",
+                               state="collected", remote_status="completed", request_count=90, stored_users=90)
+    OpenAIBatch.objects.create(target_date=_tomorrow(), model="gpt-4o-mini", metadata_key="k2", batch_id="batch_two",
+                               state="submitted", remote_status="in_progress", request_count=5)
+    OpenAIBatch.objects.create(target_date=_today(), model="gpt-4o-mini", metadata_key="k3", batch_id="batch_other")
+    words = (f"batch API 90 req ~${paths['batch_api']['cost']}, flex 0 req ~$0.000000, standard 10 req "
+             f"~${paths['standard']['cost']}; saving ~${paths['saving']} against all-standard "
+             f"~${paths['standard_equivalent']}")
+    summary = f"OpenAI Batch API batches for {_tomorrow()}: 1 collected, 1 submitted"
+
+    page = staff_client.get(reverse("ops:run", args=[run.pk])).content.decode()
+    assert words in page
+    assert f"OpenAI Batch API batches for {_tomorrow()} (2)" in page
+    assert "<td>batch_one</td><td>collected</td><td>completed</td><td>90</td>" in page
+    assert "batch_two" in page and "batch_other" not in page  # only the run's target date
+
+    now = staff_client.get(reverse("ops:now")).content.decode()
+    assert words in now and summary in now
+    last = _status(staff_client)["last_finished"]
+    assert last["cost_paths"] == words and last["related"] == [summary]

@@ -797,7 +797,7 @@ class StubHTTPServer(ThreadingHTTPServer):
 # completion_delay has passed, then completed (or expired); a cancelled one goes through cancelling.
 # Controls: POST /_stub/batch/config (BATCH_DEFAULTS keys), GET /_stub/batch (config, counters and
 # per-batch custom_ids by outcome). The config is copied into a batch when it is created, except
-# download_failures, which counts down over every download.
+# download_failures and upload_failures, which count down over every download / upload.
 
 BATCH_DEFAULTS: dict[str, Any] = {
     "completion_delay": 0.0,  # seconds from create to completed/expired
@@ -809,6 +809,7 @@ BATCH_DEFAULTS: dict[str, Any] = {
     "partial_share": 0.5,     # share of lines finished when a batch expires or is cancelled
     "cancel_delay": 0.0,      # seconds a cancelled batch stays `cancelling`
     "download_failures": 0,   # the next N file downloads answer 500
+    "upload_failures": 0,     # the next N file uploads answer 500
     "seed": 0,
 }
 BATCH_TERMINAL = ("completed", "expired", "cancelled", "failed")
@@ -824,6 +825,7 @@ BATCH_CANNOT_CANCEL = "Cannot cancel a batch with status {status!r}"
 UPLOAD_NO_FILE = "Missing required parameter: 'file'."
 UPLOAD_BAD_PURPOSE = "Missing or unknown parameter: 'purpose' (got {purpose!r})."
 DOWNLOAD_FAILED = "The server had an error while serving this file (stub)."
+UPLOAD_FAILED = "The server had an error while storing this file (stub)."
 
 
 def batch_config_apply(current: dict, update: dict) -> dict:
@@ -910,6 +912,10 @@ class BatchStore:
                                     param="purpose")
         filename, data = fields["file"]
         with self.lock:
+            if self.config["upload_failures"] > 0:
+                self.config["upload_failures"] -= 1
+                self.counters["upload_failures"] += 1
+                return 500, _error_body(UPLOAD_FAILED, type_="server_error")
             self.counters["files_created"] += 1
             return 200, self.file_json(self._file(data=data, filename=filename or "upload", purpose=purpose))
 
@@ -1319,7 +1325,7 @@ class StubClient:
 
     def batch_configure(self, **cfg: Any) -> dict:
         """Batch API controls (BATCH_DEFAULTS keys): completion_delay, fail_5xx, fail_4xx, fail_malformed,
-        expire, stuck, partial_share, cancel_delay, download_failures, seed."""
+        expire, stuck, partial_share, cancel_delay, download_failures, upload_failures, seed."""
         return self._call("POST", "/_stub/batch/config", cfg)
 
     def batch_state(self) -> dict:

@@ -1,18 +1,19 @@
 """The nightly batch: tomorrow's fortune (KST) for every active user with a birth date."""
 
 import argparse
-import datetime as dt
 import sys
-from decimal import Decimal, InvalidOperation
+from contextlib import contextmanager
 from functools import partial
 
 from django.core.management.base import BaseCommand, CommandError
 
+from core.batch.batch_ahead import batch_api_collect_due
 from core.batch.lock import BatchLocked
 from core.batch.nightly import batch_nightly
 from core.batch.options import BatchOptions
 from core.batch.plan import UserNotEligible
 from core.fortunes.providers import ProviderConfigError
+from core.management.argtypes import EXIT_USAGE, finite_decimal, flag, iso_date, usage_error
 
 MAX_WORKERS = 64
 MAX_ATTEMPTS = 20
@@ -24,48 +25,25 @@ COST_INVALID = "--max-cost must be a number of US dollars, 0 or more (0 = no bud
 RUNTIME_INVALID = "--max-runtime must be more than 0 minutes, got {value}."
 COOLDOWN_INVALID = "--retry-cooldown must be 0 seconds or more, got {value}."
 USER_ID_INVALID = "--user-id must be a positive user id, got {value}."
+CANCEL_WAIT_INVALID = "--cancel-wait must be between 0 and 3600 seconds, got {value}."
+COLLECT_ALONE = "--collect-batches runs on its own: leave out {flags}."
 PROVIDER_MISCONFIGURED = "The fortune provider is misconfigured: {error}"
 RUN_NOT_COMPLETE = "Not every eligible user has a fortune: {summary}"
-EXIT_USAGE = 1
 EXIT_INCOMPLETE = 2
 EXIT_LOCKED = 3
 
 
-def _iso_date(value: str) -> dt.date:
-    if len(value) != 10:  # fromisoformat also takes 20300210 and week dates
-        raise ValueError(value)
-    return dt.date.fromisoformat(value)
-
-
-def _finite_decimal(value: str) -> Decimal:
-    parsed = Decimal(value)
-    if not parsed.is_finite():
-        raise ValueError(value)
-    return parsed
-
-
-def _flag(message: str, convert, valid=lambda value: True, *, show_raw: bool = False):
-    """An argparse type= that converts, checks, and fails with the flag's own message."""
-    def parse(value: str):
-        try:
-            parsed = convert(value)
-        except (ValueError, InvalidOperation):
-            raise argparse.ArgumentTypeError(message.format(value=value)) from None
-        if not valid(parsed):
-            raise argparse.ArgumentTypeError(message.format(value=value if show_raw else parsed))
-        return parsed
-    return parse
-
-
-def _usage_error(parser: argparse.ArgumentParser, message: str):
-    """Bad flags exit with EXIT_USAGE and the flag's own message, as every other usage error does
-    (argparse alone would exit 2, which here means an incomplete run, and prefix the message)."""
-    error = sys.exc_info()[1]  # argparse calls error() while handling the ArgumentError
-    if isinstance(error, argparse.ArgumentError) and isinstance(error.__context__, argparse.ArgumentTypeError):
-        message = error.message
-    if parser.called_from_command_line:
-        parser.exit(EXIT_USAGE, f"CommandError: {message}\n")
-    raise CommandError(message, returncode=EXIT_USAGE)
+@contextmanager
+def _command_errors():
+    """The service's refusals as the command's exit codes."""
+    try:
+        yield
+    except BatchLocked as exc:
+        raise CommandError(str(exc), returncode=EXIT_LOCKED) from None
+    except UserNotEligible as exc:
+        raise CommandError(str(exc), returncode=EXIT_USAGE) from None
+    except ProviderConfigError as exc:
+        raise CommandError(PROVIDER_MISCONFIGURED.format(error=exc), returncode=EXIT_USAGE) from None
 
 
 class Command(BaseCommand):
@@ -78,49 +56,61 @@ class Command(BaseCommand):
 
     def create_parser(self, prog_name, subcommand, **kwargs):
         parser = super().create_parser(prog_name, subcommand, **kwargs)
-        parser.error = partial(_usage_error, parser)
+        parser.error = partial(usage_error, parser)
         return parser
 
     def add_arguments(self, parser) -> None:
         add = parser.add_argument
-        add("--date", type=_flag(DATE_INVALID, _iso_date),
+        add("--date", type=flag(DATE_INVALID, iso_date),
             help="Base date YYYY-MM-DD; fortunes are made for the day after. Default: today in Korea "
                  "(with missed-night catch-up).")
-        add("--workers", type=_flag(WORKERS_INVALID, int, lambda n: 1 <= n <= MAX_WORKERS), default=5,
+        add("--workers", type=flag(WORKERS_INVALID, int, lambda n: 1 <= n <= MAX_WORKERS), default=5,
             help=f"Concurrent LLM calls, 1..{MAX_WORKERS}.")
         add("--dry-run", action="store_true", help="Report what would be done; write nothing.")
-        add("--user-id", type=_flag(USER_ID_INVALID, int, lambda n: n >= 1), help="Only this user.")
+        add("--user-id", type=flag(USER_ID_INVALID, int, lambda n: n >= 1), help="Only this user.")
         add("--force", action="store_true", help="Regenerate even when a fortune exists (only for the selected users).")
-        add("--rpm", type=_flag(RPM_INVALID, int, lambda n: n >= 1),
+        add("--rpm", type=flag(RPM_INVALID, int, lambda n: n >= 1),
             help="Requests per minute across all workers (default OPENAI_RPM).")
-        add("--max-attempts", type=_flag(ATTEMPTS_INVALID, int, lambda n: 1 <= n <= MAX_ATTEMPTS),
+        add("--max-attempts", type=flag(ATTEMPTS_INVALID, int, lambda n: 1 <= n <= MAX_ATTEMPTS),
             help="HTTP attempts per generation per round (default FORTUNE_MAX_ATTEMPTS).")
-        add("--max-cost", type=_flag(COST_INVALID, _finite_decimal, lambda d: d >= 0, show_raw=True),
+        add("--max-cost", type=flag(COST_INVALID, finite_decimal, lambda d: d >= 0, show_raw=True),
             help="Stop at this estimated cost in USD (default FORTUNE_MAX_COST_PER_RUN; 0 = no budget).")
-        add("--max-runtime", type=_flag(RUNTIME_INVALID, float, lambda m: m > 0), default=90.0,
+        add("--max-runtime", type=flag(RUNTIME_INVALID, float, lambda m: m > 0), default=90.0,
             help="Stop after this many minutes.")
-        add("--retry-cooldown", type=_flag(COOLDOWN_INVALID, float, lambda s: s >= 0), default=30.0,
+        add("--retry-cooldown", type=flag(COOLDOWN_INVALID, float, lambda s: s >= 0), default=30.0,
             help="Seconds before the final round for transiently failed generations.")
+        add("--batch-ahead", action=argparse.BooleanOptionalAction,
+            help="Submit the day after tomorrow to the OpenAI Batch API (default FORTUNE_BATCH_AHEAD).")
+        add("--cancel-wait", type=flag(CANCEL_WAIT_INVALID, float, lambda s: 0 <= s <= 3600),
+            help="Seconds to wait for cancelled batches (default FORTUNE_BATCH_CANCEL_WAIT_SECONDS).")
+        add("--collect-batches", action="store_true",
+            help="Only collect the open Batch API batches (an hourly cron), then exit.")
 
     def handle(self, *args, **options) -> None:
+        if options["collect_batches"]:
+            return self.collect(options)
         batch_options = BatchOptions(
             base_date=options["date"], workers=options["workers"], user_id=options["user_id"],
             force=options["force"], dry_run=options["dry_run"], rpm=options["rpm"],
             max_attempts=options["max_attempts"], max_cost=options["max_cost"],
             max_runtime_minutes=options["max_runtime"], retry_cooldown=options["retry_cooldown"],
-            progress_stream=sys.stderr, progress_is_tty=sys.stderr.isatty(),
+            progress_stream=sys.stderr, progress_is_tty=sys.stderr.isatty(), batch_ahead=options["batch_ahead"],
+            cancel_wait_seconds=options["cancel_wait"],
         )
-        try:
+        with _command_errors():
             night = batch_nightly(options=batch_options)
-        except BatchLocked as exc:
-            raise CommandError(str(exc), returncode=EXIT_LOCKED) from None
-        except UserNotEligible as exc:
-            raise CommandError(str(exc), returncode=EXIT_USAGE) from None
-        except ProviderConfigError as exc:
-            raise CommandError(PROVIDER_MISCONFIGURED.format(error=exc), returncode=EXIT_USAGE) from None
-        for plan in night.plans:
-            self.stdout.write(plan.line())
+        for line in [plan.line() for plan in night.plans] + night.lines:
+            self.stdout.write(line)
         for summary in night.summaries:
             self.stdout.write(self.style.SUCCESS(summary.line()) if summary.succeeded else summary.line())
         if incomplete := night.incomplete:
             raise CommandError(RUN_NOT_COMPLETE.format(summary=incomplete[0].line()), returncode=EXIT_INCOMPLETE)
+
+    def collect(self, options) -> None:
+        others = [name for name, key in (("--date", "date"), ("--user-id", "user_id"), ("--dry-run", "dry_run"),
+                                         ("--force", "force"), ("--batch-ahead", "batch_ahead")) if options[key]]
+        if others:
+            raise CommandError(COLLECT_ALONE.format(flags=", ".join(others)), returncode=EXIT_USAGE)
+        with _command_errors():
+            lines = batch_api_collect_due()
+        self.stdout.write("\n".join(lines))
