@@ -42,11 +42,11 @@ from core.batch.guards import (
 )
 from core.batch.lifecycle import STILL_MISSING
 from core.batch.plan import REASON_NO_NATAL, batch_eligible_users, batch_plan_counts, batch_plan_pages
-from core.batch.pricing import batch_cost
 from core.batch.progress import ProgressReporter
 from core.batch.store import GeneratedItem, batch_output_store, generation_ids_by_hash
 from core.batch.summary import batch_run_summary
 from core.fortunes.inputs import GenerationInput
+from core.fortunes.pricing import Tier, cost_estimate
 from core.fortunes.providers import Provider, ProviderError, get_provider
 from core.limiter import LIMITER_NEEDS_REDIS, account_limiter
 from core.models import BatchChunk, BatchRun, FortuneResult
@@ -353,7 +353,8 @@ class _ChunkWorker:
             generated=F("generated") + stored, generations=F("generations") + len(items),
             llm_requests=F("llm_requests") + requests, tokens_in=F("tokens_in") + tokens_in,
             tokens_out=F("tokens_out") + tokens_out,
-            estimated_cost=F("estimated_cost") + batch_cost(tokens_in=tokens_in, tokens_out=tokens_out),
+            estimated_cost=F("estimated_cost") + cost_estimate(model=self.provider.model, tier=Tier.STANDARD,
+                                                                 tokens_in=tokens_in, tokens_out=tokens_out),
         )
         self.report.generated_inputs += len(items)
         self.report.stored_users += stored
