@@ -259,6 +259,8 @@ def _related_summaries(run: BatchRun) -> list[RelatedSummary]:
                   if state else [])
         hosts = (sorted(rows.order_by().exclude(**{host: ""}).values_list(host, flat=True).distinct()[:20])
                  if host else [])
+        if not states and not hosts:  # a path this run does not take (a threads run has no chunks)
+            continue
         summaries.append(RelatedSummary(title=str(model._meta.verbose_name_plural), states=states, hosts=hosts))
     states = sorted(OpenAIBatch.objects.filter(target_date=run.target_date).order_by().values_list("state")
                     .annotate(n=Count("*")), key=lambda i: (-i[1], i[0]))
