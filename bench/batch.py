@@ -225,7 +225,7 @@ def _fortunes_clear() -> None:
     if connection.vendor == "postgresql":
         tables = [m._meta.db_table for m in (FortuneResult, FortuneGeneration, BatchRun)]
         with connection.cursor() as cursor:
-            cursor.execute(f"TRUNCATE {', '.join(tables)}")
+            cursor.execute(f"TRUNCATE {', '.join(tables)} CASCADE")  # and the run's chunks
     else:
         for model in (FortuneResult, FortuneGeneration, BatchRun):
             model.objects.all().delete()
