@@ -15,6 +15,9 @@ PROVIDER_DOWN_REASONS = frozenset(
     {FailureReason.CONNECTION, FailureReason.TIMEOUT, FailureReason.QUOTA, FailureReason.CONFIG}
 )
 PROVIDER_DOWN_MIN_STREAK = 10
+# Twice the calls in flight (they all fail together when the provider goes), but no more than this:
+# each of them already failed its every attempt, so a streak this long at 512 workers is no blip.
+PROVIDER_DOWN_MAX_STREAK = 128
 
 STOP_BUDGET = "cost budget reached: estimated ${cost} of ${budget}"
 STOP_DEADLINE = "max runtime of {minutes:g} min reached"
@@ -53,7 +56,7 @@ class StopGuards:
         self.deadline = deadline
         self.max_runtime_minutes = max_runtime_minutes
         self.budget = Decimal(budget or 0)
-        self.down_streak_limit = max(PROVIDER_DOWN_MIN_STREAK, 2 * workers)
+        self.down_streak_limit = min(PROVIDER_DOWN_MAX_STREAK, max(PROVIDER_DOWN_MIN_STREAK, 2 * workers))
         self.failure_streak = 0
         self._clock = clock
 
@@ -88,6 +91,10 @@ class StopGuards:
     def succeeded(self, *, tokens_in: int, tokens_out: int) -> None:
         """A generation arrived; tokens_* are the run's running totals."""
         self.failure_streak = 0
+        self.spent(tokens_in=tokens_in, tokens_out=tokens_out)
+
+    def spent(self, *, tokens_in: int, tokens_out: int) -> None:
+        """The run's token totals so far: stop at the budget."""
         if self.budget:
             cost = batch_cost(tokens_in=tokens_in, tokens_out=tokens_out)
             if cost >= self.budget:

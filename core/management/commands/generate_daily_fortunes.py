@@ -8,17 +8,21 @@ from functools import partial
 
 from django.core.management.base import BaseCommand, CommandError
 
+from core.batch import options as batch
 from core.batch.lock import BatchLocked
 from core.batch.nightly import batch_nightly
-from core.batch.options import BatchOptions
+from core.batch.options import BatchOptions, CeleryBackendUnavailable
 from core.batch.plan import UserNotEligible
 from core.fortunes.providers import ProviderConfigError
 
-MAX_WORKERS = 64
+# Threads that only wait on HTTP; none touches the ORM, so DB connections do not grow with it (issue 9).
+MAX_WORKERS = 512
 MAX_ATTEMPTS = 20
 DATE_INVALID = "--date must be a real calendar date written YYYY-MM-DD, got {value!r}."
 WORKERS_INVALID = f"--workers must be between 1 and {MAX_WORKERS}, got {{value}}."
 RPM_INVALID = "--rpm must be at least 1 request per minute (leave it out for no limit), got {value}."
+TPM_INVALID = "--tpm must be at least 1 token per minute (leave it out for no limit), got {value}."
+BACKEND_INVALID = f"--backend must be one of {', '.join(batch.BACKENDS)}, got {{value!r}}."
 ATTEMPTS_INVALID = f"--max-attempts must be between 1 and {MAX_ATTEMPTS}, got {{value}}."
 COST_INVALID = "--max-cost must be a number of US dollars, 0 or more (0 = no budget), got {value!r}."
 RUNTIME_INVALID = "--max-runtime must be more than 0 minutes, got {value}."
@@ -93,6 +97,12 @@ class Command(BaseCommand):
         add("--force", action="store_true", help="Regenerate even when a fortune exists (only for the selected users).")
         add("--rpm", type=_flag(RPM_INVALID, int, lambda n: n >= 1),
             help="Requests per minute across all workers (default OPENAI_RPM).")
+        add("--tpm", type=_flag(TPM_INVALID, int, lambda n: n >= 1),
+            help="Tokens per minute across all workers (default OPENAI_TPM).")
+        add("--backend", type=_flag(BACKEND_INVALID, str, lambda b: b in batch.BACKENDS), default=batch.BACKEND_THREADS,
+            help="threads: this process calls the model; celery: Celery workers do (needs CELERY_BROKER_URL).")
+        add("--chunk-size", type=_flag(batch.INVALID_CHUNK_SIZE, int, lambda n: 1 <= n <= batch.MAX_CHUNK_SIZE),
+            default=batch.CHUNK_SIZE, help="Inputs per Celery task (--backend celery).")
         add("--max-attempts", type=_flag(ATTEMPTS_INVALID, int, lambda n: 1 <= n <= MAX_ATTEMPTS),
             help="HTTP attempts per generation per round (default FORTUNE_MAX_ATTEMPTS).")
         add("--max-cost", type=_flag(COST_INVALID, _finite_decimal, lambda d: d >= 0, show_raw=True),
@@ -105,7 +115,8 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         batch_options = BatchOptions(
             base_date=options["date"], workers=options["workers"], user_id=options["user_id"],
-            force=options["force"], dry_run=options["dry_run"], rpm=options["rpm"],
+            force=options["force"], dry_run=options["dry_run"], rpm=options["rpm"], tpm=options["tpm"],
+            backend=options["backend"], chunk_size=options["chunk_size"],
             max_attempts=options["max_attempts"], max_cost=options["max_cost"],
             max_runtime_minutes=options["max_runtime"], retry_cooldown=options["retry_cooldown"],
             progress_stream=sys.stderr, progress_is_tty=sys.stderr.isatty(),
@@ -114,7 +125,7 @@ class Command(BaseCommand):
             night = batch_nightly(options=batch_options)
         except BatchLocked as exc:
             raise CommandError(str(exc), returncode=EXIT_LOCKED) from None
-        except UserNotEligible as exc:
+        except (UserNotEligible, CeleryBackendUnavailable) as exc:  # each message says what to fix
             raise CommandError(str(exc), returncode=EXIT_USAGE) from None
         except ProviderConfigError as exc:
             raise CommandError(PROVIDER_MISCONFIGURED.format(error=exc), returncode=EXIT_USAGE) from None
