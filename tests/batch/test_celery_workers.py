@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,9 @@ from core.batch.celery_backend import (
     CeleryBackendUnavailable,
     celery_backend_check,
 )
-from core.fortunes.inputs import GenerationInput
-from core.limiter import LANE_ON_DEMAND, REDIS_KEY, RedisRateLimiter, account_call_once
-from core.models import BatchChunk, BatchRun, FortuneGeneration, FortuneResult
+from core.limiter import REDIS_KEY, RedisRateLimiter
+from core.models import BatchChunk, BatchRun, FortuneGeneration, FortuneResult, User
+from core.services.fortunes import fortune_get_or_generate_today, fortune_today
 from fortuna_api.celery import app
 from tests.batch.celery_helpers import celery_run, duplicates, stored_triples, users_with_shared_inputs
 from tests.batch.helpers import TARGET, eligible_ids, run_batch, table_counts
@@ -180,43 +181,39 @@ def test_a_worker_killed_mid_chunk_is_replaced_and_the_night_completes(workers, 
     assert BatchChunk.objects.filter(state=BatchChunk.State.DONE).count() == 5
 
 
-def _sample_input() -> GenerationInput:
-    return GenerationInput(for_date=TARGET, year="甲子", month="丙寅", day="戊午", hour=None, gender="F",
-                           generator="openai:gpt-4o-mini")
-
-
-def test_two_workers_share_the_account_limit_and_on_demand_keeps_its_share(workers, openai_settings, redis_url):
+def test_two_workers_share_the_account_limit_and_on_demand_keeps_its_share(workers, openai_settings, settings):
     # The stub's account: 600 RPM over a 2 s window (20 requests per window); configured the same.
     openai_settings.configure(latency_ms=100, latency_jitter_ms=50, account_rpm=600, account_tpm=600_000,
                               account_window_s=2)
     users_create_many(count=40, seed=43)
     for name in ("one", "two"):
         workers.start(name, concurrency=2, inflight=8, OPENAI_RPM="600", OPENAI_TPM="600000")
-    on_demand: list[float] = []
+    # The web's side, in this process: the same account limits, its reserved share, a 2 s budget.
+    settings.OPENAI_RPM, settings.OPENAI_TPM, settings.OPENAI_ON_DEMAND_RESERVE = 600, 600_000, Decimal("0.1")
+    settings.FORTUNE_ON_DEMAND_TIMEOUT = 2
+    user = User.objects.order_by("pk").first()
+    on_demand: list[tuple[float, str]] = []
 
     def on_demand_during_the_batch():
         while not BatchChunk.objects.filter(state=BatchChunk.State.RUNNING).exists():
             time.sleep(0.05)
-        from core.fortunes.providers import get_provider
-
-        limiter = RedisRateLimiter(600, tpm=600_000, reserve=0.1, url=redis_url)
         started = time.monotonic()
-        account_call_once(provider=get_provider(name="openai"), inp=_sample_input(), limiter=limiter,
-                          deadline=started + 2.0, lane=LANE_ON_DEMAND)
-        on_demand.append(time.monotonic() - started)
-        limiter.close()
+        stored = fortune_get_or_generate_today(user=user)  # the real service: single-flight, limiter, store
+        on_demand.append((time.monotonic() - started, stored.source))
         connection.close()  # this thread's own
 
-    user = threading.Thread(target=on_demand_during_the_batch)
-    user.start()
+    web = threading.Thread(target=on_demand_during_the_batch)
+    web.start()
     run = celery_run(chunk_size=10, provider_name="openai")
-    user.join(timeout=60)
+    web.join(timeout=60)
     account = openai_settings.counters()["account"]
     assert run.status == BatchRun.Status.SUCCEEDED, run.stop_reason
     assert account["rejected_429"] == 0
     assert account["max_requests_in_window"] <= 20
     assert account["max_tokens_in_window"] <= 600_000 * 2 / 60
-    assert on_demand and on_demand[0] < 2.0  # a user's request got through the saturated batch in time
+    # A user's request got through the saturated batch within its budget.
+    assert on_demand and on_demand[0][0] < 2.0 and on_demand[0][1] == FortuneResult.Source.ON_DEMAND
+    assert FortuneResult.objects.filter(user=user, for_date=fortune_today()).exists()
 
 
 def test_an_account_limit_below_the_configured_one_is_learned_from_the_429s(workers, openai_settings):
