@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from django.core.management.base import CommandError
 from django.db import connection
 from kombu import pools
 
@@ -24,6 +25,7 @@ from core.batch.celery_backend import (
     celery_backend_check,
 )
 from core.limiter import REDIS_KEY, RedisRateLimiter
+from core.management.commands.generate_daily_fortunes import EXIT_USAGE
 from core.models import BatchChunk, BatchRun, FortuneGeneration, FortuneResult, User
 from core.services.fortunes import fortune_get_or_generate_today, fortune_today
 from fortuna_api.celery import app
@@ -129,7 +131,7 @@ def workers(postgres, redis_broker, redis_url, openai_settings, settings, tmp_pa
     _use_broker("", "fortuna")
 
 
-def test_workers_store_the_same_fortunes_as_the_threads_backend(workers, openai_settings):
+def test_the_command_on_workers_stores_the_same_fortunes_as_the_threads_backend(workers, openai_settings):
     users_with_shared_inputs(distinct=24, twins=8)
     run_batch("--date", "2030-03-10", "--workers", "4")
     threads = stored_triples(for_date=TARGET)
@@ -138,7 +140,9 @@ def test_workers_store_the_same_fortunes_as_the_threads_backend(workers, openai_
     openai_settings.reset()
     workers.start("a", concurrency=2)
     workers.start("b", pool="prefork", concurrency=2)
-    run = celery_run(chunk_size=5, page_size=10, provider_name="openai")
+    # Through the command, as the cron runs it: the same lock, plan and BatchRun as --backend threads.
+    run_batch("--date", "2030-03-10", "--backend", "celery", "--chunk-size", "5", "--retry-cooldown", "0")
+    run = BatchRun.objects.order_by("-pk").first()
     assert stored_triples(for_date=TARGET) == threads
     assert {user for user, _, _ in threads} == eligible_ids()
     assert run.status == BatchRun.Status.SUCCEEDED, run.stop_reason
@@ -269,6 +273,25 @@ def test_a_broker_that_is_down_is_a_clear_error_and_nothing_is_written(settings)
         _use_broker("", "fortuna")
     assert str(error.value).startswith(BROKER_UNAVAILABLE.split("{error}")[0].format(url=url))
     assert table_counts() == before
+
+
+def test_the_command_with_its_broker_down_exits_non_zero_and_writes_nothing(settings):
+    users_with_shared_inputs(distinct=3, twins=1)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0"
+    settings.CELERY_BROKER_URL = url
+    _use_broker(url, "fortuna")
+    before = table_counts()
+    try:
+        with pytest.raises(CommandError) as error:
+            run_batch("--date", "2030-03-10", "--backend", "celery")
+    finally:
+        _use_broker("", "fortuna")
+    assert error.value.returncode == EXIT_USAGE != 0
+    assert str(error.value).startswith(BROKER_UNAVAILABLE.split("{error}")[0].format(url=url))
+    assert table_counts() == before and not BatchRun.objects.exists()
 
 
 def test_a_stopped_run_cancels_its_chunks_and_keeps_what_was_stored(workers, openai_settings):

@@ -10,7 +10,7 @@ from django.core.management.base import CommandError
 from core.batch import scheduler as scheduler_module
 from core.batch import store as store_module
 from core.batch.nightly import batch_nightly
-from core.batch.options import BatchOptions
+from core.batch.options import INVALID_CHUNK_SIZE, MAX_CHUNK_SIZE, BatchOptions
 from core.batch.plan import USER_INACTIVE, USER_NO_BIRTH_DATE, USER_NOT_FOUND
 from core.management.commands import generate_daily_fortunes as command
 from core.models import BatchRun, FortuneGeneration, FortuneResult, User
@@ -112,6 +112,13 @@ def test_user_id_runs_for_that_user_only(population):
         (["--workers", "-1"], command.WORKERS_INVALID.format(value=-1)),
         (["--workers", "10000"], command.WORKERS_INVALID.format(value=10000)),
         (["--workers", "five"], command.WORKERS_INVALID.format(value="five")),
+        (["--workers", "513"], command.WORKERS_INVALID.format(value=513)),
+        (["--tpm", "0"], command.TPM_INVALID.format(value=0)),
+        (["--tpm", "many"], command.TPM_INVALID.format(value="many")),
+        (["--backend", "cron"], command.BACKEND_INVALID.format(value="cron")),
+        (["--chunk-size", "0"], INVALID_CHUNK_SIZE.format(value=0)),
+        (["--chunk-size", str(MAX_CHUNK_SIZE + 1)], INVALID_CHUNK_SIZE.format(value=MAX_CHUNK_SIZE + 1)),
+        (["--chunk-size", "big"], INVALID_CHUNK_SIZE.format(value="big")),
         (["--max-cost", "nan"], command.COST_INVALID.format(value="nan")),
         (["--retry-cooldown", "-1"], command.COOLDOWN_INVALID.format(value=-1.0)),
         (["--user-id", "me"], command.USER_ID_INVALID.format(value="me")),

@@ -159,3 +159,23 @@ def test_dry_run_sends_no_request_and_estimates_cost(openai_settings):
     tokens_in, tokens_out = (int(t) for t in tokens.split("/"))
     assert tokens_in > 6 * 500 and tokens_out > 6 * 500
     assert f"{TARGET}" in out
+
+
+def test_the_widest_pool_of_workers_is_accepted_and_completes(openai_settings):
+    users_create_many(count=8, seed=12)
+    run_batch("--date", DATE, "--workers", str(command.MAX_WORKERS), "--retry-cooldown", "0")
+    run = _last_run()
+    assert command.MAX_WORKERS == 512
+    assert (run.status, run.workers, run.generations) == ("succeeded", 512, 8)
+    assert set(fortune_map()) == eligible_ids()
+
+
+def test_tpm_keeps_the_threads_backend_under_the_accounts_token_limit(openai_settings):
+    # The stub's account: 600,000 TPM over a 2 s window (20,000 tokens a window); --tpm the same.
+    openai_settings.configure(latency_ms=20, account_tpm=600_000, account_window_s=2)
+    users_create_many(count=24, seed=13)
+    run_batch("--date", DATE, "--workers", "16", "--tpm", "600000", "--retry-cooldown", "0")
+    account = openai_settings.counters()["account"]
+    assert _last_run().status == "succeeded"
+    assert account["rejected_429"] == 0
+    assert 0 < account["max_tokens_in_window"] <= 600_000 * 2 / 60
