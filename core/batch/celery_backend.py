@@ -53,7 +53,7 @@ logger = logging.getLogger("fortuna.batch")
 CHUNK_TASK = "fortuna.batch_chunk_generate"
 HEARTBEAT_SECONDS = 2.0  # a working chunk's heartbeat_at is at most this old; a cancel is seen as soon
 STALE_SECONDS = 60.0  # a running chunk silent this long is re-dispatched (its worker died)
-POLL_SECONDS = 1.0  # the coordinator reads the chunks' progress this often
+POLL_SECONDS = 0.5  # the coordinator reads the chunks' progress this often (and sees the last one end)
 FLUSH_SECONDS = 1.0  # a worker stores what it generated at least this often
 FLUSH_GENERATIONS = 100
 CANCEL_GRACE_SECONDS = 10.0  # after a stop, how long the coordinator waits for running chunks
@@ -360,6 +360,16 @@ class _ChunkWorker:
                 BatchRun.objects.filter(pk=self.run.pk).update(failed=F("failed") + self.failed_users)
 
 
+def batch_worker_warm_up() -> None:
+    """What a worker process would otherwise do in its first chunk: import and build the provider's
+    client (the SDK's import alone is a noticeable part of a second). Called when a worker process
+    starts; a provider that cannot be built now is reported by the chunks, not here."""
+    try:
+        get_provider()
+    except Exception:  # noqa: BLE001 - e.g. no OPENAI_API_KEY on a local-provider worker
+        logger.debug("fortune worker warm-up: no provider built", exc_info=True)
+
+
 def batch_chunk_generate(
     *, chunk_id: int, stale_seconds: float = STALE_SECONDS, rpm: int | None = None, tpm: int | None = None,
     max_attempts: int | None = None,
@@ -505,7 +515,8 @@ class _Coordinator:
         if app.conf.task_always_eager:
             return True
         try:
-            return bool(app.control.ping(timeout=1.0))
+            # limit=1: back at the first answer (without it, ping always waits the whole timeout).
+            return bool(app.control.ping(timeout=1.0, limit=1))
         except Exception:  # noqa: BLE001 - a broker without remote control: only a note is lost
             logger.debug("fortune batch: celery ping failed", exc_info=True)
             return False
