@@ -288,7 +288,25 @@ class Budget:
         return float(max(floor, min(cap, math.floor(self.remaining() - 0.5))))
 
 
-class BudgetedProvider:
+class _ProviderInFront:
+    """A provider in front of another (self._provider): the same name, model and generator."""
+
+    _provider: Provider
+
+    @property
+    def name(self) -> str:
+        return self._provider.name
+
+    @property
+    def model(self) -> str:
+        return self._provider.model
+
+    @property
+    def generator(self) -> str:
+        return self._provider.generator
+
+
+class BudgetedProvider(_ProviderInFront):
     """A provider whose every attempt gets a timeout that ends inside the budget: when less time is
     left than the current client's timeout (the lock wait or an earlier attempt used some), it is
     rebuilt through `build(timeout)` with a shorter one."""
@@ -301,18 +319,6 @@ class BudgetedProvider:
         self.timeout = budget.attempt_timeout(cap=cap, floor=floor)
         self._provider = build(self.timeout)
 
-    @property
-    def name(self) -> str:
-        return self._provider.name
-
-    @property
-    def model(self) -> str:
-        return self._provider.model
-
-    @property
-    def generator(self) -> str:
-        return self._provider.generator
-
     def generate(self, inp: GenerationInput) -> Generated:
         timeout = self._budget.attempt_timeout(cap=self._cap, floor=self._floor)
         if timeout < self.timeout:
@@ -321,7 +327,7 @@ class BudgetedProvider:
         return self._provider.generate(inp)
 
 
-class LanedProvider:
+class LanedProvider(_ProviderInFront):
     """A provider whose every attempt first takes a slot in one lane of the account limiter
     (account_call_once), waiting no later than the budget leaves an attempt's time: the web's
     on-demand generations draw from the account's budget, in the reserved share the batch cannot take."""
@@ -333,18 +339,6 @@ class LanedProvider:
         self._budget = budget
         self._lane = lane
         self._min_attempt_seconds = min_attempt_seconds
-
-    @property
-    def name(self) -> str:
-        return self._provider.name
-
-    @property
-    def model(self) -> str:
-        return self._provider.model
-
-    @property
-    def generator(self) -> str:
-        return self._provider.generator
 
     def generate(self, inp: GenerationInput) -> Generated:
         # The limiter runs on the monotonic clock (account_limiter's), the budget on its own: convert.

@@ -258,13 +258,19 @@ def test_rabbitmq_as_the_broker(postgres, settings, tmp_path):
     assert run.generations == 10 and run.generated == 13
 
 
-def test_a_broker_that_is_down_is_a_clear_error_and_nothing_is_written(settings):
-    with socket.socket() as probe:  # a port nothing listens on
+def _broker_down(settings) -> str:
+    """Point the app at a Redis URL on a port nothing listens on; returns the URL."""
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"redis://127.0.0.1:{port}/0"
     settings.CELERY_BROKER_URL = url
     _use_broker(url, "fortuna")
+    return url
+
+
+def test_a_broker_that_is_down_is_a_clear_error_and_nothing_is_written(settings):
+    url = _broker_down(settings)
     before = table_counts()
     try:
         with pytest.raises(CeleryBackendUnavailable) as error:
@@ -277,12 +283,7 @@ def test_a_broker_that_is_down_is_a_clear_error_and_nothing_is_written(settings)
 
 def test_the_command_with_its_broker_down_exits_non_zero_and_writes_nothing(settings):
     users_with_shared_inputs(distinct=3, twins=1)
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"redis://127.0.0.1:{port}/0"
-    settings.CELERY_BROKER_URL = url
-    _use_broker(url, "fortuna")
+    url = _broker_down(settings)
     before = table_counts()
     try:
         with pytest.raises(CommandError) as error:
