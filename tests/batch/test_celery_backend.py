@@ -176,3 +176,22 @@ def test_a_chunk_that_every_worker_dies_on_is_abandoned_not_retried_forever(eage
     chunk.refresh_from_db()
     assert chunk.state == BatchChunk.State.CANCELLED
     assert CHUNK_ABANDONED.format(index=0, attempts=5) in BatchRun.objects.get(pk=run.pk).notes
+
+
+def test_a_workers_generator_threads_never_open_a_database_connection(eager, openai_settings):
+    # Connections per worker process follow its chunk slots, not FORTUNE_CELERY_INFLIGHT.
+    from django.db.backends.signals import connection_created
+
+    opened_by: list[str] = []
+
+    def record(sender, connection, **kwargs):
+        opened_by.append(threading.current_thread().name)
+
+    users_with_shared_inputs(distinct=12, twins=2)
+    connection_created.connect(record)
+    try:
+        run = celery_run(chunk_size=4, provider_name="openai")
+    finally:
+        connection_created.disconnect(record)
+    assert run.status == BatchRun.Status.SUCCEEDED and run.generations == 12
+    assert not [name for name in opened_by if name.startswith("fortune-celery-")]

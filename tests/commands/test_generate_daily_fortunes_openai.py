@@ -1,6 +1,7 @@
 """generate_daily_fortunes on the openai provider, through the stub server and the real SDK."""
 
 import datetime as dt
+import threading
 from collections import Counter
 
 import pytest
@@ -179,3 +180,22 @@ def test_tpm_keeps_the_threads_backend_under_the_accounts_token_limit(openai_set
     assert _last_run().status == "succeeded"
     assert account["rejected_429"] == 0
     assert 0 < account["max_tokens_in_window"] <= 600_000 * 2 / 60
+
+
+def test_the_generator_threads_never_open_a_database_connection(openai_settings):
+    # DB connections must not grow with --workers: only the main thread (and the writer) use the ORM.
+    from django.db.backends.signals import connection_created
+
+    opened_by: list[str] = []
+
+    def record(sender, connection, **kwargs):
+        opened_by.append(threading.current_thread().name)
+
+    users_create_many(count=20, seed=14)
+    connection_created.connect(record)
+    try:
+        run_batch("--date", DATE, "--workers", "16", "--retry-cooldown", "0")
+    finally:
+        connection_created.disconnect(record)
+    assert _last_run().generations == 20
+    assert not [name for name in opened_by if name.startswith("fortune-worker-")]
