@@ -19,7 +19,7 @@ from core.batch.progress import ProgressReporter
 from core.batch.scheduler import Scheduler
 from core.batch.summary import batch_run_summary
 from core.fortunes.providers import Provider
-from core.models import BatchRun, FortuneResult
+from core.models import BatchChunk, BatchRun, FortuneResult
 
 logger = logging.getLogger("fortuna.batch")
 
@@ -35,9 +35,12 @@ _COUNTER_FIELDS = ["eligible", "already_present", "generated", "generations", "f
 def batch_runs_mark_stale(*, target_date: dt.date) -> int:
     """Mark `running` rows for target_date interrupted. Call only while holding its lock: then no
     live process can own them (a killed run never got to finish its row)."""
-    count = BatchRun.objects.filter(target_date=target_date, status=BatchRun.Status.RUNNING).update(
-        status=BatchRun.Status.INTERRUPTED, finished_at=timezone.now(), stop_reason=STALE,
-    )
+    stale = BatchRun.objects.filter(target_date=target_date, status=BatchRun.Status.RUNNING)
+    # A dead celery coordinator's open chunks: cancelled, so a worker that still gets one from the
+    # queue skips it and one running it stops at its next heartbeat (this run plans those inputs again).
+    BatchChunk.objects.filter(run__in=stale, state__in=[BatchChunk.State.QUEUED, BatchChunk.State.RUNNING]).update(
+        state=BatchChunk.State.CANCELLED, finished_at=timezone.now())
+    count = stale.update(status=BatchRun.Status.INTERRUPTED, finished_at=timezone.now(), stop_reason=STALE)
     if count:
         logger.warning("fortune batch: marked %d stale running run(s) for %s interrupted", count, target_date)
     return count
