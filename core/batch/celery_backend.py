@@ -33,9 +33,9 @@ from django.db.models import Case, Count, F, Q, Value, When
 from django.utils import timezone
 
 from core.batch.dates import BatchTarget
-from core.batch.guards import StopGuards
+from core.batch.guards import StopGuards, StopToken
 from core.batch.lifecycle import FAILURE_SAMPLE_SIZE, batch_run_outcome, failure_entry, unplannable_entry
-from core.batch.options import CHUNK_SIZE, INVALID_CHUNK_SIZE, MAX_CHUNK_SIZE, CeleryBackendUnavailable
+from core.batch.options import CHUNK_SIZE, INVALID_CHUNK_SIZE, MAX_CHUNK_SIZE, BatchOptions, CeleryBackendUnavailable
 from core.batch.plan import batch_plan_counts, batch_plan_pages
 from core.batch.pricing import batch_cost
 from core.batch.progress import ProgressReporter
@@ -404,7 +404,8 @@ class _Plan:
 
 
 class _Coordinator:
-    def __init__(self, *, run: BatchRun, target: BatchTarget, options, provider: Provider, stop, deadline: float,
+    def __init__(self, *, run: BatchRun, target: BatchTarget, options: BatchOptions, provider: Provider,
+                 stop: StopToken, deadline: float,
                  chunk_size: int, stale_seconds: float, poll_seconds: float) -> None:
         self.run = run
         self.target = target
@@ -425,7 +426,7 @@ class _Coordinator:
         self.guards = StopGuards(stop=stop, deadline=deadline, max_runtime_minutes=options.max_runtime_minutes,
                                  budget=Decimal(budget or 0))
         self.deadline_at = timezone.now() + dt.timedelta(seconds=max(0.0, deadline - time.monotonic()))
-        self.task_kwargs = {"stale_seconds": stale_seconds, "rpm": options.rpm, "tpm": getattr(options, "tpm", None),
+        self.task_kwargs = {"stale_seconds": stale_seconds, "rpm": options.rpm, "tpm": options.tpm,
                             "max_attempts": options.max_attempts}
         self.progress: ProgressReporter | None = None
         self.last_poll = 0.0
@@ -529,7 +530,7 @@ class _Coordinator:
         if not chunks:
             return False
         rows = [row for _, retry, _, _ in chunks for row in retry]
-        cooldown = float(getattr(self.options, "retry_cooldown", 30.0))
+        cooldown = self.options.retry_cooldown
         logger.info("fortune batch: %d generations failed for transient reasons; one more round in %.1f s",
                     len(rows), cooldown)
         self._note(f"retry round for {len(rows)} generations after {cooldown:g} s")
@@ -617,7 +618,7 @@ class _Coordinator:
         heartbeat (what they generated is stored). Waits up to CANCEL_GRACE_SECONDS for them."""
         BatchChunk.objects.filter(run=self.run, state__in=[BatchChunk.State.QUEUED, BatchChunk.State.RUNNING]).update(
             state=BatchChunk.State.CANCELLED, finished_at=timezone.now())
-        grace_end = time.monotonic() + min(CANCEL_GRACE_SECONDS, float(getattr(self.options, "grace_seconds", 2.0)))
+        grace_end = time.monotonic() + min(CANCEL_GRACE_SECONDS, self.options.grace_seconds)
         while time.monotonic() < grace_end:
             cutoff = timezone.now() - dt.timedelta(seconds=FLUSH_SECONDS * 2)
             if not BatchChunk.objects.filter(run=self.run, state=BatchChunk.State.CANCELLED,
@@ -674,16 +675,17 @@ class _Coordinator:
 
 
 def batch_run_target_celery(
-    *, run: BatchRun, target: BatchTarget, options, provider: Provider, stop, deadline: float,
-    chunk_size: int = CHUNK_SIZE, stale_seconds: float = STALE_SECONDS, poll_seconds: float = POLL_SECONDS,
+    *, run: BatchRun, target: BatchTarget, options: BatchOptions, provider: Provider, stop: StopToken,
+    deadline: float, chunk_size: int = CHUNK_SIZE, stale_seconds: float = STALE_SECONDS,
+    poll_seconds: float = POLL_SECONDS,
 ) -> BatchRun:
     """One target date on Celery workers, for the BatchRun the caller created (holding the target's
     lock, as for the threads backend). Returns the run with its final status and counters.
 
-    `options` is the threads backend's BatchOptions (force, user_id, rpm, tpm, max_attempts, max_cost,
-    page_size, max_runtime_minutes, progress_*); `stop` its StopToken; `deadline` a time.monotonic()
+    `options` are the night's (force, user_id, rpm, tpm, max_attempts, max_cost, page_size,
+    max_runtime_minutes, retry_cooldown, grace_seconds, progress_*); `deadline` a time.monotonic()
     value. Call celery_backend_check() before creating the run: a broker that is down must leave
-    nothing written.
+    nothing written (core.batch.nightly does both, for --backend celery).
     """
     if connection.in_atomic_block:
         # Workers are other processes: they cannot see rows of an open transaction.

@@ -199,3 +199,18 @@ def test_the_generator_threads_never_open_a_database_connection(openai_settings)
         connection_created.disconnect(record)
     assert _last_run().generations == 20
     assert not [name for name in opened_by if name.startswith("fortune-worker-")]
+
+
+def test_a_limiter_redis_that_does_not_answer_leaves_the_run_limited_in_process(openai_settings, settings, caplog):
+    import socket
+
+    from core.batch.nightly import LIMITER_NOT_SHARED
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        settings.REDIS_URL = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+    users_create_many(count=6, seed=15)
+    with caplog.at_level("WARNING", logger="fortuna.batch"):
+        run_batch(*FAST, "--rpm", "6000")
+    assert _last_run().status == "succeeded" and set(fortune_map()) == eligible_ids()
+    assert any(r.getMessage().startswith("fortune batch: " + LIMITER_NOT_SHARED.split("(")[0]) for r in caplog.records)
