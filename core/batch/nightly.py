@@ -2,9 +2,10 @@
 (catch-up first), run reports, retention, connections closed. The command and a Celery task call
 batch_nightly(); nothing the night needs lives in either.
 
-Extension points: `backend` makes a target's generations (BackendFactory: the thread pool or inline
-today; Celery workers or a provider's batch API later), and `hooks` run before and after each
-target (e.g. collect/cancel a batch submitted the night before, submit the next one).
+Extension points: `backend` makes a target's generations in this process (BackendFactory: the thread
+pool or inline), and `hooks` run before and after each target (e.g. collect/cancel a batch submitted
+the night before, submit the next one). With options.backend "celery" a target's generations are
+made by Celery workers instead (core.batch.celery_backend), under the same lock, plan and BatchRun.
 """
 
 import datetime as dt
