@@ -30,7 +30,7 @@ from core.fortunes.providers import get_provider
 from core.models import BatchChunk, BatchRun, FortuneGeneration, FortuneResult
 from fortuna_api.celery import BROKER_NOT_CONFIGURED, app
 from tests.batch.celery_helpers import celery_run, duplicates, stored_triples, users_with_shared_inputs
-from tests.batch.helpers import BASE, TARGET, eligible_ids, run_batch, table_counts
+from tests.batch.helpers import BASE, TARGET, connections_opened, eligible_ids, run_batch, table_counts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -181,19 +181,9 @@ def test_a_chunk_that_every_worker_dies_on_is_abandoned_not_retried_forever(eage
 
 def test_a_workers_generator_threads_never_open_a_database_connection(eager, openai_settings):
     # Connections per worker process follow its chunk slots, not FORTUNE_CELERY_INFLIGHT.
-    from django.db.backends.signals import connection_created
-
-    opened_by: list[str] = []
-
-    def record(sender, connection, **kwargs):
-        opened_by.append(threading.current_thread().name)
-
     users_with_shared_inputs(distinct=12, twins=2)
-    connection_created.connect(record)
-    try:
+    with connections_opened() as opened_by:
         run = celery_run(chunk_size=4, provider_name="openai")
-    finally:
-        connection_created.disconnect(record)
     assert run.status == BatchRun.Status.SUCCEEDED and run.generations == 12
     assert not [name for name in opened_by if name.startswith("fortune-celery-")]
 

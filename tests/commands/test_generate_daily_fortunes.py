@@ -95,6 +95,14 @@ def test_dry_run_writes_nothing_and_reports_counts(population):
     assert "sample user ids [" in out
 
 
+def test_a_dry_run_of_the_celery_backend_plans_without_a_broker(population, settings):
+    settings.CELERY_BROKER_URL = ""  # planning asks nothing of the workers
+    before = table_counts()
+    out = run_batch("--date", DATE, "--dry-run", "--backend", "celery")
+    assert table_counts() == before
+    assert "34 eligible, 0 already present, 34 to generate" in out
+
+
 def test_user_id_runs_for_that_user_only(population):
     user = population["users"][3]
     run_batch("--date", DATE, "--user-id", str(user.pk))

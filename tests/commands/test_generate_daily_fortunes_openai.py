@@ -1,7 +1,6 @@
 """generate_daily_fortunes on the openai provider, through the stub server and the real SDK."""
 
 import datetime as dt
-import threading
 from collections import Counter
 
 import pytest
@@ -10,7 +9,7 @@ from django.core.management.base import CommandError
 from core.batch.guards import STOP_BUDGET, STOP_DEADLINE
 from core.management.commands import generate_daily_fortunes as command
 from core.models import BatchRun, FortuneGeneration, User
-from tests.batch.helpers import BASE, TARGET, eligible_ids, fortune_map, run_batch
+from tests.batch.helpers import BASE, TARGET, connections_opened, eligible_ids, fortune_map, run_batch
 from tests.factories import user_create, users_create_many
 
 pytestmark = pytest.mark.django_db
@@ -184,19 +183,9 @@ def test_tpm_keeps_the_threads_backend_under_the_accounts_token_limit(openai_set
 
 def test_the_generator_threads_never_open_a_database_connection(openai_settings):
     # DB connections must not grow with --workers: only the main thread (and the writer) use the ORM.
-    from django.db.backends.signals import connection_created
-
-    opened_by: list[str] = []
-
-    def record(sender, connection, **kwargs):
-        opened_by.append(threading.current_thread().name)
-
     users_create_many(count=20, seed=14)
-    connection_created.connect(record)
-    try:
+    with connections_opened() as opened_by:
         run_batch("--date", DATE, "--workers", "16", "--retry-cooldown", "0")
-    finally:
-        connection_created.disconnect(record)
     assert _last_run().generations == 20
     assert not [name for name in opened_by if name.startswith("fortune-worker-")]
 
