@@ -13,6 +13,11 @@ Scenarios (targets from issue 3, on a 2-core machine with PostgreSQL):
   batch-api  the day-ahead Batch API through the stub (bench/batch_api.py): N users (default 100,000),
           requests by path, tokens, cost against all-standard (about 50%), files and sizes, collect
           time (>= 5,000 stored users/s).
+  scale   the celery backend (issue 9, bench/scale.py, which takes the flags after --scenario scale):
+          the stub at 3 s ± 0.5 s enforcing 6,000 RPM, two Celery worker processes, 6,000 distinct
+          inputs, through `generate_daily_fortunes --backend celery`; generations/s over the run
+          against min(RPM/60, in flight/latency) (ratio >= 0.9), the threads backend with the same
+          total in flight beside it, each worker's peak RSS.
   openai  the stub server (own process) at --latency-ms, every input distinct, per --workers value
           (--repeat rounds, each the bare loop then the command, the median printed last):
           generations/s >= 90% of a bare loop (one shared OpenAI client, ThreadPoolExecutor of the
@@ -272,13 +277,28 @@ def scenario_openai(*, workers_list: list[int], latency_ms: float, per_worker: i
               f"(median {statistics.median(in_run_ratios):.1%})")
 
 
+def _scale_argv(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(--scenario, the other arguments): the scale scenario takes bench/scale.py's own flags."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--scenario")
+    known, rest = pre.parse_known_args(argv)
+    return known.scenario, rest
+
+
 def main() -> int:
-    # bench/batch_api.py imports this module's helpers, so it is imported once this one has loaded.
+    scenario, rest = _scale_argv(sys.argv[1:])
+    if scenario == "scale":
+        # bench/scale.py and bench/batch_api.py import this module's helpers, so they are imported once
+        # this one has loaded.
+        from bench.scale import main as scale_main
+
+        return scale_main(rest)
     from bench.batch_api import add_arguments as batch_api_arguments
     from bench.batch_api import scenario_batch_api
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=("local", "rerun", "openai", "batch-api", "all"), default="all")
+    parser.add_argument("--scenario", choices=("local", "rerun", "openai", "batch-api", "scale", "all"),
+                        default="all")
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[10, 64])
     parser.add_argument("--latency-ms", type=float, default=200.0)

@@ -76,7 +76,7 @@ def scenario_batch_api(*, users: int, completion_delay: float, fail_share: float
               f"(standard ${submitted.cost_standard})")
 
         time.sleep(completion_delay)
-        stub.batch_state()  # the stub writes its output files when a batch is first read: not ours to time
+        stub.batch_state(timeout=600)  # the stub writes its output files when a batch is first read: not ours to time
         collected = batch_api_collect(target_date=AHEAD)
         lines = collected.lines_ok + collected.lines_failed
         print(f"  night 2 collect: {lines:,} output lines, {collected.stored_users:,} users stored in "

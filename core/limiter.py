@@ -476,6 +476,27 @@ def account_limiter(
     return RateLimiter(rpm or None, tpm=tpm or None, reserve=reserve)
 
 
+_cached: dict[tuple, _Limiter] = {}
+_cached_lock = threading.Lock()
+
+
+def account_limiter_cached(*, rpm: int | None = None, tpm: int | None = None) -> _Limiter:
+    """account_limiter(), one per process and configuration: what long-lived callers (a Celery
+    worker's chunks, the web's on-demand requests) share, so a process keeps one Redis connection pool
+    and one in-process schedule. Made again after a fork and when the settings change (tests)."""
+    import os
+
+    from django.conf import settings
+
+    key = (os.getpid(), rpm, tpm, settings.OPENAI_RPM, settings.OPENAI_TPM, settings.REDIS_URL,
+           settings.OPENAI_ON_DEMAND_RESERVE)
+    with _cached_lock:
+        limiter = _cached.get(key)
+        if limiter is None:
+            limiter = _cached[key] = account_limiter(rpm=rpm, tpm=tpm)
+        return limiter
+
+
 def estimated_tokens(inp) -> int:
     """Prompt + expected completion tokens of one request for this input (core.fortunes.prompt)."""
     from core.fortunes.prompt import estimate_tokens

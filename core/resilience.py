@@ -27,7 +27,15 @@ from django.conf import settings
 
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers.base import FailureReason, Generated, Provider, ProviderError
-from core.limiter import LANE_BATCH, AccountCall, RateLimiter, RedisRateLimiter, estimated_tokens
+from core.limiter import (
+    LANE_BATCH,
+    LANE_ON_DEMAND,
+    AccountCall,
+    RateLimiter,
+    RedisRateLimiter,
+    account_call_once,
+    estimated_tokens,
+)
 
 logger = logging.getLogger("fortuna.resilience")
 
@@ -43,6 +51,7 @@ TRANSIENT_REASONS = frozenset(
 )
 RETRY_AFTER_OVER_CAP = "The server asked to wait {retry_after:.0f} s before retrying, over the {cap:.0f} s cap."
 MAX_ATTEMPTS_INVALID = "max_attempts must be at least 1, got {max_attempts}."
+SLOT_NOW_SECONDS = 0.05  # the least an on-demand attempt may wait for the limiter's slot
 
 _rng = random.Random()
 
@@ -279,18 +288,10 @@ class Budget:
         return float(max(floor, min(cap, math.floor(self.remaining() - 0.5))))
 
 
-class BudgetedProvider:
-    """A provider whose every attempt gets a timeout that ends inside the budget: when less time is
-    left than the current client's timeout (the lock wait or an earlier attempt used some), it is
-    rebuilt through `build(timeout)` with a shorter one."""
+class _ProviderInFront:
+    """A provider in front of another (self._provider): the same name, model and generator."""
 
-    def __init__(self, *, build: Callable[[float], Provider], budget: Budget, cap: float, floor: float) -> None:
-        self._build = build
-        self._budget = budget
-        self._cap = cap
-        self._floor = floor
-        self.timeout = budget.attempt_timeout(cap=cap, floor=floor)
-        self._provider = build(self.timeout)
+    _provider: Provider
 
     @property
     def name(self) -> str:
@@ -304,12 +305,48 @@ class BudgetedProvider:
     def generator(self) -> str:
         return self._provider.generator
 
+
+class BudgetedProvider(_ProviderInFront):
+    """A provider whose every attempt gets a timeout that ends inside the budget: when less time is
+    left than the current client's timeout (the lock wait or an earlier attempt used some), it is
+    rebuilt through `build(timeout)` with a shorter one."""
+
+    def __init__(self, *, build: Callable[[float], Provider], budget: Budget, cap: float, floor: float) -> None:
+        self._build = build
+        self._budget = budget
+        self._cap = cap
+        self._floor = floor
+        self.timeout = budget.attempt_timeout(cap=cap, floor=floor)
+        self._provider = build(self.timeout)
+
     def generate(self, inp: GenerationInput) -> Generated:
         timeout = self._budget.attempt_timeout(cap=self._cap, floor=self._floor)
         if timeout < self.timeout:
             self.timeout = timeout
             self._provider = self._build(timeout)
         return self._provider.generate(inp)
+
+
+class LanedProvider(_ProviderInFront):
+    """A provider whose every attempt first takes a slot in one lane of the account limiter
+    (account_call_once), waiting no later than the budget leaves an attempt's time: the web's
+    on-demand generations draw from the account's budget, in the reserved share the batch cannot take."""
+
+    def __init__(self, *, provider, limiter: RateLimiter | RedisRateLimiter, budget: Budget, lane: str,
+                 min_attempt_seconds: float) -> None:
+        self._provider = provider
+        self._limiter = limiter
+        self._budget = budget
+        self._lane = lane
+        self._min_attempt_seconds = min_attempt_seconds
+
+    def generate(self, inp: GenerationInput) -> Generated:
+        # The limiter runs on the monotonic clock (account_limiter's), the budget on its own: convert.
+        # A slot free now is always taken (the retry loop decides whether an attempt is worth starting).
+        wait = max(SLOT_NOW_SECONDS, self._budget.remaining() - self._min_attempt_seconds)
+        deadline = time.monotonic() + wait
+        return account_call_once(provider=self._provider, inp=inp, limiter=self._limiter, deadline=deadline,
+                                 lane=self._lane)
 
 
 def generate_within_budget(
@@ -320,11 +357,17 @@ def generate_within_budget(
     budget: Budget,
     sleep: Callable[[float], object] = time.sleep,
     rng: random.Random | None = None,
+    limiter: RateLimiter | RedisRateLimiter | None = None,
+    lane: str = LANE_ON_DEMAND,
 ) -> Attempted:
-    """generate_with_retries under a web request's budget: no rate limit, no stop event; a retry
-    (or a wait for one) that would leave less than policy.min_attempt_seconds is not started."""
+    """generate_with_retries under a web request's budget, no stop event; each attempt through
+    `limiter`'s `lane` when given (the account's limiter: a slot no later than the budget allows, else
+    a retryable rate_limited failure); a retry (or a wait for one) that would leave less than
+    policy.min_attempt_seconds is not started."""
+    caller = provider if limiter is None else LanedProvider(
+        provider=provider, limiter=limiter, budget=budget, lane=lane, min_attempt_seconds=policy.min_attempt_seconds)
     return generate_with_retries(
-        provider=provider,
+        provider=caller,
         inp=inp,
         policy=policy,
         limiter=RateLimiter(None, clock=budget.clock),

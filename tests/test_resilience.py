@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers.base import FailureReason, Generated, ProviderError, retry_after_seconds
-from core.limiter import RateLimiter
+from core.limiter import LANE_BATCH, LANE_ON_DEMAND, ON_DEMAND_NO_SLOT, RateLimiter
 from core.resilience import (
     MAX_ATTEMPTS_INVALID,
     RETRY_AFTER_OVER_CAP,
@@ -413,3 +413,24 @@ def test_wait_until_gives_up_before_a_try_that_would_come_after_the_deadline():
 def test_wait_until_always_tries_once():
     clock = FakeClock()
     assert wait_until(lambda: True, deadline=clock.now - 1, interval=0.5, clock=clock, sleep=clock.sleep)
+
+
+# --- the on-demand lane of the account limiter -----------------------------------------------------
+
+
+def test_on_demand_attempts_take_the_reserved_lane_that_a_saturated_batch_cannot_take():
+    # 1 RPM, 10 % reserved: the batch's next slot is ~67 s away once taken, the on-demand lane's 600 s.
+    limiter = RateLimiter(1, reserve=0.1)
+    assert limiter.acquire(lane=LANE_BATCH)  # the batch holds every slot it may have
+    provider = ScriptedProvider()
+    policy = RetryPolicy(max_attempts=1, max_retry_after=math.inf, min_attempt_seconds=1.0)
+
+    def on_demand():
+        budget = Budget.start(5, clock=FakeClock())
+        return generate_within_budget(provider=provider, inp=INPUT, policy=policy, budget=budget, sleep=Sleeps(),
+                                      limiter=limiter, lane=LANE_ON_DEMAND)
+
+    first, second = on_demand(), on_demand()
+    assert first.ok and provider.calls == 1  # the reserve: a user's request got through
+    assert not second.ok and provider.calls == 1  # the reserve is spent and the batch's slots are not free
+    assert second.error.reason == FailureReason.RATE_LIMITED and str(second.error) == ON_DEMAND_NO_SLOT

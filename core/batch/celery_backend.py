@@ -29,41 +29,34 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, Count, Exists, F, OuterRef, Q, Value, When
+from django.db.models import Case, Count, F, Q, Value, When
 from django.utils import timezone
 
 from core.batch.dates import BatchTarget
-from core.batch.guards import (
-    PROVIDER_DOWN_MIN_STREAK,
-    PROVIDER_DOWN_REASONS,
-    STOP_BUDGET,
-    STOP_DEADLINE,
-    STOP_PROVIDER_DOWN,
-)
-from core.batch.lifecycle import STILL_MISSING
-from core.batch.plan import REASON_NO_NATAL, batch_eligible_users, batch_plan_counts, batch_plan_pages
+from core.batch.guards import StopGuards, StopToken
+from core.batch.lifecycle import FAILURE_SAMPLE_SIZE, batch_run_outcome, failure_entry, unplannable_entry
+from core.batch.options import CHUNK_SIZE, INVALID_CHUNK_SIZE, MAX_CHUNK_SIZE, BatchOptions, CeleryBackendUnavailable
+from core.batch.plan import batch_plan_counts, batch_plan_pages
 from core.batch.progress import ProgressReporter
 from core.batch.store import GeneratedItem, batch_output_store, generation_ids_by_hash
 from core.batch.summary import batch_run_summary
 from core.fortunes.inputs import GenerationInput
-from core.fortunes.pricing import Tier, cost_estimate
+from core.fortunes.pricing import PathUsage, Tier, cost_estimate
 from core.fortunes.providers import Provider, ProviderError, get_provider
-from core.limiter import LIMITER_NEEDS_REDIS, account_limiter
-from core.models import BatchChunk, BatchRun, FortuneResult
+from core.limiter import LIMITER_NEEDS_REDIS, account_limiter_cached
+from core.models import BatchChunk, BatchRun
 from core.resilience import Attempted, RetryPolicy, account_generate, is_transient
 from fortuna_api.celery import BROKER_NOT_CONFIGURED, app
 
 logger = logging.getLogger("fortuna.batch")
 
-CHUNK_SIZE = 200
 CHUNK_TASK = "fortuna.batch_chunk_generate"
 HEARTBEAT_SECONDS = 2.0  # a working chunk's heartbeat_at is at most this old; a cancel is seen as soon
 STALE_SECONDS = 60.0  # a running chunk silent this long is re-dispatched (its worker died)
-POLL_SECONDS = 1.0  # the coordinator reads the chunks' progress this often
+POLL_SECONDS = 0.5  # the coordinator reads the chunks' progress this often (and sees the last one end)
 FLUSH_SECONDS = 1.0  # a worker stores what it generated at least this often
 FLUSH_GENERATIONS = 100
 CANCEL_GRACE_SECONDS = 10.0  # after a stop, how long the coordinator waits for running chunks
-FAILURE_SAMPLE_SIZE = 20
 
 BROKER_UNAVAILABLE = (
     "The celery backend cannot reach its broker at {url} ({error}). Start the broker or fix "
@@ -74,11 +67,6 @@ CHUNK_REDISPATCHED = "chunk {index} re-dispatched: its worker's heartbeat is {ag
 CHUNK_ABANDONED = "chunk {index} abandoned after {attempts} workers took it and went silent"
 MAX_CHUNK_ATTEMPTS = 5
 PAYLOAD_HASH_MISMATCH = "chunk {chunk_id}: an input's hash changed since planning ({expected} != {actual})"
-INVALID_CHUNK_SIZE = "--chunk-size must be between 1 and 10000, got {value}."
-
-
-class CeleryBackendUnavailable(Exception):
-    """The celery backend cannot run (no broker, or no Redis for the shared limiter): nothing was written."""
 
 
 def _redacted(url: str) -> str:
@@ -117,7 +105,7 @@ def celery_backend_check(*, rpm: int | None = None, tpm: int | None = None, time
 
 
 def chunk_size_check(value: int) -> int:
-    if not 1 <= value <= 10_000:
+    if not 1 <= value <= MAX_CHUNK_SIZE:
         raise ValueError(INVALID_CHUNK_SIZE.format(value=value))
     return value
 
@@ -185,20 +173,6 @@ class _GenerationPool:
             self.jobs.put(None)
 
 
-_limiters: dict[tuple, object] = {}
-_limiters_lock = threading.Lock()
-
-
-def _worker_limiter(*, rpm: int | None, tpm: int | None):
-
-    key = (os.getpid(), rpm, tpm, settings.REDIS_URL, settings.OPENAI_ON_DEMAND_RESERVE)
-    with _limiters_lock:
-        limiter = _limiters.get(key)
-        if limiter is None:
-            limiter = _limiters[key] = account_limiter(rpm=rpm, tpm=tpm)
-        return limiter
-
-
 @dataclass
 class ChunkReport:
     chunk_id: int
@@ -232,7 +206,7 @@ class _ChunkWorker:
         self.run = chunk.run
         self.worker = worker
         self.provider = provider
-        self.limiter = _worker_limiter(rpm=rpm, tpm=tpm)
+        self.limiter = account_limiter_cached(rpm=rpm, tpm=tpm)
         self.policy = RetryPolicy.from_settings(max_attempts=max_attempts)
         self.stop = threading.Event()
         self.report = ChunkReport(chunk_id=chunk.pk)
@@ -333,8 +307,7 @@ class _ChunkWorker:
                 if error is not None and is_transient(error):
                     self.retry_rows.append(_encode(inp, digest, user_ids))
                 if len(self.failures) < FAILURE_SAMPLE_SIZE:
-                    self.failures.append({"reason": error.reason if error else "unknown", "error": str(error)[:200],
-                                          "input": digest[:16], "count": len(user_ids), "user_ids": user_ids[:5]})
+                    self.failures.append(failure_entry(error=error, digest=digest, user_ids=user_ids))
         if items or requests:
             self._store(items=items, reused=[], waiting=waiting, requests=requests)
 
@@ -388,6 +361,16 @@ class _ChunkWorker:
                 BatchRun.objects.filter(pk=self.run.pk).update(failed=F("failed") + self.failed_users)
 
 
+def batch_worker_warm_up() -> None:
+    """What a worker process would otherwise do in its first chunk: import and build the provider's
+    client (the SDK's import alone is a noticeable part of a second). Called when a worker process
+    starts; a provider that cannot be built now is reported by the chunks, not here."""
+    try:
+        get_provider()
+    except Exception:  # noqa: BLE001 - e.g. no OPENAI_API_KEY on a local-provider worker
+        logger.debug("fortune worker warm-up: no provider built", exc_info=True)
+
+
 def batch_chunk_generate(
     *, chunk_id: int, stale_seconds: float = STALE_SECONDS, rpm: int | None = None, tpm: int | None = None,
     max_attempts: int | None = None,
@@ -422,7 +405,8 @@ class _Plan:
 
 
 class _Coordinator:
-    def __init__(self, *, run: BatchRun, target: BatchTarget, options, provider: Provider, stop, deadline: float,
+    def __init__(self, *, run: BatchRun, target: BatchTarget, options: BatchOptions, provider: Provider,
+                 stop: StopToken, deadline: float,
                  chunk_size: int, stale_seconds: float, poll_seconds: float) -> None:
         self.run = run
         self.target = target
@@ -430,16 +414,20 @@ class _Coordinator:
         self.provider = provider
         self.stop = stop
         self.deadline = deadline
+        self.seen_chunks: set[int] = set()  # finished chunks the provider-down breaker has counted
         self.chunk_size = chunk_size_check(chunk_size)
         self.stale_seconds = stale_seconds
         self.poll_seconds = poll_seconds
         self.replace = options.force
         self.plan = _Plan()
         self.unplannable: list[int] = []
-        self.budget = Decimal(
-            (options.max_cost if options.max_cost is not None else settings.FORTUNE_MAX_COST_PER_RUN) or 0)
+        budget = options.max_cost if options.max_cost is not None else settings.FORTUNE_MAX_COST_PER_RUN
+        # The threads backend's stop rules: deadline, budget (from the workers' token counts in the
+        # database) and the provider-down streak (from the finished chunks' failures).
+        self.guards = StopGuards(stop=stop, deadline=deadline, max_runtime_minutes=options.max_runtime_minutes,
+                                 budget=Decimal(budget or 0), model=provider.model)
         self.deadline_at = timezone.now() + dt.timedelta(seconds=max(0.0, deadline - time.monotonic()))
-        self.task_kwargs = {"stale_seconds": stale_seconds, "rpm": options.rpm, "tpm": getattr(options, "tpm", None),
+        self.task_kwargs = {"stale_seconds": stale_seconds, "rpm": options.rpm, "tpm": options.tpm,
                             "max_attempts": options.max_attempts}
         self.progress: ProgressReporter | None = None
         self.last_poll = 0.0
@@ -529,7 +517,8 @@ class _Coordinator:
         if app.conf.task_always_eager:
             return True
         try:
-            return bool(app.control.ping(timeout=1.0))
+            # limit=1: back at the first answer (without it, ping always waits the whole timeout).
+            return bool(app.control.ping(timeout=1.0, limit=1))
         except Exception:  # noqa: BLE001 - a broker without remote control: only a note is lost
             logger.debug("fortune batch: celery ping failed", exc_info=True)
             return False
@@ -542,7 +531,7 @@ class _Coordinator:
         if not chunks:
             return False
         rows = [row for _, retry, _, _ in chunks for row in retry]
-        cooldown = float(getattr(self.options, "retry_cooldown", 30.0))
+        cooldown = self.options.retry_cooldown
         logger.info("fortune batch: %d generations failed for transient reasons; one more round in %.1f s",
                     len(rows), cooldown)
         self._note(f"retry round for {len(rows)} generations after {cooldown:g} s")
@@ -574,13 +563,10 @@ class _Coordinator:
 
     def _stopping(self) -> bool:
 
-        if not self.stop.is_set and time.monotonic() >= self.deadline:
-            self.stop.request(STOP_DEADLINE.format(minutes=self.options.max_runtime_minutes))
-        if not self.stop.is_set and self.budget:
-            cost = BatchRun.objects.filter(pk=self.run.pk).values_list("estimated_cost", flat=True).first() or 0
-            if cost >= self.budget:
-                self.stop.request(STOP_BUDGET.format(cost=cost, budget=self.budget))
-        return self.stop.is_set
+        if not self.guards.should_stop() and self.guards.budget:
+            tokens_in, tokens_out = BatchRun.objects.filter(pk=self.run.pk).values_list("tokens_in", "tokens_out").get()
+            self.guards.spent(usage={"standard": PathUsage(tokens_in=tokens_in, tokens_out=tokens_out)})
+        return self.guards.stopped
 
     def _poll(self, *, force: bool = False) -> bool:
         """Heartbeat the run, draw progress, re-dispatch stale chunks; True while chunks are open."""
@@ -613,24 +599,27 @@ class _Coordinator:
             state__in=[BatchChunk.State.DONE, BatchChunk.State.CANCELLED]).exists()
 
     def _check_provider(self) -> None:
-        """Stop the run when a finished chunk stored nothing and its failures all say the provider is
-        unusable (wrong URL, bad key, quota gone), as the threads backend stops on such a streak."""
+        """Feed the finished chunks' failures to the provider-down breaker, as the threads backend feeds
+        its generations': a chunk that stored something breaks the streak."""
 
-        if self.stop.is_set:
-            return
-        for sample in BatchChunk.objects.filter(run=self.run, state=BatchChunk.State.DONE, stored_inputs=0).exclude(
-                failure_sample=[]).values_list("failure_sample", flat=True):
-            reasons = {entry["reason"] for entry in sample}
-            if len(sample) >= PROVIDER_DOWN_MIN_STREAK and reasons <= PROVIDER_DOWN_REASONS:
-                self.stop.request(STOP_PROVIDER_DOWN.format(count=len(sample), reason=sorted(reasons)[0]))
+        finished = (BatchChunk.objects.filter(run=self.run, state=BatchChunk.State.DONE)
+                    .exclude(pk__in=self.seen_chunks).order_by("finished_at", "pk")
+                    .values_list("pk", "stored_inputs", "failure_sample"))
+        for chunk_id, stored_inputs, sample in finished:
+            self.seen_chunks.add(chunk_id)
+            if self.guards.stopped:
                 return
+            if stored_inputs:
+                self.guards.failure_streak = 0
+            for entry in sample:
+                self.guards.failed(reason=entry["reason"])
 
     def _cancel(self) -> None:
         """Stop the run's open chunks: queued ones are never started, running ones stop at their next
         heartbeat (what they generated is stored). Waits up to CANCEL_GRACE_SECONDS for them."""
         BatchChunk.objects.filter(run=self.run, state__in=[BatchChunk.State.QUEUED, BatchChunk.State.RUNNING]).update(
             state=BatchChunk.State.CANCELLED, finished_at=timezone.now())
-        grace_end = time.monotonic() + min(CANCEL_GRACE_SECONDS, float(getattr(self.options, "grace_seconds", 2.0)))
+        grace_end = time.monotonic() + min(CANCEL_GRACE_SECONDS, self.options.grace_seconds)
         while time.monotonic() < grace_end:
             cutoff = timezone.now() - dt.timedelta(seconds=FLUSH_SECONDS * 2)
             if not BatchChunk.objects.filter(run=self.run, state=BatchChunk.State.CANCELLED,
@@ -674,25 +663,11 @@ class _Coordinator:
         run.refresh_from_db()
         sample = self._chunk_failures()[:FAILURE_SAMPLE_SIZE]
         if self.unplannable and len(sample) < FAILURE_SAMPLE_SIZE:
-            sample.append({"reason": REASON_NO_NATAL, "error": "natal pillars could not be computed", "input": "",
-                           "count": len(self.unplannable), "user_ids": self.unplannable[:5]})
-        missing = (
-            batch_eligible_users(user_id=self.options.user_id)
-            .filter(~Exists(FortuneResult.objects.filter(user=OuterRef("pk"), for_date=self.target.target_date)))
-            .count()
-        )
-        stop_reason = self.stop.reason if self.stop.is_set else ""
-        if self.stop.is_set and self.stop.interrupted:
-            status = BatchRun.Status.INTERRUPTED
-        elif not run.failed and not stop_reason and not missing:
-            status = BatchRun.Status.SUCCEEDED
-        elif run.generated == 0 and (run.failed or stop_reason):
-            status = BatchRun.Status.FAILED
-        else:
-            status = BatchRun.Status.PARTIAL
-        if not stop_reason and missing and not run.failed:
-            stop_reason = STILL_MISSING.format(count=missing, target_date=self.target.target_date)
-        run.status, run.stop_reason, run.finished_at = status, stop_reason[:255], timezone.now()
+            sample.append(unplannable_entry(self.unplannable))
+        run.status, run.stop_reason = batch_run_outcome(
+            target=self.target, user_id=self.options.user_id, failed=run.failed, stored=run.generated,
+            stop_reason=self.guards.reason, interrupted=self.guards.interrupted)
+        run.finished_at = timezone.now()
         run.failure_sample, run.heartbeat_at = sample, timezone.now()
         # Only the coordinator's own fields: workers still add to the counters with F() expressions.
         run.save(update_fields=["status", "stop_reason", "finished_at", "failure_sample", "heartbeat_at", "notes"])
@@ -701,16 +676,17 @@ class _Coordinator:
 
 
 def batch_run_target_celery(
-    *, run: BatchRun, target: BatchTarget, options, provider: Provider, stop, deadline: float,
-    chunk_size: int = CHUNK_SIZE, stale_seconds: float = STALE_SECONDS, poll_seconds: float = POLL_SECONDS,
+    *, run: BatchRun, target: BatchTarget, options: BatchOptions, provider: Provider, stop: StopToken,
+    deadline: float, chunk_size: int = CHUNK_SIZE, stale_seconds: float = STALE_SECONDS,
+    poll_seconds: float = POLL_SECONDS,
 ) -> BatchRun:
     """One target date on Celery workers, for the BatchRun the caller created (holding the target's
     lock, as for the threads backend). Returns the run with its final status and counters.
 
-    `options` is the threads backend's BatchOptions (force, user_id, rpm, tpm, max_attempts, max_cost,
-    page_size, max_runtime_minutes, progress_*); `stop` its StopToken; `deadline` a time.monotonic()
+    `options` are the night's (force, user_id, rpm, tpm, max_attempts, max_cost, page_size,
+    max_runtime_minutes, retry_cooldown, grace_seconds, progress_*); `deadline` a time.monotonic()
     value. Call celery_backend_check() before creating the run: a broker that is down must leave
-    nothing written.
+    nothing written (core.batch.nightly does both, for --backend celery).
     """
     if connection.in_atomic_block:
         # Workers are other processes: they cannot see rows of an open transaction.

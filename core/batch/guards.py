@@ -15,6 +15,9 @@ PROVIDER_DOWN_REASONS = frozenset(
     {FailureReason.CONNECTION, FailureReason.TIMEOUT, FailureReason.QUOTA, FailureReason.CONFIG}
 )
 PROVIDER_DOWN_MIN_STREAK = 10
+# Twice the calls in flight (they all fail together when the provider goes), but no more than this:
+# each of them already failed its every attempt, so a streak this long at 512 workers is no blip.
+PROVIDER_DOWN_MAX_STREAK = 128
 
 STOP_BUDGET = "cost budget reached: estimated ${cost} of ${budget}"
 STOP_DEADLINE = "max runtime of {minutes:g} min reached"
@@ -54,7 +57,7 @@ class StopGuards:
         self.max_runtime_minutes = max_runtime_minutes
         self.budget = Decimal(budget or 0)
         self.model = model  # the prices the budget is counted at (core.fortunes.pricing)
-        self.down_streak_limit = max(PROVIDER_DOWN_MIN_STREAK, 2 * workers)
+        self.down_streak_limit = min(PROVIDER_DOWN_MAX_STREAK, max(PROVIDER_DOWN_MIN_STREAK, 2 * workers))
         self.failure_streak = 0
         self._clock = clock
 
@@ -89,6 +92,10 @@ class StopGuards:
     def succeeded(self, *, usage: dict[str, PathUsage]) -> None:
         """A generation arrived; usage is the run's running totals per path (flex, standard)."""
         self.failure_streak = 0
+        self.spent(usage=usage)
+
+    def spent(self, *, usage: dict[str, PathUsage]) -> None:
+        """The run's usage so far per path: stop at the budget."""
         if self.budget:
             cost = cost_paid(model=self.model, usage=usage)
             if cost >= self.budget:

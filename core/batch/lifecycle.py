@@ -19,7 +19,7 @@ from core.batch.scheduler import Scheduler
 from core.batch.summary import batch_run_summary
 from core.fortunes.pricing import PATH_TIERS, PathUsage, cost_by_path, cost_paid, path_usage_from
 from core.fortunes.providers import Provider
-from core.models import BatchRun, FortuneResult
+from core.models import BatchChunk, BatchRun, FortuneResult
 
 logger = logging.getLogger("fortuna.batch")
 
@@ -36,9 +36,12 @@ _COUNTER_FIELDS = ["eligible", "already_present", "generated", "generations", "f
 def batch_runs_mark_stale(*, target_date: dt.date) -> int:
     """Mark `running` rows for target_date interrupted. Call only while holding its lock: then no
     live process can own them (a killed run never got to finish its row)."""
-    count = BatchRun.objects.filter(target_date=target_date, status=BatchRun.Status.RUNNING).update(
-        status=BatchRun.Status.INTERRUPTED, finished_at=timezone.now(), stop_reason=STALE,
-    )
+    stale = BatchRun.objects.filter(target_date=target_date, status=BatchRun.Status.RUNNING)
+    # A dead celery coordinator's open chunks: cancelled, so a worker that still gets one from the
+    # queue skips it and one running it stops at its next heartbeat (this run plans those inputs again).
+    BatchChunk.objects.filter(run__in=stale, state__in=[BatchChunk.State.QUEUED, BatchChunk.State.RUNNING]).update(
+        state=BatchChunk.State.CANCELLED, finished_at=timezone.now())
+    count = stale.update(status=BatchRun.Status.INTERRUPTED, finished_at=timezone.now(), stop_reason=STALE)
     if count:
         logger.warning("fortune batch: marked %d stale running run(s) for %s interrupted", count, target_date)
     return count
@@ -63,25 +66,29 @@ def batch_run_status(*, failed: int, stored: int, stop_reason: str, interrupted:
     return BatchRun.Status.PARTIAL
 
 
+def failure_entry(*, error, digest: str, user_ids: list[int]) -> dict:
+    """One failed input in a run's failure sample (the threads backend's jobs, the celery chunks)."""
+    return {"reason": error.reason if error else "unknown", "error": str(error)[:200], "input": digest[:16],
+            "count": len(user_ids), "user_ids": user_ids[:5]}
+
+
+def unplannable_entry(user_ids: list[int]) -> dict:
+    """The users whose natal pillars could not be computed, as one failure-sample entry."""
+    return {"reason": REASON_NO_NATAL, "error": "natal pillars could not be computed", "input": "",
+            "count": len(user_ids), "user_ids": user_ids[:5]}
+
+
 def failure_sample(*, scheduler: Scheduler, limit: int = FAILURE_SAMPLE_SIZE) -> list[dict]:
     """Up to limit failed inputs (reason, error, users), then the users without natal pillars."""
     sample = []
     for job in scheduler.table:
         if len(sample) >= limit:
             break
-        if job.state is not JobState.FAILED:
-            continue
-        sample.append({
-            "reason": job.error.reason if job.error else "unknown",
-            "error": str(job.error)[:200],
-            "input": job.hash[:16],
-            "count": len(job.user_ids),
-            "user_ids": job.user_ids[:5],
-        })
+        if job.state is JobState.FAILED:
+            sample.append(failure_entry(error=job.error, digest=job.hash, user_ids=job.user_ids))
     unplannable = scheduler.tally.unplannable
     if unplannable and len(sample) < limit:
-        sample.append({"reason": REASON_NO_NATAL, "error": "natal pillars could not be computed",
-                       "input": "", "count": len(unplannable), "user_ids": unplannable[:5]})
+        sample.append(unplannable_entry(unplannable))
     return sample
 
 
@@ -92,6 +99,23 @@ def run_cost_paths_set(*, run: BatchRun, usage: dict[str, PathUsage]) -> None:
     merged.update(usage)
     run.cost_by_path = cost_by_path(model=run.model, usage=merged)
     run.estimated_cost = cost_paid(model=run.model, usage=merged)
+
+
+def batch_run_outcome(
+    *, target: BatchTarget, user_id: int | None, failed: int, stored: int, stop_reason: str, interrupted: bool,
+) -> tuple[str, str]:
+    """(status, stop_reason) of a finished run, whichever backend made its generations: users still
+    without a fortune, when nothing failed or stopped, are the stop reason (STILL_MISSING)."""
+    missing = (
+        batch_eligible_users(user_id=user_id)
+        .filter(~Exists(FortuneResult.objects.filter(user=OuterRef("pk"), for_date=target.target_date)))
+        .count()
+    )
+    status = batch_run_status(failed=failed, stored=stored, stop_reason=stop_reason, interrupted=interrupted,
+                              missing=missing)
+    if not stop_reason and missing and not failed:
+        stop_reason = STILL_MISSING.format(count=missing, target_date=target.target_date)
+    return status, stop_reason[:255]
 
 
 class RunRecorder:
@@ -132,17 +156,10 @@ class RunRecorder:
 
     def finish(self, *, target: BatchTarget, user_id: int | None, stop_reason: str, interrupted: bool) -> None:
         run, scheduler = self.run, self.scheduler
-        missing = (
-            batch_eligible_users(user_id=user_id)
-            .filter(~Exists(FortuneResult.objects.filter(user=OuterRef("pk"), for_date=target.target_date)))
-            .count()
-        )
-        failed = scheduler.failed_users
-        status = batch_run_status(failed=failed, stored=scheduler.tally.stored_users, stop_reason=stop_reason,
-                                  interrupted=interrupted, missing=missing)
-        if not stop_reason and missing and not failed:
-            stop_reason = STILL_MISSING.format(count=missing, target_date=target.target_date)
-        run.status, run.stop_reason, run.finished_at = status, stop_reason[:255], timezone.now()
+        run.status, run.stop_reason = batch_run_outcome(
+            target=target, user_id=user_id, failed=scheduler.failed_users, stored=scheduler.tally.stored_users,
+            stop_reason=stop_reason, interrupted=interrupted)
+        run.finished_at = timezone.now()
         self.save(final=True)
         logger.info("fortune batch %s finished: %s", target.target_date, batch_run_summary(run=run))
 

@@ -2,9 +2,10 @@
 (catch-up first), run reports, retention, connections closed. The command and a Celery task call
 batch_nightly(); nothing the night needs lives in either.
 
-Extension points: `backend` makes a target's generations (BackendFactory: the thread pool or inline
-today; Celery workers or a provider's batch API later), and `hooks` run before and after each
-target (e.g. collect/cancel a batch submitted the night before, submit the next one).
+Extension points: `backend` makes a target's generations in this process (BackendFactory: the thread
+pool or inline), and `hooks` run before and after each target (e.g. collect/cancel a batch submitted
+the night before, submit the next one). With options.backend "celery" a target's generations are
+made by Celery workers instead (core.batch.celery_backend), under the same lock, plan and BatchRun.
 """
 
 import datetime as dt
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from core.batch.batch_ahead import batch_ahead_check, batch_ahead_plan, night_hooks
 from core.batch.dates import BatchTarget, batch_lock_dates, batch_targets
@@ -24,7 +26,7 @@ from core.batch.hooks import NightHooks
 from core.batch.lifecycle import RunRecorder, batch_run_create, batch_runs_mark_stale
 from core.batch.lock import batch_lock
 from core.batch.notify import run_report_send
-from core.batch.options import BatchOptions
+from core.batch.options import BACKEND_CELERY, BatchOptions
 from core.batch.plan import batch_plan_counts, batch_plan_pages, batch_user_check
 from core.batch.pool import GenerationBackend, InlineBackend, ThreadBackend
 from core.batch.process import connections_close, gc_paused, gc_skip_at_exit, stop_on_signals
@@ -37,15 +39,16 @@ from core.fortunes.inputs import GenerationInput
 from core.fortunes.pricing import PriceUnknown, Tier, cost_estimate, price_get
 from core.fortunes.prompt import estimate_tokens
 from core.fortunes.providers import Provider, ProviderConfigError, get_provider
-from core.limiter import RateLimiter
+from core.limiter import RedisRateLimiter, account_limiter
 from core.models import BatchRun
-from core.resilience import RetryPolicy, generate_with_retries
+from core.resilience import RetryPolicy, account_generate
 from core.services.natal import users_refresh_natal
 
 logger = logging.getLogger("fortuna.batch")
 
 NOTE_CATCH_UP = "catch-up: no successful run for {target_date} (missed night or a start after KST midnight)"
 NOTE_INLINE = "local provider: generated inline on the main thread (no network, so no thread pool)"
+LIMITER_NOT_SHARED = "the account limiter's Redis does not answer ({error}): this run limits itself in-process"
 NOTE_NATAL_FAILED = "natal refresh failed ({error}); users without pillars are counted failed"
 
 BackendFactory = Callable[..., GenerationBackend]  # (*, provider, options, guards) -> backend
@@ -53,16 +56,23 @@ BackendFactory = Callable[..., GenerationBackend]  # (*, provider, options, guar
 
 def generation_backend(*, provider: Provider, options: BatchOptions, guards: StopGuards) -> GenerationBackend:
     """The default backend: inline for the local provider, else a thread pool calling it with retries
-    under one rate limit."""
+    under the account's limiter (core.limiter: shared in Redis with the web's on-demand path and any
+    other process when REDIS_URL is set, else this process's own). The threads only call the provider
+    and the limiter, never the ORM: DB connections do not grow with --workers."""
     if provider.name == "local":
         return InlineBackend(provider=provider)
     policy = RetryPolicy.from_settings(max_attempts=options.max_attempts)
-    rpm = options.rpm if options.rpm is not None else settings.OPENAI_RPM
-    limiter = RateLimiter(rpm or None)
+    limiter = account_limiter(rpm=options.rpm, tpm=options.tpm)
+    if isinstance(limiter, RedisRateLimiter):
+        try:
+            limiter.redis.ping()
+        except RedisError as exc:  # the night must not depend on the cache's server being up
+            logger.warning("fortune batch: %s", LIMITER_NOT_SHARED.format(error=exc))
+            limiter = account_limiter(rpm=options.rpm, tpm=options.tpm, shared=False)
 
     def call(inp: GenerationInput):
-        return generate_with_retries(provider=provider, inp=inp, policy=policy, limiter=limiter,
-                                     stop=guards.stop.event, deadline=guards.deadline)
+        return account_generate(provider=provider, inp=inp, policy=policy, limiter=limiter,
+                                stop=guards.stop.event, deadline=guards.deadline)
 
     return ThreadBackend(workers=options.workers, call=call)
 
@@ -125,6 +135,8 @@ def batch_generate_night(
 ) -> list[BatchRun]:
     """Lock, refresh natal pillars, then one BatchRun per target (catch-up first)."""
     hooks = hooks or NightHooks()
+    if options.backend == BACKEND_CELERY:
+        _celery_check(options=options)
     # --max-runtime bounds the whole night, catch-up included.
     deadline = time.monotonic() + options.max_runtime_minutes * 60
     with batch_locks(base_date=options.base_date, ahead=options.ahead):
@@ -188,6 +200,9 @@ def batch_run_target(
         notes.append(NOTE_CATCH_UP.format(target_date=target.target_date))
         logger.warning("fortune batch: %s; filling its gaps first", notes[-1])
     run = batch_run_create(target=target, options=options, provider=provider, notes=notes)
+    if options.backend == BACKEND_CELERY:
+        return _run_target_celery(run=run, target=target, options=options, provider=provider, stop=stop,
+                                  deadline=deadline)
     budget = options.max_cost if options.max_cost is not None else settings.FORTUNE_MAX_COST_PER_RUN
     guards = StopGuards(stop=stop, deadline=deadline, max_runtime_minutes=options.max_runtime_minutes,
                         budget=Decimal(budget or 0), workers=options.workers, model=provider.model)
@@ -244,6 +259,29 @@ def batch_run_target(
         recorder.crash(exc)
         raise
     return run
+
+
+# --- backend celery (issue 9): the same lock, plan, catch-up and BatchRun, generated by Celery workers ---
+
+
+def _celery_check(*, options: BatchOptions) -> None:
+    """Before any lock or write: a broker that is down raises CeleryBackendUnavailable."""
+    from core.batch.celery_backend import celery_backend_check  # loads the Celery app only when asked for
+
+    celery_backend_check(rpm=options.rpm, tpm=options.tpm)
+
+
+def _run_target_celery(*, run: BatchRun, target: BatchTarget, options: BatchOptions, provider: Provider,
+                       stop: StopToken, deadline: float) -> BatchRun:
+    from core.batch.celery_backend import batch_run_target_celery
+
+    try:
+        return batch_run_target_celery(run=run, target=target, options=options, provider=provider, stop=stop,
+                                       deadline=deadline, chunk_size=options.chunk_size)
+    except BaseException as exc:
+        run.refresh_from_db()  # the workers' counters, added with F() expressions
+        RunRecorder(run=run).crash(exc)
+        raise
 
 
 def _stored_ids(hashes) -> dict[str, int]:

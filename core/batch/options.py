@@ -9,6 +9,17 @@ from django.conf import settings
 
 from core.batch.plan import PAGE_SIZE
 
+BACKEND_THREADS = "threads"
+BACKEND_CELERY = "celery"
+BACKENDS = (BACKEND_THREADS, BACKEND_CELERY)
+CHUNK_SIZE = 200  # inputs per Celery chunk: a few minutes of one worker's in-flight calls
+MAX_CHUNK_SIZE = 10_000
+INVALID_CHUNK_SIZE = f"--chunk-size must be between 1 and {MAX_CHUNK_SIZE}, got {{value}}."
+
+
+class CeleryBackendUnavailable(Exception):
+    """The celery backend cannot run (no broker, or no Redis for the shared limiter): nothing was written."""
+
 
 @dataclass
 class BatchOptions:
@@ -18,6 +29,7 @@ class BatchOptions:
     force: bool = False
     dry_run: bool = False  # plan only: no provider call, no write, no BatchRun
     rpm: int | None = None  # None: settings.OPENAI_RPM (0 = no limit)
+    tpm: int | None = None  # None: settings.OPENAI_TPM (0 = no limit)
     max_attempts: int | None = None  # None: settings.FORTUNE_MAX_ATTEMPTS
     max_cost: Decimal | None = None  # None: settings.FORTUNE_MAX_COST_PER_RUN (0 = no budget)
     max_runtime_minutes: float = 90.0
@@ -33,6 +45,9 @@ class BatchOptions:
     progress_stream: TextIO | None = None
     progress_is_tty: bool = False
     progress_interval: float = 10.0
+    # Where a target's generations are made: this process's threads, or Celery workers (issue 9).
+    backend: str = "threads"  # BACKENDS
+    chunk_size: int = CHUNK_SIZE  # inputs per Celery chunk (backend "celery")
 
     @property
     def ahead(self) -> bool:

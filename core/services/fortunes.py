@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers import Generated, Provider, ProviderError, get_provider
+from core.limiter import account_limiter_cached
 from core.models import FortuneGeneration, FortuneResult, User, user_sync_natal
 from core.resilience import Budget, BudgetedProvider, RetryPolicy, generate_within_budget, wait_until
 from core.throttles import on_demand_quota_consume
@@ -226,7 +227,10 @@ def _retry_after_from(exc: ProviderError | None) -> int:
 
 def _generate_within_budget(*, provider: BudgetedProvider, inp: GenerationInput, budget: Budget) -> Generated:
     try:
-        attempted = generate_within_budget(provider=provider, inp=inp, policy=ON_DEMAND_RETRY_POLICY, budget=budget)
+        # The account's limiter (shared with the batch in Redis), in the on-demand lane: its reserved
+        # share (OPENAI_ON_DEMAND_RESERVE) is never taken by the night's run.
+        attempted = generate_within_budget(provider=provider, inp=inp, policy=ON_DEMAND_RETRY_POLICY, budget=budget,
+                                           limiter=account_limiter_cached())
     except Exception as exc:  # a provider bug must still answer 503, not a 500 page
         logger.exception("fortune on-demand provider crashed for %s", inp.for_date)
         raise OnDemandUnavailable(ON_DEMAND_UNAVAILABLE, reason="provider_crash") from exc

@@ -2,9 +2,13 @@
 
 import datetime as dt
 import io
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from django.apps import apps
 from django.core.management import call_command
+from django.db.backends.signals import connection_created
 
 from core.models import FortuneResult, User
 
@@ -31,3 +35,18 @@ def fortune_map(*, for_date: dt.date = TARGET) -> dict[int, int]:
 
 def eligible_ids() -> set[int]:
     return set(User.objects.filter(is_active=True, birth_date_solar__isnull=False).values_list("pk", flat=True))
+
+
+@contextmanager
+def connections_opened() -> Iterator[list[str]]:
+    """The names of the threads that open a database connection inside the block."""
+    opened_by: list[str] = []
+
+    def record(sender, connection, **kwargs):
+        opened_by.append(threading.current_thread().name)
+
+    connection_created.connect(record)
+    try:
+        yield opened_by
+    finally:
+        connection_created.disconnect(record)

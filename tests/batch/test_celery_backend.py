@@ -23,13 +23,14 @@ from core.batch.celery_backend import (
 )
 from core.batch.dates import BatchTarget
 from core.batch.guards import StopToken
+from core.batch.lifecycle import batch_runs_mark_stale
 from core.batch.options import BatchOptions
 from core.batch.progress import ProgressReporter
 from core.fortunes.providers import get_provider
 from core.models import BatchChunk, BatchRun, FortuneGeneration, FortuneResult
 from fortuna_api.celery import BROKER_NOT_CONFIGURED, app
 from tests.batch.celery_helpers import celery_run, duplicates, stored_triples, users_with_shared_inputs
-from tests.batch.helpers import BASE, TARGET, eligible_ids, run_batch, table_counts
+from tests.batch.helpers import BASE, TARGET, connections_opened, eligible_ids, run_batch, table_counts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -176,3 +177,24 @@ def test_a_chunk_that_every_worker_dies_on_is_abandoned_not_retried_forever(eage
     chunk.refresh_from_db()
     assert chunk.state == BatchChunk.State.CANCELLED
     assert CHUNK_ABANDONED.format(index=0, attempts=5) in BatchRun.objects.get(pk=run.pk).notes
+
+
+def test_a_workers_generator_threads_never_open_a_database_connection(eager, openai_settings):
+    # Connections per worker process follow its chunk slots, not FORTUNE_CELERY_INFLIGHT.
+    users_with_shared_inputs(distinct=12, twins=2)
+    with connections_opened() as opened_by:
+        run = celery_run(chunk_size=4, provider_name="openai")
+    assert run.status == BatchRun.Status.SUCCEEDED and run.generations == 12
+    assert not [name for name in opened_by if name.startswith("fortune-celery-")]
+
+
+def test_a_dead_coordinators_open_chunks_are_cancelled_when_the_next_run_starts(eager):
+    users_with_shared_inputs(distinct=4, twins=0)
+    run = celery_run(chunk_size=2)
+    queued, running = BatchChunk.objects.filter(run=run).order_by("index")
+    BatchChunk.objects.filter(pk=queued.pk).update(state=BatchChunk.State.QUEUED)
+    BatchChunk.objects.filter(pk=running.pk).update(state=BatchChunk.State.RUNNING, worker="w")
+    BatchRun.objects.filter(pk=run.pk).update(status=BatchRun.Status.RUNNING)  # its coordinator was killed
+    assert batch_runs_mark_stale(target_date=TARGET) == 1
+    assert set(BatchChunk.objects.filter(run=run).values_list("state", flat=True)) == {BatchChunk.State.CANCELLED}
+    assert batch_chunk_generate(chunk_id=queued.pk).skipped  # still in the queue: harmless

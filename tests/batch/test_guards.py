@@ -4,7 +4,14 @@ from decimal import Decimal
 
 import pytest
 
-from core.batch.guards import STOP_DEADLINE, STOP_PROVIDER_DOWN, StopGuards, StopToken
+from core.batch.guards import (
+    PROVIDER_DOWN_MAX_STREAK,
+    PROVIDER_DOWN_MIN_STREAK,
+    STOP_DEADLINE,
+    STOP_PROVIDER_DOWN,
+    StopGuards,
+    StopToken,
+)
 from core.batch.lifecycle import batch_run_status
 from core.fortunes.providers.base import FailureReason
 
@@ -59,3 +66,12 @@ def test_the_breaker_needs_an_unbroken_streak_of_provider_down_reasons():
 def test_a_runs_status(failed, stored, stop_reason, interrupted, missing, status):
     assert batch_run_status(failed=failed, stored=stored, stop_reason=stop_reason, interrupted=interrupted,
                             missing=missing) == status
+
+
+def test_the_breaker_streak_grows_with_the_workers_up_to_a_cap():
+    def limit(workers: int) -> int:
+        return StopGuards(stop=StopToken(), deadline=1e9, max_runtime_minutes=1, workers=workers).down_streak_limit
+
+    assert limit(1) == PROVIDER_DOWN_MIN_STREAK
+    assert limit(20) == 40
+    assert limit(512) == PROVIDER_DOWN_MAX_STREAK < 2 * 512

@@ -10,7 +10,7 @@ from django.core.management.base import CommandError
 from core.batch import scheduler as scheduler_module
 from core.batch import store as store_module
 from core.batch.nightly import batch_nightly
-from core.batch.options import BatchOptions
+from core.batch.options import INVALID_CHUNK_SIZE, MAX_CHUNK_SIZE, BatchOptions
 from core.batch.plan import USER_INACTIVE, USER_NO_BIRTH_DATE, USER_NOT_FOUND
 from core.management.commands import generate_daily_fortunes as command
 from core.models import BatchRun, FortuneGeneration, FortuneResult, User
@@ -95,6 +95,14 @@ def test_dry_run_writes_nothing_and_reports_counts(population):
     assert "sample user ids [" in out
 
 
+def test_a_dry_run_of_the_celery_backend_plans_without_a_broker(population, settings):
+    settings.CELERY_BROKER_URL = ""  # planning asks nothing of the workers
+    before = table_counts()
+    out = run_batch("--date", DATE, "--dry-run", "--backend", "celery")
+    assert table_counts() == before
+    assert "34 eligible, 0 already present, 34 to generate" in out
+
+
 def test_user_id_runs_for_that_user_only(population):
     user = population["users"][3]
     run_batch("--date", DATE, "--user-id", str(user.pk))
@@ -112,6 +120,13 @@ def test_user_id_runs_for_that_user_only(population):
         (["--workers", "-1"], command.WORKERS_INVALID.format(value=-1)),
         (["--workers", "10000"], command.WORKERS_INVALID.format(value=10000)),
         (["--workers", "five"], command.WORKERS_INVALID.format(value="five")),
+        (["--workers", "513"], command.WORKERS_INVALID.format(value=513)),
+        (["--tpm", "0"], command.TPM_INVALID.format(value=0)),
+        (["--tpm", "many"], command.TPM_INVALID.format(value="many")),
+        (["--backend", "cron"], command.BACKEND_INVALID.format(value="cron")),
+        (["--chunk-size", "0"], INVALID_CHUNK_SIZE.format(value=0)),
+        (["--chunk-size", str(MAX_CHUNK_SIZE + 1)], INVALID_CHUNK_SIZE.format(value=MAX_CHUNK_SIZE + 1)),
+        (["--chunk-size", "big"], INVALID_CHUNK_SIZE.format(value="big")),
         (["--max-cost", "nan"], command.COST_INVALID.format(value="nan")),
         (["--retry-cooldown", "-1"], command.COOLDOWN_INVALID.format(value=-1.0)),
         (["--user-id", "me"], command.USER_ID_INVALID.format(value="me")),

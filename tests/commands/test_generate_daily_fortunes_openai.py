@@ -9,7 +9,7 @@ from django.core.management.base import CommandError
 from core.batch.guards import STOP_BUDGET, STOP_DEADLINE
 from core.management.commands import generate_daily_fortunes as command
 from core.models import BatchRun, FortuneGeneration, User
-from tests.batch.helpers import BASE, TARGET, eligible_ids, fortune_map, run_batch
+from tests.batch.helpers import BASE, TARGET, connections_opened, eligible_ids, fortune_map, run_batch
 from tests.factories import user_create, users_create_many
 
 pytestmark = pytest.mark.django_db
@@ -159,3 +159,47 @@ def test_dry_run_sends_no_request_and_estimates_cost(openai_settings):
     tokens_in, tokens_out = (int(t) for t in tokens.split("/"))
     assert tokens_in > 6 * 500 and tokens_out > 6 * 500
     assert f"{TARGET}" in out
+
+
+def test_the_widest_pool_of_workers_is_accepted_and_completes(openai_settings):
+    users_create_many(count=8, seed=12)
+    run_batch("--date", DATE, "--workers", str(command.MAX_WORKERS), "--retry-cooldown", "0")
+    run = _last_run()
+    assert command.MAX_WORKERS == 512
+    assert (run.status, run.workers, run.generations) == ("succeeded", 512, 8)
+    assert set(fortune_map()) == eligible_ids()
+
+
+def test_tpm_keeps_the_threads_backend_under_the_accounts_token_limit(openai_settings):
+    # The stub's account: 600,000 TPM over a 2 s window (20,000 tokens a window); --tpm the same.
+    openai_settings.configure(latency_ms=20, account_tpm=600_000, account_window_s=2)
+    users_create_many(count=24, seed=13)
+    run_batch("--date", DATE, "--workers", "16", "--tpm", "600000", "--retry-cooldown", "0")
+    account = openai_settings.counters()["account"]
+    assert _last_run().status == "succeeded"
+    assert account["rejected_429"] == 0
+    assert 0 < account["max_tokens_in_window"] <= 600_000 * 2 / 60
+
+
+def test_the_generator_threads_never_open_a_database_connection(openai_settings):
+    # DB connections must not grow with --workers: only the main thread (and the writer) use the ORM.
+    users_create_many(count=20, seed=14)
+    with connections_opened() as opened_by:
+        run_batch("--date", DATE, "--workers", "16", "--retry-cooldown", "0")
+    assert _last_run().generations == 20
+    assert not [name for name in opened_by if name.startswith("fortune-worker-")]
+
+
+def test_a_limiter_redis_that_does_not_answer_leaves_the_run_limited_in_process(openai_settings, settings, caplog):
+    import socket
+
+    from core.batch.nightly import LIMITER_NOT_SHARED
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        settings.REDIS_URL = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+    users_create_many(count=6, seed=15)
+    with caplog.at_level("WARNING", logger="fortuna.batch"):
+        run_batch(*FAST, "--rpm", "6000")
+    assert _last_run().status == "succeeded" and set(fortune_map()) == eligible_ids()
+    assert any(r.getMessage().startswith("fortune batch: " + LIMITER_NOT_SHARED.split("(")[0]) for r in caplog.records)

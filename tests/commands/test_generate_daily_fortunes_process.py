@@ -148,3 +148,23 @@ def test_a_bad_flag_on_the_command_line_exits_with_the_usage_code_and_its_messag
     assert proc.returncode == EXIT_USAGE  # not argparse's own 2, which here means an incomplete run
     assert err.strip().splitlines()[-1] == f"CommandError: {message}"
     assert table_counts() == before
+
+
+def test_the_celery_backend_with_its_broker_down_exits_with_the_usage_code_writing_nothing(stub_openai):
+    import socket
+
+    from core.batch.celery_backend import BROKER_UNAVAILABLE
+
+    users_create_many(count=3, seed=9)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+    before = table_counts()
+    env = {**os.environ, **stub_openai.env(), "DATABASE_URL": _database_url(),
+           "DJANGO_SETTINGS_MODULE": "tests.settings", "CELERY_BROKER_URL": url}
+    proc = subprocess.run([sys.executable, "manage.py", "generate_daily_fortunes", "--date", BASE.isoformat(),
+                           "--backend", "celery"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=WAIT)
+    assert proc.returncode == EXIT_USAGE != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "CommandError: " + BROKER_UNAVAILABLE.split("{error}")[0].format(url=url))
+    assert table_counts() == before

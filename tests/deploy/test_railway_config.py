@@ -3,7 +3,10 @@
 import importlib
 import runpy
 import shlex
+import subprocess
+import tempfile
 import tomllib
+from pathlib import Path
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -49,12 +52,42 @@ def test_web_config_is_not_a_cron_job(web):
     assert "startCommand" not in web.get("deploy", {})
 
 
+def _cron_argv(command: str, *, env: dict[str, str]) -> list[str]:
+    """What the cron's start command runs, through a real sh, with `python` replaced by a script that
+    prints the arguments it was given (one a line)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fake = Path(tmp) / "python"
+        fake.write_text('#!/bin/sh\nprintf "%s\\n" python "$@"\n')
+        fake.chmod(0o755)
+        done = subprocess.run(shlex.split(command), env={"PATH": f"{tmp}:/usr/bin:/bin", **env},
+                              capture_output=True, text=True, timeout=10, check=True)
+    return done.stdout.splitlines()
+
+
+def _cron_options(argv: list[str]) -> dict:
+    """The command's own parser on the cron's arguments: every flag is one it takes."""
+    from core.management.commands.generate_daily_fortunes import Command
+
+    parser = Command().create_parser("manage.py", "generate_daily_fortunes")
+    return vars(parser.parse_args(argv[3:]))
+
+
+def test_the_cron_uses_the_celery_backend_exactly_when_a_broker_is_set(worker):
+    command = worker["deploy"]["startCommand"]
+    threads = _cron_argv(command, env={})
+    celery = _cron_argv(command, env={"CELERY_BROKER_URL": "redis://redis.railway.internal:6379/0"})
+    assert "--backend" not in threads and _cron_options(threads)["backend"] == "threads"
+    assert celery[:3] == ["python", "manage.py", "generate_daily_fortunes"]
+    assert _cron_options(celery)["backend"] == "celery" and _cron_options(celery)["workers"] == 10
+    assert _cron_argv(command, env={"CELERY_BROKER_URL": ""}) == threads  # set but empty: no broker
+
+
 def test_worker_config_runs_the_batch_nightly_and_never_restarts(worker):
     deploy = worker["deploy"]
 
     assert deploy["cronSchedule"] == "0 13 * * *"  # 22:00 KST
     assert deploy["restartPolicyType"] == "NEVER"
-    argv = shlex.split(deploy["startCommand"])
+    argv = _cron_argv(deploy["startCommand"], env={})
     assert argv[:3] == ["python", "manage.py", "generate_daily_fortunes"]
     assert "healthcheckPath" not in deploy  # a cron run serves no HTTP
     assert "preDeployCommand" not in deploy  # the web service owns migrations

@@ -1289,12 +1289,12 @@ class StubClient:
         self.base_url = base_url.rstrip("/")
         self.root = self.base_url.removesuffix("/v1")
 
-    def _call(self, method: str, path: str, payload: Any = None) -> Any:
+    def _call(self, method: str, path: str, payload: Any = None, *, timeout: float = 10) -> Any:
         data = None if payload is None else json.dumps(payload).encode()
         req = urllib.request.Request(self.root + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             raise ValueError(f"stub {method} {path}: HTTP {exc.code} {exc.read().decode(errors='replace')}") from None
@@ -1328,9 +1328,10 @@ class StubClient:
         expire, stuck, partial_share, cancel_delay, download_failures, upload_failures, seed."""
         return self._call("POST", "/_stub/batch/config", cfg)
 
-    def batch_state(self) -> dict:
-        """Batch API config, counters, and each batch's status, metadata and custom_ids by outcome."""
-        return self._call("GET", "/_stub/batch")
+    def batch_state(self, *, timeout: float = 10) -> dict:
+        """Batch API config, counters, and each batch's status, metadata and custom_ids by outcome.
+        The first read after completion writes the output files: give a large batch a longer timeout."""
+        return self._call("GET", "/_stub/batch", timeout=timeout)
 
     def env(self) -> dict[str, str]:
         """Environment for a subprocess (e.g. manage.py) that should use this stub."""

@@ -7,19 +7,23 @@ from functools import partial
 
 from django.core.management.base import BaseCommand, CommandError
 
+from core.batch import options as batch
 from core.batch.batch_ahead import batch_api_collect_due
 from core.batch.lock import BatchLocked
 from core.batch.nightly import batch_nightly
-from core.batch.options import BatchOptions
+from core.batch.options import BatchOptions, CeleryBackendUnavailable
 from core.batch.plan import UserNotEligible
 from core.fortunes.providers import ProviderConfigError
 from core.management.argtypes import EXIT_USAGE, finite_decimal, flag, iso_date, usage_error
 
-MAX_WORKERS = 64
+# Threads that only wait on HTTP; none touches the ORM, so DB connections do not grow with it (issue 9).
+MAX_WORKERS = 512
 MAX_ATTEMPTS = 20
 DATE_INVALID = "--date must be a real calendar date written YYYY-MM-DD, got {value!r}."
 WORKERS_INVALID = f"--workers must be between 1 and {MAX_WORKERS}, got {{value}}."
 RPM_INVALID = "--rpm must be at least 1 request per minute (leave it out for no limit), got {value}."
+TPM_INVALID = "--tpm must be at least 1 token per minute (leave it out for no limit), got {value}."
+BACKEND_INVALID = f"--backend must be one of {', '.join(batch.BACKENDS)}, got {{value!r}}."
 ATTEMPTS_INVALID = f"--max-attempts must be between 1 and {MAX_ATTEMPTS}, got {{value}}."
 COST_INVALID = "--max-cost must be a number of US dollars, 0 or more (0 = no budget), got {value!r}."
 RUNTIME_INVALID = "--max-runtime must be more than 0 minutes, got {value}."
@@ -40,7 +44,7 @@ def _command_errors():
         yield
     except BatchLocked as exc:
         raise CommandError(str(exc), returncode=EXIT_LOCKED) from None
-    except UserNotEligible as exc:
+    except (UserNotEligible, CeleryBackendUnavailable) as exc:  # each message says what to fix
         raise CommandError(str(exc), returncode=EXIT_USAGE) from None
     except ProviderConfigError as exc:
         raise CommandError(PROVIDER_MISCONFIGURED.format(error=exc), returncode=EXIT_USAGE) from None
@@ -71,6 +75,12 @@ class Command(BaseCommand):
         add("--force", action="store_true", help="Regenerate even when a fortune exists (only for the selected users).")
         add("--rpm", type=flag(RPM_INVALID, int, lambda n: n >= 1),
             help="Requests per minute across all workers (default OPENAI_RPM).")
+        add("--tpm", type=flag(TPM_INVALID, int, lambda n: n >= 1),
+            help="Tokens per minute across all workers (default OPENAI_TPM).")
+        add("--backend", type=flag(BACKEND_INVALID, str, lambda b: b in batch.BACKENDS), default=batch.BACKEND_THREADS,
+            help="threads: this process calls the model; celery: Celery workers do (needs CELERY_BROKER_URL).")
+        add("--chunk-size", type=flag(batch.INVALID_CHUNK_SIZE, int, lambda n: 1 <= n <= batch.MAX_CHUNK_SIZE),
+            default=batch.CHUNK_SIZE, help="Inputs per Celery task (--backend celery).")
         add("--max-attempts", type=flag(ATTEMPTS_INVALID, int, lambda n: 1 <= n <= MAX_ATTEMPTS),
             help="HTTP attempts per generation per round (default FORTUNE_MAX_ATTEMPTS).")
         add("--max-cost", type=flag(COST_INVALID, finite_decimal, lambda d: d >= 0, show_raw=True),
@@ -91,7 +101,8 @@ class Command(BaseCommand):
             return self.collect(options)
         batch_options = BatchOptions(
             base_date=options["date"], workers=options["workers"], user_id=options["user_id"],
-            force=options["force"], dry_run=options["dry_run"], rpm=options["rpm"],
+            force=options["force"], dry_run=options["dry_run"], rpm=options["rpm"], tpm=options["tpm"],
+            backend=options["backend"], chunk_size=options["chunk_size"],
             max_attempts=options["max_attempts"], max_cost=options["max_cost"],
             max_runtime_minutes=options["max_runtime"], retry_cooldown=options["retry_cooldown"],
             progress_stream=sys.stderr, progress_is_tty=sys.stderr.isatty(), batch_ahead=options["batch_ahead"],
