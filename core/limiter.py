@@ -150,32 +150,26 @@ class _Limiter:
             raise ValueError(LANE_INVALID.format(lanes=LANES, lane=lane))
         if stop is not None and stop.is_set():
             return None
-        now = self._clock()
-        max_wait = None if deadline is None else deadline - now
-        if max_wait is not None and max_wait < 0:
-            return None
-        granted = self._reserve(lane=lane, tokens=max(0, int(tokens)), max_wait=max_wait)
-        if granted is None:
-            return None
-        charged, wait = granted
-        while wait > 0:
+        tokens = max(0, int(tokens))
+        while True:
+            max_wait = None if deadline is None else deadline - self._clock()
+            if max_wait is not None and max_wait < 0:
+                return None
+            granted = self._reserve(lane=lane, tokens=tokens, max_wait=max_wait)
+            if granted is None:
+                return None
+            charged, wait = granted
+            if wait <= 0:
+                return charged
             if stop is not None:
                 if stop.wait(wait):
                     return None
             else:
                 self._sleep(wait)
             if self._pause_left() <= 0:
-                break
+                return charged
             # A 429 seen by anyone while we waited: our slot was planned at the old pace. Take a new one
             # after the pause, at the pace learned since, or every waiter would hit the account at once.
-            max_wait = None if deadline is None else deadline - self._clock()
-            if max_wait is not None and max_wait < 0:
-                return None
-            granted = self._reserve(lane=lane, tokens=max(0, int(tokens)), max_wait=max_wait)
-            if granted is None:
-                return None
-            charged, wait = granted
-        return charged
 
     def reconcile(self, *, lane: str, reserved: int, used: int) -> None:
         """Correct a lane's token account once the answer reports what the request really used."""
