@@ -34,6 +34,7 @@ from core.fortunes.providers.base import FailureReason, Generated, ProviderError
 
 logger = logging.getLogger("fortuna.limiter")
 
+REDIS_POOL_SIZE = 64
 LANE_BATCH = "b"
 LANE_ON_DEMAND = "o"
 LANES = (LANE_BATCH, LANE_ON_DEMAND)
@@ -414,7 +415,11 @@ class RedisRateLimiter(_Limiter):
 
         super().__init__(rpm, tpm=tpm, burst=burst, reserve=reserve, clock=clock, sleep=sleep)
         self.key = key
-        self.redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+        # Hundreds of threads share one limiter and each call is one short script: a thread waits for a
+        # free connection (a blocking pool) rather than fail at redis-py's default cap of 100.
+        pool = redis.BlockingConnectionPool.from_url(url, max_connections=REDIS_POOL_SIZE, timeout=5, socket_timeout=5,
+                                                     socket_connect_timeout=5, health_check_interval=30)
+        self.redis = redis.Redis(connection_pool=pool)
         self._reserve_script = self.redis.register_script(_RESERVE_LUA)
         self._adjust_script = self.redis.register_script(_ADJUST_LUA)
         self._learn_script = self.redis.register_script(_LEARN_LUA)
@@ -445,6 +450,7 @@ class RedisRateLimiter(_Limiter):
 
     def close(self) -> None:
         self.redis.close()
+        self.redis.connection_pool.disconnect()  # a pool passed in is not closed with its client
 
 
 def account_limiter(

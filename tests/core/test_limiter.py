@@ -17,6 +17,7 @@ from core.limiter import (
     LANE_BATCH,
     LANE_ON_DEMAND,
     LIMITER_NEEDS_REDIS,
+    REDIS_POOL_SIZE,
     RESERVE_INVALID,
     TPM_INVALID,
     Backoff,
@@ -375,3 +376,27 @@ def test_rate_limiter_shared_by_threads_grants_no_more_than_the_rate():
         t.join(timeout=10)
     assert not any(t.is_alive() for t in threads)
     assert 1 <= len(grants) <= window * 100 + 2 + 1
+
+
+def test_redis_limiter_serves_more_threads_than_its_connection_pool(redis_url):
+    # The threads backend runs up to 512 workers through one limiter: beyond the pool's connections a
+    # thread waits for one (redis-py's plain pool would raise MaxConnectionsError past 100).
+    limiter = RedisRateLimiter(None, url=redis_url, tpm=10_000_000, key=f"fortuna:test:{uuid.uuid4().hex}")
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(REDIS_POOL_SIZE * 3)
+
+    def acquire() -> None:
+        try:
+            barrier.wait(timeout=10)
+            for _ in range(5):
+                assert limiter.acquire_lane(tokens=10) == LANE_BATCH
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=acquire) for _ in range(REDIS_POOL_SIZE * 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    limiter.close()
+    assert errors == []
