@@ -24,12 +24,17 @@ be extra state outside it anyway. One Lua script does all of it in one round tri
 
 import logging
 import math
+import os
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from core.fortunes.prompt import estimate_tokens
 from core.fortunes.providers.base import FailureReason, Generated, ProviderError
 
 logger = logging.getLogger("fortuna.limiter")
@@ -460,9 +465,6 @@ def account_limiter(
     """The account's limiter from settings (OPENAI_RPM, OPENAI_TPM, OPENAI_ON_DEMAND_RESERVE); arguments
     override them (rpm/tpm 0 = no limit). Shared in Redis when REDIS_URL (or url) is set; shared=True
     without Redis raises ImproperlyConfigured(LIMITER_NEEDS_REDIS)."""
-    from django.conf import settings
-    from django.core.exceptions import ImproperlyConfigured
-
     rpm = settings.OPENAI_RPM if rpm is None else rpm
     tpm = settings.OPENAI_TPM if tpm is None else tpm
     reserve = float(settings.OPENAI_ON_DEMAND_RESERVE if reserve is None else reserve)
@@ -484,10 +486,6 @@ def account_limiter_cached(*, rpm: int | None = None, tpm: int | None = None) ->
     """account_limiter(), one per process and configuration: what long-lived callers (a Celery
     worker's chunks, the web's on-demand requests) share, so a process keeps one Redis connection pool
     and one in-process schedule. Made again after a fork and when the settings change (tests)."""
-    import os
-
-    from django.conf import settings
-
     key = (os.getpid(), rpm, tpm, settings.OPENAI_RPM, settings.OPENAI_TPM, settings.REDIS_URL,
            settings.OPENAI_ON_DEMAND_RESERVE)
     with _cached_lock:
@@ -499,8 +497,6 @@ def account_limiter_cached(*, rpm: int | None = None, tpm: int | None = None) ->
 
 def estimated_tokens(inp) -> int:
     """Prompt + expected completion tokens of one request for this input (core.fortunes.prompt)."""
-    from core.fortunes.prompt import estimate_tokens
-
     tokens_in, tokens_out = estimate_tokens(inp)
     return tokens_in + tokens_out
 

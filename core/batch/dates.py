@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 from django.utils import timezone
 
+from core.models import BatchRun
+
 
 @dataclass(frozen=True, slots=True)
 class BatchTarget:
@@ -35,8 +37,6 @@ def batch_targets(*, base_date: dt.date | None, catch_up_allowed: bool = True) -
     by a catch-up run for today when no full run for today ever succeeded (a missed night, or a run
     that starts after KST midnight).
     """
-    from core.models import BatchRun
-
     if base_date is not None:
         return [BatchTarget(base_date=base_date, target_date=base_date + dt.timedelta(days=1))]
     today = batch_today()
