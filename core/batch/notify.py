@@ -15,7 +15,7 @@ import httpx2
 from django.conf import settings
 from django.utils import timezone
 
-from core.batch.summary import RunSummary, failure_reason_counts
+from core.batch.summary import RunSummary
 from core.fortunes.providers.base import retry_after_seconds
 from core.resilience import RetryPolicy, retrying
 
@@ -42,11 +42,6 @@ STATUS_COLOR = {  # Discord embed colours (decimal RGB)
     "interrupted": 0x95A5A6,
     "running": 0x3498DB,
 }
-
-
-def run_top_failure_reasons(*, run, limit: int = TOP_REASONS) -> list[tuple[str, int]]:
-    """(reason, count) of the run's failures, most common first (core.batch.summary counts them)."""
-    return failure_reason_counts(run.failure_sample)[:limit]
 
 
 def _facts(summary: RunSummary) -> list[tuple[str, str]]:

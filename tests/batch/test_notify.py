@@ -14,10 +14,9 @@ from core.batch.notify import (
     discord_payload,
     run_report_send,
     run_report_text,
-    run_top_failure_reasons,
     slack_payload,
 )
-from core.batch.summary import RunSummary
+from core.batch.summary import RunSummary, failure_reason_counts
 from core.fortunes.pricing import PathUsage, cost_by_path
 from core.models import BatchRun
 from tests.webhook_receiver import WebhookReceiver
@@ -99,11 +98,10 @@ def test_report_text_has_status_counts_duration_cost_and_top_reasons():
 
 
 def test_top_failure_reasons_accepts_strings_counts_and_mappings():
-    strings = make_run(failure_sample=["timeout", "timeout", "x"])
-    assert run_top_failure_reasons(run=strings) == [("timeout", 2), ("x", 1)]
-    assert run_top_failure_reasons(run=make_run(failure_sample={"a": 3, "b": 5})) == [("b", 5), ("a", 3)]
-    assert run_top_failure_reasons(run=make_run(failure_sample=[{"reason": "a", "count": 7}])) == [("a", 7)]
-    assert run_top_failure_reasons(run=make_run(failure_sample=[])) == []
+    assert failure_reason_counts(["timeout", "timeout", "x"]) == [("timeout", 2), ("x", 1)]
+    assert failure_reason_counts({"a": 3, "b": 5}) == [("b", 5), ("a", 3)]
+    assert failure_reason_counts([{"reason": "a", "count": 7}]) == [("a", 7)]
+    assert failure_reason_counts([]) == []
 
 
 def test_slack_payload_arrives_in_the_incoming_webhook_shape(webhooks, settings):
