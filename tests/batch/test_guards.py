@@ -14,17 +14,11 @@ from core.batch.guards import (
 )
 from core.batch.lifecycle import batch_run_status
 from core.fortunes.providers.base import FailureReason
-
-
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 def test_the_deadline_is_a_stop_reason_once_passed():
-    clock = Clock()
+    clock = FakeClock(0.0)
     guards = StopGuards(stop=StopToken(), deadline=60.0, max_runtime_minutes=1, clock=clock)
     assert guards.why() == "" and guards.reason == ""
     clock.now = 60.0

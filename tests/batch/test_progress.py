@@ -2,15 +2,7 @@ import io
 
 from core.batch.progress import ProgressReporter
 from core.batch.summary import format_duration
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
+from tests.fakes import FakeClock
 
 
 def progress_lines(caplog):
@@ -24,7 +16,7 @@ def test_format_duration():
 
 
 def test_non_tty_logs_a_line_every_interval_with_rate_eta_and_failures(batch_log):
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     stream = io.StringIO()
     progress = ProgressReporter(total=1000, stream=stream, is_tty=False, interval=10.0, clock=clock)
     for second in range(1, 26):
@@ -44,7 +36,7 @@ def test_non_tty_logs_a_line_every_interval_with_rate_eta_and_failures(batch_log
 
 
 def test_non_tty_close_always_logs_the_final_state_once(batch_log):
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     progress = ProgressReporter(total=3, stream=io.StringIO(), is_tty=False, clock=clock, label="catch-up")
     clock.now += 2
     progress.update(done=3, failed=0)
@@ -57,7 +49,7 @@ def test_non_tty_close_always_logs_the_final_state_once(batch_log):
 
 
 def test_tty_redraws_one_line_at_most_five_times_a_second(batch_log):
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     stream = io.StringIO()
     progress = ProgressReporter(total=100, stream=stream, is_tty=True, clock=clock)
     for i in range(1, 101):
@@ -75,7 +67,7 @@ def test_tty_redraws_one_line_at_most_five_times_a_second(batch_log):
 
 
 def test_tty_pads_over_a_longer_previous_line():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     stream = io.StringIO()
     progress = ProgressReporter(total=10, stream=stream, is_tty=True, clock=clock)
     progress.update(done=0, failed=0)  # ETA unknown: "?"
@@ -87,7 +79,7 @@ def test_tty_pads_over_a_longer_previous_line():
 
 
 def test_failed_users_count_as_processed():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     stream = io.StringIO()
     progress = ProgressReporter(total=4, stream=stream, is_tty=True, clock=clock)
     clock.now += 1
@@ -104,7 +96,7 @@ def test_failed_users_count_as_processed():
 
 
 def test_zero_total_does_not_divide_by_zero(batch_log):
-    progress = ProgressReporter(total=0, stream=io.StringIO(), is_tty=False, clock=FakeClock())
+    progress = ProgressReporter(total=0, stream=io.StringIO(), is_tty=False, clock=FakeClock(1000.0))
     progress.close()
     assert progress_lines(batch_log) == [
         "fortune progress [fortunes] final: 0/0 (100.0%), 0.0/s, ETA 0:00:00, 0 failed"

@@ -12,18 +12,9 @@ from core.batch.store import Flush
 from core.fortunes.providers import Generated, ProviderError
 from core.fortunes.providers.base import FailureReason
 from core.resilience import Attempted
+from tests.fakes import FakeClock
 
 NOW = 1000.0
-
-
-class Clock:
-    def __init__(self, *, step: float = 0.0) -> None:
-        self.now = NOW
-        self.step = step
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
 
 
 def page(**groups: list[int]) -> PlanPage:
@@ -106,12 +97,12 @@ class FakeWriter:
 
 def guards(*, budget: str = "0", workers: int = 1, clock=None) -> StopGuards:
     return StopGuards(stop=StopToken(), deadline=NOW + 3600, max_runtime_minutes=60, budget=Decimal(budget),
-                      workers=workers, model="priced-model", clock=clock or Clock())
+                      workers=workers, model="priced-model", clock=clock or FakeClock(NOW))
 
 
 def scheduler(pages, *, backend, writer=None, stored=None, clock=None, **kwargs) -> Scheduler:
     stored = stored or {}
-    clock = clock or Clock()
+    clock = clock or FakeClock(NOW)
     kwargs.setdefault("guards", guards(clock=clock))
     return Scheduler(pages=pages, lookup=lambda hashes: {h: stored[h] for h in hashes if h in stored},
                      backend=backend, writer=writer or FakeWriter(), max_in_flight=100, clock=clock, **kwargs)
@@ -160,7 +151,7 @@ def test_late_joiners_of_a_generation_with_the_writer_get_its_id():
 
 
 def test_abandon_on_stop_ignores_a_result_delivered_late():
-    clock = Clock(step=0.1)  # the grace period runs out while the main thread waits
+    clock = FakeClock(NOW, step=0.1)  # the grace period runs out while the main thread waits
     backend = FakeBackend(answer=None)
     writer = FakeWriter()
     run = scheduler([], backend=backend, writer=writer, clock=clock, grace_seconds=1.0)

@@ -26,20 +26,9 @@ from core.limiter import (
     account_limiter,
     ratelimit_duration,
 )
+from tests.fakes import FakeClock
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class FakeClock:
-    def __init__(self, now: float = 100.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.now += seconds
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from core.resilience import (
     is_transient,
     wait_until,
 )
-from tests.core.test_limiter import FakeClock
+from tests.fakes import FakeClock
 
 INPUT = GenerationInput(for_date=dt.date(2030, 1, 2), year="甲子", month="丙寅", day="戊午", hour=None, gender="F")
 OK = Generated(content=None, tokens_in=10, tokens_out=20)  # the content is not looked at here
