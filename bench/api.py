@@ -1,14 +1,16 @@
 """API benchmark: /fortune/today against a trivial authenticated view, on gunicorn from the Procfile.
 
-Run from the repo root:  .venv/bin/python bench/api.py  [--users 2000] [--duration 10]
+Run from the repo root:  .venv/bin/python bench/api.py  [--users 2000] [--rounds 5] [--duration 4]
 
 Prepares a PostgreSQL database (default: drops and creates `fortuna_bench_api` with createdb on
 127.0.0.1; or --database-url), migrates it, bulk-creates users with tokens and today's (KST)
 fortunes, starts the Procfile's web line with WEB_CONCURRENCY=2 and production settings, then
 loads both endpoints with wrk (a Lua script rotating valid tokens; a Python load generator when
-wrk is missing) at 4, 32 and 64 connections. Prints rps, p50 and p99 per endpoint and the ratios
-against the issue's targets. --reference also loads FACTS' reference setup (bench/reference_settings.py)
-on the same box, the calibration for the absolute 4-connection target. Figures, not assertions: see
+wrk is missing) at 4, 32 and 64 connections, in rounds: within a round every endpoint runs once,
+next to the others (the order flips each round). Prints the median rps, p50, p99 and server CPU per
+request of each endpoint, and the median of the rounds' ratios against the issue's targets.
+--reference also serves FACTS' reference setup (bench/reference_settings.py) and loads it in the
+same rounds: the calibration for the absolute 4-connection target. Figures, not assertions: see
 docs/BENCHMARKS.md.
 """
 
@@ -225,10 +227,31 @@ def warm(*, base_url: str, tokens: list[str], path: str) -> None:
             resp.read()
 
 
+def _cpu_ticks(pids: list[str]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a database backend that ended
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total
+
+
+def server_pids(server, *, database: str) -> list[str]:
+    """The gunicorn workers of a server, and the PostgreSQL backends of the database (same host only)."""
+    def pgrep(*argv: str) -> list[str]:
+        return subprocess.run(["pgrep", *argv], capture_output=True, text=True).stdout.split()
+
+    return pgrep("-P", str(server.process.pid)) + pgrep("-f", f"postgres: .* {database} ")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=2000)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per run")
+    parser.add_argument("--duration", type=int, default=4, help="seconds per load run")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="runs per endpoint and connection count, the endpoints taking turns")
     parser.add_argument("--connections", default="4,32,64")
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", ""))
     parser.add_argument("--reuse-data", action="store_true", help="skip creating the database and the data")
@@ -257,6 +280,7 @@ def main() -> None:
     script = tmp / "rotate_tokens.lua"
     script.write_text(WRK_SCRIPT)
     use_wrk = shutil.which("wrk") is not None and not args.python_load
+    database = database_url.rsplit("/", 1)[1]
 
     extra = {"WEB_CONCURRENCY": "2", "LOG_LEVEL": "warning"}
     if args.redis_url:
@@ -267,60 +291,77 @@ def main() -> None:
     argv_extra = ["--worker-class", args.worker_class] if args.worker_class else []
     # The access log would cost the server as much as the view itself; production keeps it.
     argv_extra += ["--access-logfile", "/dev/null"]
+
     def load(url: str, conns: int) -> dict:
         if use_wrk:
             return load_wrk(url=url, connections=conns, duration=args.duration, tokens_file=tokens_file, script=script)
         return load_python(url=url, connections=conns, duration=args.duration, tokens=tokens)
 
-    server = web_server_start(env=env, port=free_port(), extra_args=tuple(argv_extra), log_path=tmp / "gunicorn.log")
-    results: dict[tuple[str, int], dict] = {}
+    # Both servers stay up and the endpoints take turns, round after round: this box's speed drifts
+    # by a third within minutes, so a ratio is only fair between runs made next to each other.
+    servers = {}
     try:
-        for path in (PING_PATH, FORTUNE_PATH):
-            warm(base_url=server.base_url, tokens=tokens, path=path)
+        servers["app"] = web_server_start(env=env, port=free_port(), extra_args=tuple(argv_extra),
+                                          log_path=tmp / "gunicorn.log")
+        endpoints = [(PING_PATH, "app", PING_PATH), (FORTUNE_PATH, "app", FORTUNE_PATH)]
+        if args.reference:
+            servers["reference"] = web_server_start(
+                env={**env, "DJANGO_SETTINGS_MODULE": "bench.reference_settings"}, port=free_port(),
+                log_path=tmp / "reference.log",
+                extra_args=("--worker-class", "sync", "--access-logfile", "/dev/null"),
+            )
+            endpoints.append((REFERENCE_LABEL, "reference", PING_PATH))
+        for _, name, path in endpoints:
+            warm(base_url=servers[name].base_url, tokens=tokens, path=path)
+        runs: dict[tuple[str, int], list[dict]] = {(label, conns): [] for conns in connection_counts
+                                                   for label, _, _ in endpoints}
         for conns in connection_counts:
-            for path in (PING_PATH, FORTUNE_PATH):
-                results[(path, conns)] = load(server.base_url + path, conns)
+            for round_no in range(args.rounds):
+                for label, name, path in endpoints if round_no % 2 == 0 else endpoints[::-1]:
+                    pids = server_pids(servers[name], database=database)
+                    ticks = _cpu_ticks(pids)
+                    result = load(servers[name].base_url + path, conns)
+                    result["cpu_ms"] = (_cpu_ticks(pids) - ticks) * 1000 / os.sysconf("SC_CLK_TCK") / result["requests"]
+                    runs[(label, conns)].append(result)
     finally:
-        web_server_stop(server)
-    if args.reference:
-        reference_env = {**env, "DJANGO_SETTINGS_MODULE": "bench.reference_settings"}
-        server = web_server_start(
-            env=reference_env, port=free_port(), log_path=tmp / "reference.log",
-            extra_args=("--worker-class", "sync", "--access-logfile", "/dev/null"),
-        )
-        try:
-            warm(base_url=server.base_url, tokens=tokens, path=PING_PATH)
-            for conns in connection_counts:
-                results[(REFERENCE_LABEL, conns)] = load(server.base_url + PING_PATH, conns)
-        finally:
+        for server in servers.values():
             web_server_stop(server)
 
     threads = args.threads or "default (gunicorn.conf.py)"
     print(
         f"\ngunicorn: Procfile web line, WEB_CONCURRENCY=2, worker class {args.worker_class or 'gthread'}, "
-        f"threads {threads}; load: {'wrk' if use_wrk else 'python'}, {args.duration} s per run, "
-        f"{len(tokens)} tokens rotated; cpus {os.cpu_count()}"
+        f"threads {threads}; load: {'wrk' if use_wrk else 'python'}, {args.rounds} rounds of {args.duration} s per "
+        f"endpoint and connection count, endpoints in turn; {len(tokens)} tokens rotated; cpus {os.cpu_count()}"
     )
-    print(f"{'endpoint':<16}{'conns':>6}{'rps':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}")
-    for (path, conns), r in results.items():
-        print(f"{path:<16}{conns:>6}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
-              f"{r['max_ms']:>9.1f}{r['errors']:>8}")
+    print("medians over the rounds; cpu: server CPU per request (gunicorn workers + the database's backends)")
+    print(f"{'endpoint':<16}{'conns':>6}{'rps':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'cpu ms':>8}{'errors':>8}")
+    for (label, conns), rounds in runs.items():
+        med = {key: statistics.median(r[key] for r in rounds) for key in ("rps", "p50_ms", "p99_ms", "cpu_ms")}
+        print(f"{label:<16}{conns:>6}{med['rps']:>10.0f}{med['p50_ms']:>9.2f}{med['p99_ms']:>9.2f}"
+              f"{max(r['max_ms'] for r in rounds):>9.1f}{med['cpu_ms']:>8.2f}{sum(r['errors'] for r in rounds):>8}")
     print()
     if args.reference:
         print(f"{REFERENCE_LABEL}: FACTS' setup (bench/reference_settings.py: DRF TokenAuthentication, no throttles "
               f"or middleware beyond CommonMiddleware, persistent connections, 2 sync workers); FACTS measured "
               f"~2,000 rps, p99 ≈ 4 ms at 4 connections")
+    print("ratios: the median of each round's fortune/ping (runs made next to each other); [min–max] over the rounds")
     for conns in connection_counts:
-        fortune, ping = results[(FORTUNE_PATH, conns)], results[(PING_PATH, conns)]
-        rps_ratio = fortune["rps"] / ping["rps"]
-        p99_ratio = fortune["p99_ms"] / ping["p99_ms"]
-        line = f"{conns:>3} conns: fortune/ping rps {rps_ratio:.2f}, p99 {p99_ratio:.2f}x"
+        fortune, ping = runs[(FORTUNE_PATH, conns)], runs[(PING_PATH, conns)]
+        rps_ratios = [f["rps"] / p["rps"] for f, p in zip(fortune, ping, strict=True)]
+        p99_ratios = [f["p99_ms"] / p["p99_ms"] for f, p in zip(fortune, ping, strict=True)]
+        rps_ratio, p99_ratio = statistics.median(rps_ratios), statistics.median(p99_ratios)
+        line = (f"{conns:>3} conns: fortune/ping rps {rps_ratio:.2f} [{min(rps_ratios):.2f}–{max(rps_ratios):.2f}], "
+                f"p99 {p99_ratio:.2f}x [{min(p99_ratios):.2f}–{max(p99_ratios):.2f}]")
         if conns == 32:
             ok = rps_ratio >= TARGET_RPS_RATIO_32 and p99_ratio <= TARGET_P99_RATIO_32
             line += f"  [target rps ≥ {TARGET_RPS_RATIO_32:.0%}, p99 ≤ {TARGET_P99_RATIO_32}x: {_verdict(ok)}]"
         if conns == 4:
-            ok = fortune["p99_ms"] <= TARGET_P99_MS_4
-            line += f"  [target fortune p99 ≤ {TARGET_P99_MS_4:.0f} ms: {fortune['p99_ms']:.2f} ms, {_verdict(ok)}]"
+            p99 = statistics.median(f["p99_ms"] for f in fortune)
+            ok = p99 <= TARGET_P99_MS_4
+            line += f"  [target fortune p99 ≤ {TARGET_P99_MS_4:.0f} ms: {p99:.2f} ms, {_verdict(ok)}]"
+            if args.reference:
+                reference = statistics.median(r["p99_ms"] for r in runs[(REFERENCE_LABEL, conns)])
+                line += f" (reference ping {reference:.2f} ms)"
         print(line)
     shutil.rmtree(tmp, ignore_errors=True)
 
