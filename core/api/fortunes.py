@@ -6,12 +6,14 @@ import re
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
+from rest_framework.renderers import BrowsableAPIRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api.exceptions import ErrorSerializer
 from core.api.http import error_response, etag_matches, fortune_etag, with_fortune_cache_headers
+from core.api.renderers import FortuneJSONRenderer, StoredJSON
 from core.models import FortuneResult
 from core.services.fortunes import (
     BirthDataUnchartable,
@@ -33,15 +35,19 @@ _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 @extend_schema_field(OpenApiTypes.OBJECT)
-class FortuneContentField(serializers.JSONField):
-    """The fortune content schema (core.fortunes.schema.FortuneContent), served as stored."""
+class FortuneContentField(serializers.Field):
+    """The fortune content schema (core.fortunes.schema.FortuneContent): the stored JSON text, which
+    FortuneJSONRenderer writes into the body as it is."""
+
+    def to_representation(self, value: str) -> StoredJSON:
+        return StoredJSON(value)
 
 
 class FortuneOutputSerializer(serializers.Serializer):
     """The response's shape: the OpenAPI schema and the body both come from here."""
 
     date = serializers.DateField(source="for_date")
-    fortune = FortuneContentField(source="content")
+    fortune = FortuneContentField(source="content_json", read_only=True)
     source = serializers.ChoiceField(choices=FortuneResult.Source.choices)
     generated_at = serializers.DateTimeField()
 
@@ -90,13 +96,21 @@ _FORTUNE_RESPONSES = {
 }
 
 
+# Every fortune response, errors included, goes through the one renderer that can write stored JSON.
+_FORTUNE_RENDERERS = [FortuneJSONRenderer, BrowsableAPIRenderer]
+
+
 class FortuneTodayApi(APIView):
+    renderer_classes = _FORTUNE_RENDERERS
+
     @extend_schema(operation_id="fortune_today", responses=_FORTUNE_RESPONSES)
     def get(self, request: Request) -> Response:
         return today_response(request)
 
 
 class FortuneByDateApi(APIView):
+    renderer_classes = _FORTUNE_RENDERERS
+
     @extend_schema(
         operation_id="fortune_by_date",
         parameters=[OpenApiParameter("date", OpenApiTypes.DATE, OpenApiParameter.PATH)],

@@ -13,6 +13,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from core.fortunes.inputs import GenerationInput
@@ -72,32 +74,33 @@ class OnDemandUnavailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class StoredFortune:
-    """A user's stored fortune as the API serves it."""
+    """A user's stored fortune as the API serves it; the content is the JSON text the database holds."""
 
     generation_id: int
     for_date: dt.date
     source: str
     generated_at: dt.datetime
-    content: dict
+    content_json: str
 
 
 # Built once, so a request only adds its filter (filter() clones; this one is never evaluated): setting
 # up the join and the columns is most of what the ORM spends on the hot path of GET /fortune/today.
+# The content is read as text: the response writes it as stored (core.api.renderers), never decoding it.
 _FORTUNE_ROWS = FortuneResult.objects.values_list(
-    "generation_id", "source", "generation__created_at", "generation__content"
+    "generation_id", "source", "generation__created_at", Cast("generation__content", TextField())
 )
 
 
 def fortune_get_for_date(*, user: User, for_date: dt.date) -> StoredFortune | None:
     """The user's stored fortune for a date, with its generation's content, in one query."""
-    rows = _FORTUNE_ROWS.filter(user_id=user.pk, for_date=for_date)[:1]
-    for generation_id, source, generated_at, content in rows:
+    # At most one row (UNIQUE(user, for_date)), so no LIMIT to build and compile.
+    for generation_id, source, generated_at, content_json in _FORTUNE_ROWS.filter(user_id=user.pk, for_date=for_date):
         return StoredFortune(
             generation_id=generation_id,
             for_date=for_date,
             source=source,
             generated_at=generated_at,
-            content=content,
+            content_json=content_json,
         )
     return None
 
