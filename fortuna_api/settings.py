@@ -90,6 +90,10 @@ except ValueError as exc:
         f"DATABASE_URL is not a database URL Fortuna understands ({exc}). "
         "Use postgres://user:password@host:5432/name or sqlite:////absolute/path.sqlite3."
     ) from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django's backend, its health check skipping the round trip while the socket is quiet
+    # (fortuna_api/postgresql/base.py says why and how).
+    DATABASES["default"]["ENGINE"] = "fortuna_api.postgresql"
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # One writer, concurrent readers: WAL plus IMMEDIATE transactions so a writer waits for the
     # lock (busy timeout) instead of failing with "database is locked" on lock upgrade.
