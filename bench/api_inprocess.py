@@ -33,6 +33,33 @@ PATHS = ("/api/ping", "/fortune/today")
 TARGET_RPS_RATIO = 0.60
 
 
+def wsgi_get(application, *, path: str, token: str) -> int:
+    """One GET through a WSGI application as gunicorn makes it (behind Railway's proxy); returns the status."""
+    status = []
+    environ = {
+        "REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SCRIPT_NAME": "",
+        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "127.0.0.1", "HTTP_X_FORWARDED_PROTO": "https", "HTTP_AUTHORIZATION": f"Token {token}",
+        "REMOTE_ADDR": "127.0.0.1", "wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr,
+        "wsgi.url_scheme": "http", "wsgi.version": (1, 0), "wsgi.multithread": True,
+        "wsgi.multiprocess": True, "wsgi.run_once": False,
+    }
+    result = application(environ, lambda s, headers, exc_info=None: status.append(s))
+    try:
+        b"".join(result)
+    finally:
+        result.close()  # request_finished, as gunicorn does
+    return int(status[0].split()[0])
+
+
+def tree_export(*, revision: str, into: Path) -> Path:
+    """The files of a git revision (git archive), to run beside this tree."""
+    into.mkdir()
+    archive = subprocess.run(["git", "archive", revision], cwd=BASE_DIR, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
 def worker(*, source_dir: Path, requests: int) -> None:
     """Child: serve batches on request (a line on stdin), answer ms per request as JSON on stdout."""
     sys.path.insert(0, str(source_dir))
@@ -44,21 +71,7 @@ def worker(*, source_dir: Path, requests: int) -> None:
     tokens = list(apps.get_model("authtoken", "Token").objects.order_by("key").values_list("key", flat=True))
 
     def call(path: str, token: str) -> int:
-        status = []
-        environ = {
-            "REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SCRIPT_NAME": "",
-            "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
-            "HTTP_HOST": "127.0.0.1", "HTTP_X_FORWARDED_PROTO": "https", "HTTP_AUTHORIZATION": f"Token {token}",
-            "REMOTE_ADDR": "127.0.0.1", "wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr,
-            "wsgi.url_scheme": "http", "wsgi.version": (1, 0), "wsgi.multithread": True,
-            "wsgi.multiprocess": True, "wsgi.run_once": False,
-        }
-        result = application(environ, lambda s, headers, exc_info=None: status.append(s))
-        try:
-            b"".join(result)
-        finally:
-            result.close()  # request_finished, as gunicorn does
-        return int(status[0].split()[0])
+        return wsgi_get(application, path=path, token=token)
 
     for path in PATHS:  # warm up: connection, caches, first-call imports
         for token in tokens[:50]:
@@ -107,11 +120,7 @@ def main() -> None:
     trees = {"this tree": BASE_DIR}
     with tempfile.TemporaryDirectory(prefix="bench-inprocess-") as tmp:
         if args.against:
-            other = Path(tmp) / "against"
-            other.mkdir()
-            archive = subprocess.run(["git", "archive", args.against], cwd=BASE_DIR, capture_output=True, check=True)
-            subprocess.run(["tar", "-x", "-C", str(other)], input=archive.stdout, check=True)
-            trees = {args.against: other, **trees}
+            trees = {args.against: tree_export(revision=args.against, into=Path(tmp) / "against"), **trees}
         children = {
             label: subprocess.Popen(
                 [sys.executable, __file__, "--worker", str(tree), "--requests", str(args.requests)],
