@@ -34,6 +34,7 @@ from pathlib import Path
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
+from bench.api_inprocess import tree_export  # noqa: E402
 from tests.deploy.server import (  # noqa: E402
     PROXY_HEADERS,
     free_port,
@@ -262,6 +263,8 @@ def main() -> None:
     parser.add_argument("--python-load", action="store_true", help="use the Python load generator, not wrk")
     parser.add_argument("--reference", action="store_true",
                         help="also load FACTS' reference (trivial token-auth view, 2 sync workers, minimal settings)")
+    parser.add_argument("--against", default="",
+                        help="also serve this git revision (same settings), its endpoints loaded in the same rounds")
     args = parser.parse_args()
     connection_counts = [int(c) for c in args.connections.split(",")]
 
@@ -304,6 +307,13 @@ def main() -> None:
         servers["app"] = web_server_start(env=env, port=free_port(), extra_args=tuple(argv_extra),
                                           log_path=tmp / "gunicorn.log")
         endpoints = [(PING_PATH, "app", PING_PATH), (FORTUNE_PATH, "app", FORTUNE_PATH)]
+        if args.against:
+            servers["against"] = web_server_start(
+                env=env, port=free_port(), extra_args=tuple(argv_extra), log_path=tmp / "against.log",
+                source_dir=tree_export(revision=args.against, into=tmp / "against"),
+            )
+            endpoints += [(f"{args.against} {PING_PATH}", "against", PING_PATH),
+                          (f"{args.against} {FORTUNE_PATH}", "against", FORTUNE_PATH)]
         if args.reference:
             servers["reference"] = web_server_start(
                 env={**env, "DJANGO_SETTINGS_MODULE": "bench.reference_settings"}, port=free_port(),
@@ -334,10 +344,12 @@ def main() -> None:
         f"endpoint and connection count, endpoints in turn; {len(tokens)} tokens rotated; cpus {os.cpu_count()}"
     )
     print("medians over the rounds; cpu: server CPU per request (gunicorn workers + the database's backends)")
-    print(f"{'endpoint':<16}{'conns':>6}{'rps':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'cpu ms':>8}{'errors':>8}")
+    width = max(16, *(len(label) + 2 for label, _, _ in endpoints))
+    print(f"{'endpoint':<{width}}{'conns':>6}{'rps':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'cpu ms':>8}"
+          f"{'errors':>8}")
     for (label, conns), rounds in runs.items():
         med = {key: statistics.median(r[key] for r in rounds) for key in ("rps", "p50_ms", "p99_ms", "cpu_ms")}
-        print(f"{label:<16}{conns:>6}{med['rps']:>10.0f}{med['p50_ms']:>9.2f}{med['p99_ms']:>9.2f}"
+        print(f"{label:<{width}}{conns:>6}{med['rps']:>10.0f}{med['p50_ms']:>9.2f}{med['p99_ms']:>9.2f}"
               f"{max(r['max_ms'] for r in rounds):>9.1f}{med['cpu_ms']:>8.2f}{sum(r['errors'] for r in rounds):>8}")
     print()
     if args.reference:
@@ -345,13 +357,16 @@ def main() -> None:
               f"or middleware beyond CommonMiddleware, persistent connections, 2 sync workers); FACTS measured "
               f"~2,000 rps, p99 ≈ 4 ms at 4 connections")
     print("ratios: the median of each round's fortune/ping (runs made next to each other); [min–max] over the rounds")
+    if args.against:
+        for conns in connection_counts:
+            against = [runs[(f"{args.against} {path}", conns)] for path in (FORTUNE_PATH, PING_PATH)]
+            print(f"{args.against}: {_ratios_line(*against, conns)}")
+        print("this tree:")
     for conns in connection_counts:
         fortune, ping = runs[(FORTUNE_PATH, conns)], runs[(PING_PATH, conns)]
-        rps_ratios = [f["rps"] / p["rps"] for f, p in zip(fortune, ping, strict=True)]
-        p99_ratios = [f["p99_ms"] / p["p99_ms"] for f, p in zip(fortune, ping, strict=True)]
-        rps_ratio, p99_ratio = statistics.median(rps_ratios), statistics.median(p99_ratios)
-        line = (f"{conns:>3} conns: fortune/ping rps {rps_ratio:.2f} [{min(rps_ratios):.2f}–{max(rps_ratios):.2f}], "
-                f"p99 {p99_ratio:.2f}x [{min(p99_ratios):.2f}–{max(p99_ratios):.2f}]")
+        line = _ratios_line(fortune, ping, conns)
+        rps_ratio = statistics.median(f["rps"] / p["rps"] for f, p in zip(fortune, ping, strict=True))
+        p99_ratio = statistics.median(f["p99_ms"] / p["p99_ms"] for f, p in zip(fortune, ping, strict=True))
         if conns == 32:
             ok = rps_ratio >= TARGET_RPS_RATIO_32 and p99_ratio <= TARGET_P99_RATIO_32
             line += f"  [target rps ≥ {TARGET_RPS_RATIO_32:.0%}, p99 ≤ {TARGET_P99_RATIO_32}x: {_verdict(ok)}]"
@@ -364,6 +379,13 @@ def main() -> None:
                 line += f" (reference ping {reference:.2f} ms)"
         print(line)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ratios_line(fortune: list[dict], ping: list[dict], conns: int) -> str:
+    rps = [f["rps"] / p["rps"] for f, p in zip(fortune, ping, strict=True)]
+    p99 = [f["p99_ms"] / p["p99_ms"] for f, p in zip(fortune, ping, strict=True)]
+    return (f"{conns:>3} conns: fortune/ping rps {statistics.median(rps):.2f} [{min(rps):.2f}–{max(rps):.2f}], "
+            f"p99 {statistics.median(p99):.2f}x [{min(p99):.2f}–{max(p99):.2f}]")
 
 
 def _verdict(ok: bool) -> str:

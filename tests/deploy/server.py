@@ -136,17 +136,18 @@ class WebServer:
 
 def web_server_start(
     *, env: dict[str, str], log_path: Path, port: int | None = None, extra_args: tuple[str, ...] = (),
-    ready_timeout: float = 60, ready_path: str = "/healthz",
+    ready_timeout: float = 60, ready_path: str = "/healthz", source_dir: Path = BASE_DIR,
 ) -> WebServer:
     """Start gunicorn from the Procfile and return once it answers HTTP (any status) on ready_path.
 
-    extra_args go after the Procfile's flags, so they win (the benchmark compares worker classes).
+    extra_args go after the Procfile's flags, so they win (the benchmark compares worker classes);
+    source_dir is the tree it serves (the benchmark runs another revision beside this one).
     """
     port = port or free_port()
     env = {**env, "PORT": str(port)}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*procfile_argv(port=port), *extra_args], cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [*procfile_argv(port=port), *extra_args], cwd=source_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     server = WebServer(process=process, port=port, log_path=log_path, env=env)
