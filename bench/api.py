@@ -228,23 +228,20 @@ def warm(*, base_url: str, tokens: list[str], path: str) -> None:
             resp.read()
 
 
-def _cpu_ticks(pids: list[str]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # a database backend that ended
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total
+def _cpu_ticks(pid: str) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0  # a database backend that ended
+    return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def server_pids(server, *, database: str) -> list[str]:
+def server_pids(server, *, database: str) -> tuple[list[str], list[str]]:
     """The gunicorn workers of a server, and the PostgreSQL backends of the database (same host only)."""
     def pgrep(*argv: str) -> list[str]:
         return subprocess.run(["pgrep", *argv], capture_output=True, text=True).stdout.split()
 
-    return pgrep("-P", str(server.process.pid)) + pgrep("-f", f"postgres: .* {database} ")
+    return pgrep("-P", str(server.process.pid)), pgrep("-f", f"postgres: .* {database} ")
 
 
 def main() -> None:
@@ -258,6 +255,8 @@ def main() -> None:
     parser.add_argument("--reuse-data", action="store_true", help="skip creating the database and the data")
     parser.add_argument("--worker-class", default="", help="override the Procfile's (e.g. sync, to compare)")
     parser.add_argument("--threads", default="", help="GUNICORN_THREADS for the server")
+    parser.add_argument("--balanced", action="store_true",
+                        help="GUNICORN_BALANCED_WORKER=1: new connections shared evenly between the worker processes")
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", ""),
                         help="REDIS_URL for the server (as on Railway: throttles and the token cache in Redis)")
     parser.add_argument("--python-load", action="store_true", help="use the Python load generator, not wrk")
@@ -272,6 +271,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
     tokens_file = tmp / "tokens.txt"
     if args.reuse_data:
+        database_migrate(database_url=database_url)  # the data stays; a newer tree's migrations apply
         tokens = _tokens_read(database_url=database_url)
     else:
         database_url = database_prepare(database_url=args.database_url or None)
@@ -290,6 +290,8 @@ def main() -> None:
         extra["REDIS_URL"] = args.redis_url
     if args.threads:
         extra["GUNICORN_THREADS"] = args.threads
+    if args.balanced:
+        extra["GUNICORN_BALANCED_WORKER"] = "1"
     env = production_env(database_url=database_url, port=0, extra=extra)
     argv_extra = ["--worker-class", args.worker_class] if args.worker_class else []
     # The access log would cost the server as much as the view itself; production keeps it.
@@ -328,10 +330,14 @@ def main() -> None:
         for conns in connection_counts:
             for round_no in range(args.rounds):
                 for label, name, path in endpoints if round_no % 2 == 0 else endpoints[::-1]:
-                    pids = server_pids(servers[name], database=database)
-                    ticks = _cpu_ticks(pids)
+                    workers, backends = server_pids(servers[name], database=database)
+                    before = {pid: _cpu_ticks(pid) for pid in workers + backends}
                     result = load(servers[name].base_url + path, conns)
-                    result["cpu_ms"] = (_cpu_ticks(pids) - ticks) * 1000 / os.sysconf("SC_CLK_TCK") / result["requests"]
+                    used = {pid: _cpu_ticks(pid) - ticks for pid, ticks in before.items()}
+                    result["cpu_ms"] = sum(used.values()) * 1000 / os.sysconf("SC_CLK_TCK") / result["requests"]
+                    # How the load spread over the worker processes: wrk's few long-lived connections can
+                    # all land on one (docs/BENCHMARKS.md, gunicorn worker processes).
+                    result["busiest"] = max(used[pid] for pid in workers) / max(1, sum(used[pid] for pid in workers))
                     runs[(label, conns)].append(result)
     finally:
         for server in servers.values():
@@ -343,14 +349,16 @@ def main() -> None:
         f"threads {threads}; load: {'wrk' if use_wrk else 'python'}, {args.rounds} rounds of {args.duration} s per "
         f"endpoint and connection count, endpoints in turn; {len(tokens)} tokens rotated; cpus {os.cpu_count()}"
     )
-    print("medians over the rounds; cpu: server CPU per request (gunicorn workers + the database's backends)")
+    print("medians over the rounds; cpu: server CPU per request (gunicorn workers + the database's backends); "
+          "busiest: the busiest worker process's share of the workers' CPU")
     width = max(16, *(len(label) + 2 for label, _, _ in endpoints))
     print(f"{'endpoint':<{width}}{'conns':>6}{'rps':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'cpu ms':>8}"
-          f"{'errors':>8}")
+          f"{'busiest':>9}{'errors':>8}")
     for (label, conns), rounds in runs.items():
-        med = {key: statistics.median(r[key] for r in rounds) for key in ("rps", "p50_ms", "p99_ms", "cpu_ms")}
+        med = {key: statistics.median(r[key] for r in rounds) for key in _MEDIANS}
         print(f"{label:<{width}}{conns:>6}{med['rps']:>10.0f}{med['p50_ms']:>9.2f}{med['p99_ms']:>9.2f}"
-              f"{max(r['max_ms'] for r in rounds):>9.1f}{med['cpu_ms']:>8.2f}{sum(r['errors'] for r in rounds):>8}")
+              f"{max(r['max_ms'] for r in rounds):>9.1f}{med['cpu_ms']:>8.2f}{med['busiest']:>9.0%}"
+              f"{sum(r['errors'] for r in rounds):>8}")
     print()
     if args.reference:
         print(f"{REFERENCE_LABEL}: FACTS' setup (bench/reference_settings.py: DRF TokenAuthentication, no throttles "
@@ -379,6 +387,9 @@ def main() -> None:
                 line += f" (reference ping {reference:.2f} ms)"
         print(line)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+_MEDIANS = ("rps", "p50_ms", "p99_ms", "cpu_ms", "busiest")
 
 
 def _ratios_line(fortune: list[dict], ping: list[dict], conns: int) -> str:

@@ -112,7 +112,8 @@ def main() -> None:
     database_url = args.database_url or f"{PG_SERVER}/{BENCH_DB}"
     if not args.reuse_data:
         database_url = database_prepare(database_url=args.database_url or None)
-        database_migrate(database_url=database_url)
+    database_migrate(database_url=database_url)  # with --reuse-data too: a newer tree's migrations apply
+    if not args.reuse_data:
         data_seed(database_url=database_url, users=args.users)
     env = {**_env_for_django(database_url), "PYTHONPATH": "", "PYTHONWARNINGS": "ignore"}
     if args.redis_url:

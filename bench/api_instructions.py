@@ -77,9 +77,10 @@ def main() -> None:
         child(source_dir=Path(args.child), path=args.path, warm=args.warm, requests=args.requests)
         return
 
-    from bench.api import BENCH_DB, PG_SERVER, _env_for_django
+    from bench.api import BENCH_DB, PG_SERVER, _env_for_django, database_migrate
 
     database_url = args.database_url or f"{PG_SERVER}/{BENCH_DB}"
+    database_migrate(database_url=database_url)  # this tree's migrations on bench/api.py's data
     # PYTHONHASHSEED: the same dict and set layouts in every run. The token cache outlives the run.
     env = {**_env_for_django(database_url), "PYTHONPATH": "", "PYTHONWARNINGS": "ignore", "PYTHONHASHSEED": "0",
            "AUTH_TOKEN_CACHE_SECONDS": "3600"}

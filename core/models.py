@@ -171,6 +171,33 @@ class FortuneResult(models.Model):
         return self.generation.model
 
 
+class ServedFortune(models.Model):
+    """A stored fortune as GET /fortune/… serves it: a FortuneResult with its generation's time and
+    content (as JSON text), read from the database view `core_served_fortune` (migration 0006).
+
+    Read-only. The view does the join in the database, so the request's ORM query is one table's:
+    building and compiling the join was most of what the ORM spent on that hot path
+    (docs/BENCHMARKS.md, API). A migration that changes a column the view selects drops and creates
+    the view again (PostgreSQL refuses to alter a column a view depends on).
+    tests/core/test_served_fortune.py holds it equal to the same read through FortuneResult.
+    """
+
+    id = models.BigIntegerField(primary_key=True)  # the FortuneResult's
+    user_id = models.BigIntegerField()
+    for_date = models.DateField()
+    generation_id = models.BigIntegerField()
+    source = models.CharField(max_length=16, choices=FortuneResult.Source.choices)
+    generated_at = models.DateTimeField()
+    content_json = models.TextField()
+
+    class Meta:
+        managed = False
+        db_table = "core_served_fortune"
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.for_date}"
+
+
 class BatchRun(models.Model):
     class Status(models.TextChoices):
         RUNNING = "running"

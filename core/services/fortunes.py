@@ -13,14 +13,12 @@ from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import TextField
-from django.db.models.functions import Cast
 from django.utils import timezone
 
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers import Generated, Provider, ProviderError, get_provider
 from core.limiter import account_limiter_cached
-from core.models import FortuneGeneration, FortuneResult, User, user_sync_natal
+from core.models import FortuneGeneration, FortuneResult, ServedFortune, User, user_sync_natal
 from core.resilience import Budget, BudgetedProvider, RetryPolicy, generate_within_budget, wait_until
 from core.throttles import on_demand_quota_consume
 
@@ -83,12 +81,9 @@ class StoredFortune:
     content_json: str
 
 
-# Built once, so a request only adds its filter (filter() clones; this one is never evaluated): setting
-# up the join and the columns is most of what the ORM spends on the hot path of GET /fortune/today.
-# The content is read as text: the response writes it as stored (core.api.renderers), never decoding it.
-_FORTUNE_ROWS = FortuneResult.objects.values_list(
-    "generation_id", "source", "generation__created_at", Cast("generation__content", TextField())
-)
+# Built once, so a request only adds its filter (filter() clones; this one is never evaluated). The
+# content comes as text: the response writes it as stored (core.api.renderers), never decoding it.
+_FORTUNE_ROWS = ServedFortune.objects.values_list("generation_id", "source", "generated_at", "content_json")
 
 
 def fortune_get_for_date(*, user: User, for_date: dt.date) -> StoredFortune | None:
