@@ -92,9 +92,11 @@ def main() -> None:
         if args.against:
             trees = {args.against: tree_export(revision=args.against, into=Path(tmp) / "against"), **trees}
         for tree in trees.values():
-            # Compiled once beforehand: a first run would otherwise count the compiling of every module.
-            subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "core"), str(tree / "fortuna_api")],
-                           check=True)
+            # One run of each path outside callgrind first, so that no first-time work (the bytecode of
+            # every module a request imports, the tree's and the virtualenv's) lands in a counted run.
+            for path in PATHS:
+                subprocess.run([sys.executable, __file__, "--child", str(tree), "--path", path, "--warm", "1",
+                                "--requests", "1"], env=env, capture_output=True, check=True)
 
         def count(tree: Path, path: str, requests: int) -> int:
             return instructions(source_dir=tree, path=path, warm=2 * n, requests=requests, env=env)
