@@ -176,7 +176,7 @@ class ServedFortune(models.Model):
     content (as JSON text), read from the database view `core_served_fortune` (migration 0006).
 
     Read-only. The view does the join in the database, so the request's ORM query is one table's:
-    building and compiling the join was most of what the ORM spent on that hot path
+    building and compiling the join was a large part of what the ORM spent on that hot path
     (docs/BENCHMARKS.md, API). A migration that changes a column the view selects drops and creates
     the view again (PostgreSQL refuses to alter a column a view depends on).
     tests/core/test_served_fortune.py holds it equal to the same read through FortuneResult.
