@@ -109,6 +109,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 
 # --- Cache ----------------------------------------------------------------------------------
 REDIS_URL = env("REDIS_URL", default="")
+# Every Redis client (cache, limiter, Celery's Redis transport) gives up on a dead or frozen Redis
+# after these many milliseconds instead of redis-py's defaults (no connect timeout, 5 s per read in
+# places): Redis is optional at run time, and a caller falls back rather than waits.
+REDIS_CONNECT_TIMEOUT = env_int("REDIS_CONNECT_TIMEOUT_MS", 500, min_value=10, max_value=60000) / 1000
+REDIS_SOCKET_TIMEOUT = env_int("REDIS_SOCKET_TIMEOUT_MS", 500, min_value=10, max_value=60000) / 1000
 if REDIS_URL:
     # Django's RedisCache, one redis.Redis client per pool (fortuna_api/redis_cache.py says why).
     CACHES = {"default": {"BACKEND": "fortuna_api.redis_cache.SharedClientRedisCache", "LOCATION": REDIS_URL}}
