@@ -20,7 +20,7 @@ def test_healthz_is_200_with_a_database_round_trip(path, django_assert_num_queri
     with django_assert_num_queries(1):
         response = APIClient().get(path)
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "ok"}
+    assert response.json() == {"status": "ok", "database": "ok", "cache": "not configured", "broker": "not configured"}
     assert response["Cache-Control"] == "no-store"
 
 
@@ -28,7 +28,9 @@ def test_healthz_is_503_when_the_database_is_down():
     with mock.patch("django.db.backends.utils.CursorWrapper.execute", side_effect=OperationalError("down")):
         response = APIClient().get("/healthz")
     assert response.status_code == 503
-    assert response.json() == {"status": "error", "database": "unreachable"}
+    assert response.json() == {
+        "status": "error", "database": "unreachable", "cache": "not configured", "broker": "not configured"
+    }
 
 
 def test_healthz_ignores_credentials_and_throttles(monkeypatch):
