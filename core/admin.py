@@ -1,7 +1,29 @@
+import math
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.http import HttpRequest, HttpResponse
 
 from core.models import BatchRun, FortuneGeneration, FortuneResult, OpenAIBatch, User
+from core.throttles import AuthRateThrottle
+
+ADMIN_LOGIN_THROTTLED = "Too many login attempts from this address. Try again in {seconds} seconds."
+
+
+def admin_login_throttled(request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+    """The admin's login view behind the API's login throttle: the same client address (settings
+    TRUSTED_PROXY_COUNT) and the same budget (scope "auth", THROTTLE_AUTH) as /auth/token, so a
+    password guesser gains nothing by switching forms. Showing the form (GET) is not counted."""
+    if request.method == "POST":
+        throttle = AuthRateThrottle()
+        if not throttle.allow_request(request, None):
+            seconds = max(1, math.ceil(throttle.wait() or 1))
+            response = HttpResponse(
+                ADMIN_LOGIN_THROTTLED.format(seconds=seconds), status=429, content_type="text/plain; charset=utf-8"
+            )
+            response["Retry-After"] = str(seconds)
+            return response
+    return admin.site.login(request, extra_context)
 
 
 @admin.register(User)

@@ -1,12 +1,18 @@
-"""Throttles: the per-user daily cost guard on on-demand generation, and DRF scoped throttles."""
+"""Throttles: the per-user daily cost guard on on-demand generation, and DRF's rate throttles."""
 
 import datetime as dt
+import logging
 import math
 
 from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
-from rest_framework.throttling import AnonRateThrottle
+from redis.exceptions import RedisError
+from rest_framework import throttling
+
+logger = logging.getLogger("fortuna.throttles")
+
+THROTTLE_CACHE_DOWN = "Throttle %r not applied: the cache did not answer (%s)."
 
 ON_DEMAND_KEY = "fortune:on-demand:{user_id}:{day}"
 
@@ -46,7 +52,35 @@ def on_demand_quota_consume(*, user_id: int, day: dt.date) -> int:
     return count
 
 
-class AuthRateThrottle(AnonRateThrottle):
-    """Per-IP limit on register/token, against password guessing and sign-up floods."""
+class FailOpenThrottleMixin:
+    """A DRF rate throttle that lets the request through, with a warning, when the cache fails.
+
+    The counters live in the shared cache; the cache being down must not take the API down with it.
+    The client's identity is DRF's get_ident(): REMOTE_ADDR, or with NUM_PROXIES (settings
+    TRUSTED_PROXY_COUNT) the address our own proxy appended to X-Forwarded-For.
+    """
+
+    def allow_request(self, request, view) -> bool:
+        try:
+            return super().allow_request(request, view)
+        except RedisError as exc:
+            logger.warning(THROTTLE_CACHE_DOWN, self.scope, exc)
+            return True
+
+
+class AnonRateThrottle(FailOpenThrottleMixin, throttling.AnonRateThrottle):
+    pass
+
+
+class UserRateThrottle(FailOpenThrottleMixin, throttling.UserRateThrottle):
+    pass
+
+
+class AuthRateThrottle(FailOpenThrottleMixin, throttling.SimpleRateThrottle):
+    """Per client address on register, token and the admin's login form, against password guessing
+    and sign-up floods; one budget for the three (scope "auth", THROTTLE_AUTH)."""
 
     scope = "auth"
+
+    def get_cache_key(self, request, view) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}

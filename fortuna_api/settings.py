@@ -115,13 +115,26 @@ REDIS_URL = env("REDIS_URL", default="")
 REDIS_CONNECT_TIMEOUT = env_int("REDIS_CONNECT_TIMEOUT_MS", 500, min_value=10, max_value=60000) / 1000
 REDIS_SOCKET_TIMEOUT = env_int("REDIS_SOCKET_TIMEOUT_MS", 500, min_value=10, max_value=60000) / 1000
 if REDIS_URL:
-    # Django's RedisCache, one redis.Redis client per pool (fortuna_api/redis_cache.py says why).
-    CACHES = {"default": {"BACKEND": "fortuna_api.redis_cache.SharedClientRedisCache", "LOCATION": REDIS_URL}}
+    # Django's RedisCache, one redis.Redis client per pool, backing off a failed Redis for a few seconds
+    # (fortuna_api/redis_cache.py says why). OPTIONS go to redis-py's connection pool.
+    CACHES = {
+        "default": {
+            "BACKEND": "fortuna_api.redis_cache.SharedClientRedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {
+                "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+                "socket_timeout": REDIS_SOCKET_TIMEOUT,
+                "down_seconds": 5.0,
+            },
+        }
+    }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # Seconds a token's user stays cached (core/api/authentication.py); 0 = look it up on every request.
-AUTH_TOKEN_CACHE_SECONDS = env_int("AUTH_TOKEN_CACHE_SECONDS", 60 if REDIS_URL else 0, min_value=0, max_value=3600)
+# Also the longest a deactivation the cache did not hear of (QuerySet.update, or Redis failing when
+# the user was saved) takes to reach a request: kept short, a hot client still hits it.
+AUTH_TOKEN_CACHE_SECONDS = env_int("AUTH_TOKEN_CACHE_SECONDS", 15 if REDIS_URL else 0, min_value=0, max_value=3600)
 if AUTH_TOKEN_CACHE_SECONDS and not REDIS_URL:
     raise ImproperlyConfigured(AUTH_TOKEN_CACHE_NEEDS_REDIS)
 
@@ -179,6 +192,11 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
 # --- REST framework -------------------------------------------------------------------------
+# Proxies in front of gunicorn that append the address they saw to X-Forwarded-For (Railway: its edge
+# proxy, one). Throttles take the address that many entries from the right, the one our own proxy
+# wrote; whatever a client put in the header before it is never its identity. 0: REMOTE_ADDR
+# (gunicorn reachable directly).
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1, min_value=0, max_value=10)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "core.api.authentication.CachedTokenAuthentication",
@@ -187,14 +205,17 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "core.api.schema.FortunaAutoSchema",
     "EXCEPTION_HANDLER": "core.api.exceptions.api_exception_handler",
+    # DRF's, failing open (with a warning) when the cache does not answer (core/throttles.py).
     "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.AnonRateThrottle",
-        "rest_framework.throttling.UserRateThrottle",
+        "core.throttles.AnonRateThrottle",
+        "core.throttles.UserRateThrottle",
     ],
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,
     "DEFAULT_THROTTLE_RATES": {
         "anon": env("THROTTLE_ANON", default="60/min"),
         "user": env("THROTTLE_USER", default="600/min"),
-        "auth": env("THROTTLE_AUTH", default="20/min"),  # per IP on /auth/register and /auth/token
+        # per client address on /auth/register, /auth/token and POST /admin/login/, together
+        "auth": env("THROTTLE_AUTH", default="20/min"),
     },
     "UNAUTHENTICATED_USER": None,
 }

@@ -7,13 +7,23 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.services.health import batch_health, database_ping
+from core.services.health import batch_health, broker_status, cache_status, database_ping
 
-_HEALTH_OUTPUT = inline_serializer("Health", {"status": serializers.CharField(), "database": serializers.CharField()})
+_HEALTH_OUTPUT = inline_serializer(
+    "Health",
+    {
+        "status": serializers.CharField(help_text='"ok" while the database answers (HTTP 200), else "error" (503)'),
+        "database": serializers.CharField(help_text='"ok" or "unreachable"'),
+        "cache": serializers.CharField(help_text='"ok", "down" (the API answers without it) or "not configured"'),
+        "broker": serializers.CharField(help_text='"ok", "down" or "not configured" (the batch\'s Celery broker)'),
+    },
+)
 
 
 class HealthApi(APIView):
-    """Railway's healthcheck: one SELECT 1, no auth, no throttle, no session."""
+    """Railway's healthcheck: one SELECT 1, no auth, no throttle, no session. 200 while the database
+    answers; the cache and the broker are reported in the body (each probe bounded by the Redis
+    timeouts), never in the status code, since the API serves without them."""
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
@@ -24,11 +34,14 @@ class HealthApi(APIView):
         responses={200: _HEALTH_OUTPUT, 503: _HEALTH_OUTPUT},
     )
     def get(self, request: Request) -> Response:
-        if database_ping():
-            response = Response({"status": "ok", "database": "ok"})
+        database_ok = database_ping()
+        dependencies = {"cache": cache_status(), "broker": broker_status()}
+        if database_ok:
+            response = Response({"status": "ok", "database": "ok", **dependencies})
         else:
             response = Response(
-                {"status": "error", "database": "unreachable"}, status=status.HTTP_503_SERVICE_UNAVAILABLE
+                {"status": "error", "database": "unreachable", **dependencies},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
         response["Cache-Control"] = "no-store"
         return response

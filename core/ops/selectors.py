@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from core.batch.summary import cost_paths_text
 from core.models import BatchRun, FortuneResult, OpenAIBatch, User
-from core.services.health import batch_health
+from core.services.health import batch_health, cache_status
 
 # A live run saves its counters every few seconds (its heartbeat); this long without one means its
 # process probably died (the next run for that date marks it interrupted).
@@ -277,6 +277,7 @@ class OpsNow:
     last_finished: RunView | None
     health_ok: bool
     health_problems: list[str]
+    cache: str = "ok"  # core.services.health.cache_status(): "ok", "down" or "not configured"
 
 
 def ops_now(*, now: dt.datetime | None = None) -> OpsNow:
@@ -294,7 +295,7 @@ def ops_now(*, now: dt.datetime | None = None) -> OpsNow:
         last_view.related = _related_summaries(last)
     return OpsNow(
         now=now, running=running, last_finished=last_view,
-        health_ok=health.ok, health_problems=list(health.problems),
+        health_ok=health.ok, health_problems=list(health.problems), cache=cache_status(),
     )
 
 

@@ -86,6 +86,7 @@ class HealthSerializer(serializers.Serializer):
 
     ok = serializers.BooleanField(source="health_ok")
     problems = serializers.ListField(child=serializers.CharField(), source="health_problems")
+    cache = serializers.CharField(help_text='"ok", "down" (the API answers without it) or "not configured"')
 
 
 class StatusSerializer(serializers.Serializer):

@@ -1,13 +1,18 @@
-"""Health checks: the database round trip for Railway, and the nightly batch's dead-man's switch."""
+"""Health checks: the database round trip for Railway, the cache and the broker beside it, and the
+nightly batch's dead-man's switch."""
 
 import datetime as dt
+import functools
 import logging
 from dataclasses import dataclass, field
 
+import redis
 from django.conf import settings
+from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connection
 from django.utils import timezone
+from kombu import Connection
 
 from core.models import BatchRun
 
@@ -30,6 +35,52 @@ def database_ping() -> bool:
         logger.error("healthz: database unreachable: %s", exc)
         return False
     return True
+
+
+DEPENDENCY_OK = "ok"
+DEPENDENCY_DOWN = "down"
+DEPENDENCY_NOT_CONFIGURED = "not configured"
+CACHE_PROBE_KEY = "healthz:probe"
+
+
+def cache_status() -> str:
+    """"ok", "down" (Redis did not answer within REDIS_CONNECT/SOCKET_TIMEOUT, or failed moments ago
+    and is being backed off: fortuna_api/redis_cache.py), or "not configured" (no REDIS_URL: each
+    process has its own memory cache)."""
+    if not settings.REDIS_URL:
+        return DEPENDENCY_NOT_CONFIGURED
+    try:
+        cache.has_key(CACHE_PROBE_KEY)
+    except redis.RedisError as exc:
+        logger.warning("healthz: cache unreachable: %s", exc)
+        return DEPENDENCY_DOWN
+    return DEPENDENCY_OK
+
+
+@functools.cache
+def _broker_redis(url: str) -> redis.Redis:
+    # One client (and pool) per process, so a probe reuses its connection.
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT, socket_timeout=settings.REDIS_SOCKET_TIMEOUT
+    )
+
+
+def broker_status() -> str:
+    """"ok", "down" or "not configured" (no CELERY_BROKER_URL): the Celery broker the batch's celery
+    backend needs. The web never uses it; it is reported so one request shows every dependency."""
+    url = settings.CELERY_BROKER_URL
+    if not url:
+        return DEPENDENCY_NOT_CONFIGURED
+    try:
+        if url.startswith(("redis://", "rediss://")):
+            _broker_redis(url).ping()
+        else:
+            with Connection(url, connect_timeout=settings.REDIS_CONNECT_TIMEOUT) as conn:
+                conn.ensure_connection(max_retries=1, interval_start=0, timeout=settings.REDIS_CONNECT_TIMEOUT)
+    except Exception as exc:  # redis-py's or the AMQP transport's own errors, or a socket's
+        logger.warning("healthz: broker unreachable: %s", exc)
+        return DEPENDENCY_DOWN
+    return DEPENDENCY_OK
 
 
 @dataclass(slots=True)

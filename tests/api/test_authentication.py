@@ -1,4 +1,5 @@
 import datetime as dt
+import time
 
 import pytest
 from django.core.cache import cache
@@ -92,6 +93,19 @@ def test_a_deactivated_user_is_refused_and_an_edited_one_seen_at_once(token_cach
     assert _cached(token.key)[0].first_name == "Edited"
     user.is_active = False
     user.save()
+    with pytest.raises(exceptions.AuthenticationFailed, match="User inactive or deleted."):
+        _cached(token.key)
+
+
+def test_a_queryset_update_deactivation_is_refused_within_the_token_cache_seconds(settings):
+    # QuerySet.update sends no signal: the documented bound is AUTH_TOKEN_CACHE_SECONDS.
+    settings.AUTH_TOKEN_CACHE_SECONDS = 1
+    user = user_create()
+    token = Token.objects.create(user=user)
+    _cached(token.key)
+    User.objects.filter(pk=user.pk).update(is_active=False)
+    assert _cached(token.key)[0].is_active  # still the cached entry
+    time.sleep(1.1)
     with pytest.raises(exceptions.AuthenticationFailed, match="User inactive or deleted."):
         _cached(token.key)
 

@@ -1,4 +1,5 @@
 import datetime as dt
+import os
 from unittest import mock
 
 import pytest
@@ -9,10 +10,17 @@ from rest_framework.throttling import AnonRateThrottle
 
 from core.models import BatchRun
 from core.services.health import BATCH_MISSED_DEADLINE, BATCH_NEVER_SUCCEEDED, BATCH_STALE
+from tests.faults.servers import free_port
 
 pytestmark = pytest.mark.django_db
 
 KST = dt.timezone(dt.timedelta(hours=9))
+
+
+@pytest.fixture(autouse=True)
+def _no_cache_or_broker(settings):
+    settings.REDIS_URL = ""
+    settings.CELERY_BROKER_URL = ""
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/healthz/"])
@@ -20,7 +28,7 @@ def test_healthz_is_200_with_a_database_round_trip(path, django_assert_num_queri
     with django_assert_num_queries(1):
         response = APIClient().get(path)
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "ok"}
+    assert response.json() == {"status": "ok", "database": "ok", "cache": "not configured", "broker": "not configured"}
     assert response["Cache-Control"] == "no-store"
 
 
@@ -28,7 +36,27 @@ def test_healthz_is_503_when_the_database_is_down():
     with mock.patch("django.db.backends.utils.CursorWrapper.execute", side_effect=OperationalError("down")):
         response = APIClient().get("/healthz")
     assert response.status_code == 503
-    assert response.json() == {"status": "error", "database": "unreachable"}
+    assert response.json() == {
+        "status": "error", "database": "unreachable", "cache": "not configured", "broker": "not configured"
+    }
+
+
+def test_healthz_reports_a_cache_and_a_broker_that_answer(settings, redis_url):
+    settings.REDIS_URL = redis_url
+    settings.CACHES = {"default": {"BACKEND": "fortuna_api.redis_cache.SharedClientRedisCache", "LOCATION": redis_url}}
+    settings.CELERY_BROKER_URL = os.environ.get("TEST_CELERY_BROKER_URL") or redis_url
+    response = APIClient().get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "ok", "cache": "ok", "broker": "ok"}
+
+
+def test_healthz_stays_200_with_cache_and_broker_down_and_says_so(settings):
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    settings.REDIS_URL = settings.CELERY_BROKER_URL = dead
+    settings.CACHES = {"default": {"BACKEND": "fortuna_api.redis_cache.SharedClientRedisCache", "LOCATION": dead}}
+    response = APIClient().get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "ok", "cache": "down", "broker": "down"}
 
 
 def test_healthz_ignores_credentials_and_throttles(monkeypatch):

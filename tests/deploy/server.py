@@ -119,13 +119,13 @@ class WebServer:
 
     def request(
         self, path: str, *, token: str | None = None, method: str = "GET", headers: dict[str, str] | None = None,
-        timeout: float = 30,
+        timeout: float = 30, data: bytes | None = None,
     ) -> Response:
         all_headers = dict(PROXY_HEADERS)
         if token:
             all_headers["Authorization"] = f"Token {token}"
         all_headers.update(headers or {})
-        req = urllib.request.Request(self.base_url + path, method=method, headers=all_headers)
+        req = urllib.request.Request(self.base_url + path, method=method, headers=all_headers, data=data)
         try:
             with _opener.open(req, timeout=timeout) as resp:
                 return Response(resp.status, dict(resp.headers.items()), resp.read())

@@ -1,11 +1,15 @@
 """The shared-client Redis cache against Django's own RedisCache: the same answers, one client per pool."""
 
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
 from django.core.cache.backends.redis import RedisCache
 
 from fortuna_api.redis_cache import SharedClientRedisCache
+from tests.fortuna_api.test_settings import ROOT
 
 
 @pytest.fixture
@@ -43,3 +47,17 @@ def test_one_client_per_pool_shared_by_threads(caches):
         thread.join()
     assert len({id(client) for client in clients}) == 1
     assert clients[0].connection_pool is ours._cache._get_connection_pool(True)
+
+
+def test_settings_give_the_cache_pool_the_redis_timeouts():
+    probe = ("import django; django.setup(); from django.core.cache import cache; "
+             "kwargs = cache._cache._get_connection_pool(True).connection_kwargs; "
+             "print(kwargs['socket_connect_timeout'], kwargs['socket_timeout'], cache._cache.down_seconds)")
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {
+        "DJANGO_SETTINGS_MODULE": "fortuna_api.settings", "DEBUG": "1", "REDIS_URL": "redis://127.0.0.1:1/0",
+        "REDIS_CONNECT_TIMEOUT_MS": "250", "REDIS_SOCKET_TIMEOUT_MS": "300",
+    }
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0.25", "0.3", "5.0"]

@@ -19,6 +19,7 @@ from core.ops.selectors import (
     ops_history,
 )
 from tests.factories import user_create, users_create_many
+from tests.faults.servers import free_port
 from tests.ops.helpers import fortunes_create, history_create, run_create
 
 pytestmark = pytest.mark.django_db
@@ -270,7 +271,7 @@ def test_status_json_shape(staff_client):
     chosen = _today() - dt.timedelta(days=9)
     data = _status(staff_client, date=chosen.isoformat())
     assert set(data) == {"ok", "generated_at", "health", "running", "last_finished", "coverage"}
-    assert set(data["health"]) == {"ok", "problems"}
+    assert set(data["health"]) == {"ok", "problems", "cache"}
     assert set(data["running"][0]) == RUN_KEYS and data["running"][0]["id"] == running.pk
     assert data["running"][0]["url"] == reverse("ops:run", args=[running.pk])
     assert set(data["last_finished"]) == RUN_KEYS and data["last_finished"]["id"] == finished.pk
@@ -304,3 +305,15 @@ def test_batch_api_batches_and_cost_per_path_show_on_now_and_run_pages(staff_cli
     assert words in now and summary in now
     last = _status(staff_client)["last_finished"]
     assert last["cost_paths"] == words and last["related"] == [summary]
+
+
+def test_a_degraded_cache_shows_on_the_now_page_and_in_status_json(staff_client, settings):
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    settings.CACHES = {"default": {"BACKEND": "fortuna_api.redis_cache.SharedClientRedisCache",
+                                   "LOCATION": settings.REDIS_URL,
+                                   "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}}}
+    assert _status(staff_client)["health"]["cache"] == "down"
+    page = staff_client.get(reverse("ops:now")).content.decode()
+    assert 'Cache: <span data-field="cache">down</span>' in page
+    settings.REDIS_URL = ""
+    assert _status(staff_client)["health"]["cache"] == "not configured"
