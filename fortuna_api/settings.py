@@ -246,7 +246,7 @@ FORTUNE_BATCH_CANCEL_WAIT_SECONDS = env_int("FORTUNE_BATCH_CANCEL_WAIT_SECONDS",
 # FORTUNE_FLEX_FALLBACK_MINUTES before the batch deadline.
 OPENAI_SERVICE_TIER = env_choice("OPENAI_SERVICE_TIER", "default", ("default", "flex"))
 FORTUNE_FLEX_FALLBACK_MINUTES = env_int("FORTUNE_FLEX_FALLBACK_MINUTES", 30, min_value=0, max_value=1440)
-FORTUNE_RETENTION_DAYS = env_int("FORTUNE_RETENTION_DAYS", 90, min_value=1)
+FORTUNE_RETENTION_DAYS = env_int("FORTUNE_RETENTION_DAYS", 90, min_value=1, max_value=36500)
 FORTUNE_ON_DEMAND_TIMEOUT = env_int("FORTUNE_ON_DEMAND_TIMEOUT", 20, min_value=1, max_value=100)
 # Requests per web process generating (or waiting on another's generation); the excess gets 503 at
 # once, so at least 4 of gunicorn's threads always serve stored fortunes and /healthz.

@@ -20,7 +20,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from core.batch.batch_ahead import batch_ahead_check, batch_ahead_plan, night_hooks
-from core.batch.dates import BatchTarget, batch_lock_dates, batch_targets
+from core.batch.dates import BatchTarget, batch_lock_dates, batch_targets, database_today
 from core.batch.guards import StopGuards, StopToken
 from core.batch.hooks import NightHooks
 from core.batch.lifecycle import RunRecorder, batch_run_create, batch_runs_mark_stale
@@ -125,7 +125,7 @@ def batch_nightly(
         run_report_send(run=run)
     pruned = None
     if runs and options.user_id is None:
-        pruned = _prune(today=runs[-1].base_date)
+        pruned = _prune(written=[run.target_date for run in runs])
     return NightReport(runs=runs, pruned=pruned, lines=hooks.report_lines())
 
 
@@ -320,9 +320,12 @@ def batch_plan_night(*, options: BatchOptions) -> NightReport:
         return NightReport(plans=reports, lines=lines)
 
 
-def _prune(*, today: dt.date) -> int | None:
+def _prune(*, written: list[dt.date]) -> int | None:
+    """Retention after a night, counted from today by the database's clock, never from --date; the
+    dates this night wrote are kept whatever their age."""
     try:
-        pruned = fortunes_prune(today=today, retention_days=settings.FORTUNE_RETENTION_DAYS)
+        pruned = fortunes_prune(today=database_today(), retention_days=settings.FORTUNE_RETENTION_DAYS,
+                                keep_dates=written)
     except Exception:  # housekeeping never fails the night's fortunes
         logger.exception("fortune retention: pruning failed")
         return None
