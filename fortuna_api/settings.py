@@ -5,7 +5,18 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from fortuna_api.env import env, env_bool, env_choice, env_decimal, env_int, env_list, env_prices
+from fortuna_api.env import (
+    env,
+    env_bool,
+    env_choice,
+    env_clock_time,
+    env_decimal,
+    env_int,
+    env_list,
+    env_prices,
+    env_rate,
+    env_url,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -29,6 +40,12 @@ if not DEBUG and not ALLOWED_HOSTS:
     # Railway gives each service a public domain; RAILWAY_PUBLIC_DOMAIN saves typing it twice.
     ALLOWED_HOSTS = env_list("RAILWAY_PUBLIC_DOMAIN", "")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+if bad_origins := [origin for origin in CSRF_TRUSTED_ORIGINS if not origin.startswith(("http://", "https://"))]:
+    # Django says so only in `manage.py check`, which a gunicorn start never runs.
+    raise ImproperlyConfigured(
+        "CSRF_TRUSTED_ORIGINS entries must start with https:// (or http://), e.g. https://fortuna.example; "
+        f"got {bad_origins}."
+    )
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -110,7 +127,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": env("TEST_SQLITE_PATH", default=str(BASE_DIR / "test-db.sqlite3"))}
 
 # --- Cache ----------------------------------------------------------------------------------
-REDIS_URL = env("REDIS_URL", default="")
+REDIS_URL = env_url("REDIS_URL", default="", schemes=("redis", "rediss", "unix"))
 # Every Redis client (cache, limiter, Celery's Redis transport) gives up on a dead or frozen Redis
 # after these many milliseconds instead of redis-py's defaults (no connect timeout, 5 s per read in
 # places): Redis is optional at run time, and a caller falls back rather than waits.
@@ -150,7 +167,7 @@ if USE_S3:
     AWS_SECRET_ACCESS_KEY = env("AWS_SECRET_ACCESS_KEY")
     AWS_STORAGE_BUCKET_NAME = env("AWS_STORAGE_BUCKET_NAME")
     AWS_S3_REGION_NAME = env("AWS_S3_REGION_NAME", default="ap-northeast-2")
-    AWS_S3_ENDPOINT_URL = env("AWS_S3_ENDPOINT_URL", default="") or None
+    AWS_S3_ENDPOINT_URL = env_url("AWS_S3_ENDPOINT_URL", default="") or None
     AWS_S3_CUSTOM_DOMAIN = env("AWS_S3_CUSTOM_DOMAIN", default="") or None
     AWS_DEFAULT_ACL = None
     AWS_QUERYSTRING_AUTH = False
@@ -194,9 +211,9 @@ REST_FRAMEWORK = {
         "rest_framework.throttling.UserRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
-        "anon": env("THROTTLE_ANON", default="60/min"),
-        "user": env("THROTTLE_USER", default="600/min"),
-        "auth": env("THROTTLE_AUTH", default="20/min"),  # per IP on /auth/register and /auth/token
+        "anon": env_rate("THROTTLE_ANON", default="60/min"),
+        "user": env_rate("THROTTLE_USER", default="600/min"),
+        "auth": env_rate("THROTTLE_AUTH", default="20/min"),  # per IP on /auth/register and /auth/token
     },
     "UNAUTHENTICATED_USER": None,
 }
@@ -215,7 +232,7 @@ SAJU_LOCAL_MEAN_TIME = env_bool("SAJU_LOCAL_MEAN_TIME", default=False)
 
 # --- Fortune generation ---------------------------------------------------------------------
 OPENAI_API_KEY = env("OPENAI_API_KEY", default="")
-OPENAI_BASE_URL = env("OPENAI_BASE_URL", default="") or None
+OPENAI_BASE_URL = env_url("OPENAI_BASE_URL", default="") or None
 OPENAI_MODEL = env("OPENAI_MODEL", default="gpt-4o-mini")
 OPENAI_TIMEOUT = env_int("OPENAI_TIMEOUT", 30, min_value=1, max_value=600)
 OPENAI_RPM = env_int("OPENAI_RPM", 0, min_value=0)  # 0 = no client-side limit
@@ -253,12 +270,14 @@ FORTUNE_ON_DEMAND_TIMEOUT = env_int("FORTUNE_ON_DEMAND_TIMEOUT", 20, min_value=1
 # Requests per web process generating (or waiting on another's generation); the excess gets 503 at
 # once, so at least 4 of gunicorn's threads always serve stored fortunes and /healthz.
 FORTUNE_ON_DEMAND_MAX_CONCURRENT = env_int(
-    "FORTUNE_ON_DEMAND_MAX_CONCURRENT", max(1, env_int("GUNICORN_THREADS", 16, min_value=1) - 4), min_value=1
+    "FORTUNE_ON_DEMAND_MAX_CONCURRENT",
+    max(1, env_int("GUNICORN_THREADS", 16, min_value=1, max_value=1024) - 4),
+    min_value=1,
 )
 FORTUNE_ON_DEMAND_DAILY_LIMIT = env_int("FORTUNE_ON_DEMAND_DAILY_LIMIT", 5, min_value=1)
-FORTUNE_BATCH_DEADLINE = env("FORTUNE_BATCH_DEADLINE", default="23:30")  # KST, for /healthz/batch
-SLACK_WEBHOOK_URL = env("SLACK_WEBHOOK_URL", default="")
-DISCORD_WEBHOOK_URL = env("DISCORD_WEBHOOK_URL", default="")
+FORTUNE_BATCH_DEADLINE = env_clock_time("FORTUNE_BATCH_DEADLINE", default="23:30")  # KST, for /healthz/batch
+SLACK_WEBHOOK_URL = env_url("SLACK_WEBHOOK_URL", default="")
+DISCORD_WEBHOOK_URL = env_url("DISCORD_WEBHOOK_URL", default="")
 
 # --- Celery (the batch's scale-out backend: generate_daily_fortunes --backend celery) ----------
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html — read with the CELERY_ namespace.

@@ -188,3 +188,17 @@ def test_collect_config_is_an_hourly_batch_api_collect_off_the_nightly_minute():
     assert hour == "*" and rest == ["*", "*", "*"] and minute != "0"  # hourly, never at the 13:00 UTC start
     assert deploy["restartPolicyType"] == "NEVER"
     assert "preDeployCommand" not in deploy and "healthcheckPath" not in deploy
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("WEB_CONCURRENCY", "many", "WEB_CONCURRENCY must be a whole number, got 'many'."),
+        ("GUNICORN_THREADS", "0", "GUNICORN_THREADS must be between 1 and 1024, got 0."),
+        ("PORT", "http", "PORT must be a whole number, got 'http'."),
+    ],
+)
+def test_gunicorn_conf_refuses_a_bad_value_naming_it(monkeypatch, name, value, message):
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        _gunicorn_conf(monkeypatch, **{name: value})
+    assert str(excinfo.value) == message
