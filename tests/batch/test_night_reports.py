@@ -2,8 +2,11 @@
 the run's heartbeat) or a stop sends the Slack/Discord report with the status and the reason, and no
 BatchRun is left `running` once batch_nightly has returned or raised."""
 
+import datetime as dt
+
 import pytest
 from django.db import OperationalError
+from django.utils import timezone
 
 from core.batch import lifecycle, nightly
 from core.batch.guards import STOP_SIGNAL, StopToken
@@ -11,7 +14,7 @@ from core.batch.lifecycle import RunRecorder
 from core.batch.nightly import batch_nightly, generation_backend
 from core.batch.options import BatchOptions
 from core.models import BatchRun, FortuneResult
-from tests.batch.helpers import BASE, TARGET
+from tests.batch.helpers import BASE, TARGET, run_batch
 from tests.factories import users_create_many
 
 # transaction=True: on PostgreSQL the run writes through its own writer connection, as in production.
@@ -178,3 +181,35 @@ def test_a_refused_night_sends_nothing(users, webhooks):
     with batch_lock(target_date=TARGET), pytest.raises(BatchLocked):
         batch_nightly(options=BatchOptions(base_date=BASE))
     assert webhooks.received() == []
+
+
+def test_the_second_run_fills_what_a_crashed_night_left_then_is_a_no_op(users, webhooks):
+    # railway.fill.toml's command, at 23:40 KST after a 22:00 night that crashed part-way.
+    fill = ("--workers", "10", "--max-runtime", "15", "--no-batch-ahead")
+    today = timezone.localdate()
+    tomorrow = today + dt.timedelta(days=1)
+
+    made = []
+
+    def backend(**kwargs):  # the first target (today's catch-up) runs through, the second crashes
+        made.append(FailingBackend(after=20 if made else 10**6, error=RuntimeError("worker lost"), **kwargs))
+        return made[-1]
+
+    with pytest.raises(RuntimeError):  # catch-up for today, then tomorrow: the crash is in tomorrow's
+        batch_nightly(options=BatchOptions(page_size=5), backend=backend)
+    assert BatchRun.objects.filter(target_date=tomorrow).get().status == "failed"
+    eligible = len(users)
+    assert FortuneResult.objects.filter(for_date=tomorrow).count() < eligible
+
+    run_batch(*fill)
+    assert FortuneResult.objects.filter(for_date=tomorrow).count() == eligible
+    assert FortuneResult.objects.filter(for_date=today).count() == eligible
+
+    before = FortuneResult.objects.count()
+    run_batch(*fill)
+    noop = BatchRun.objects.order_by("-pk").first()
+    assert (noop.target_date, noop.status, noop.generated, noop.llm_requests, noop.already_present) == (
+        tomorrow, "succeeded", 0, 0, eligible)
+    assert BatchRun.objects.filter(started_at__gte=noop.started_at).count() == 1  # no catch-up: today is done
+    assert FortuneResult.objects.count() == before
+    _no_run_left_running()
