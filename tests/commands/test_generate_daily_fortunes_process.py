@@ -128,6 +128,9 @@ def test_sigterm_still_sends_the_report_with_the_status_and_the_reason(slow_stub
 
 
 def test_a_concurrent_second_run_is_refused_at_once_and_writes_nothing(slow_stub):
+    # Slow enough that the first run (60 calls, one at a time: 18 s) outlives the second's start-up on
+    # a loaded machine; it is stopped below.
+    slow_stub.configure(latency_ms=300)
     first = _start(slow_stub, "--workers", "1")
     _wait_for(lambda: BatchRun.objects.exists(), what="the first run to start")
     before = table_counts()
