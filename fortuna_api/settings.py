@@ -310,7 +310,11 @@ LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error"
 LOG_FILE = env("LOG_FILE", default="")
 _handlers = {"stdout": {"class": "logging.StreamHandler", "formatter": "plain"}}
 if LOG_FILE:
-    Path(LOG_FILE).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        Path(LOG_FILE).parent.mkdir(parents=True, exist_ok=True)
+        Path(LOG_FILE).open("a").close()  # the handler opens it at start-up: fail here, naming the variable
+    except OSError as exc:
+        raise ImproperlyConfigured(f"LOG_FILE {LOG_FILE!r} cannot be written: {exc.strerror}.") from None
     _handlers["file"] = {"class": "logging.handlers.WatchedFileHandler", "filename": LOG_FILE, "formatter": "plain"}
 LOGGING = {
     "version": 1,

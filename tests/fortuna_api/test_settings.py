@@ -108,6 +108,7 @@ SLACK_SECRET = "T0000/B0000/XXXXsecretXXXX"
         ({"FORTUNE_RETENTION_DAYS": "99999999999"}, "FORTUNE_RETENTION_DAYS must be between 1 and 36500"),
         ({"GUNICORN_THREADS": "0"}, "GUNICORN_THREADS must be between 1 and 1024"),
         ({"OPENAI_RPM": "-1"}, "OPENAI_RPM must be at least 0, got -1."),
+        ({"LOG_FILE": "/proc/fortuna/django.log"}, "LOG_FILE '/proc/fortuna/django.log' cannot be written"),
     ],
 )
 def test_bad_environment_fails_manage_py_check_naming_the_variable(overrides, message):
@@ -123,3 +124,14 @@ def test_good_values_pass_manage_py_check():
                           SLACK_WEBHOOK_URL="https://hooks.slack.com/services/T/B/X", REDIS_URL="redis://127.0.0.1:6379/1",
                           CSRF_TRUSTED_ORIGINS="https://fortuna.example")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_model_without_a_price_fails_manage_py_check_naming_openai_model():
+    openai = {"FORTUNE_PROVIDER": "openai", "OPENAI_API_KEY": "sk-test", "OPENAI_MODEL": "llama-3-8b"}
+    result = manage_check(**openai)
+    assert result.returncode != 0
+    assert "fortuna.E001" in result.stderr and "OPENAI_MODEL: No price for model 'llama-3-8b'" in result.stderr
+    flex = manage_check(**openai, FORTUNE_PRICES="llama-3-8b:standard=0/0", OPENAI_SERVICE_TIER="flex")
+    assert flex.returncode != 0 and "on the flex tier" in flex.stderr
+    priced = manage_check(**openai, FORTUNE_PRICES="llama-3-8b:standard=0/0")
+    assert priced.returncode == 0, priced.stderr
