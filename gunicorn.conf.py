@@ -8,22 +8,22 @@ above that budget.
 
 import os
 
-from fortuna_api.env import env_bool
+from fortuna_api.env import env_bool, env_choice, env_int
 
-bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+bind = f"0.0.0.0:{env_int('PORT', 8000, min_value=1, max_value=65535)}"
 # Stock gthread. Behind a proxy that pools its connections to gunicorn (Railway's, nginx's keepalive)
 # requests spread over the processes without help; GUNICORN_BALANCED_WORKER=1 opts in to the worker
 # that shares new connections evenly (fortuna_api/gunicorn_worker.py), for clients that reach gunicorn
 # directly with a few long-lived connections. docs/BENCHMARKS.md has what was measured.
 BALANCED_WORKER = env_bool("GUNICORN_BALANCED_WORKER", default=False)
 worker_class = "fortuna_api.gunicorn_worker.BalancedThreadWorker" if BALANCED_WORKER else "gthread"
-workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
+workers = env_int("WEB_CONCURRENCY", 4, min_value=1, max_value=256)
 # A gthread worker accepts connections regardless of free threads and queues them in its pool, so a
 # worker whose threads all wait on the LLM would delay everything it accepted, /healthz included.
 # Settings cap on-demand generations at threads − 4 per process (FORTUNE_ON_DEMAND_MAX_CONCURRENT)
 # and answer the excess with 503 at once. Each thread keeps one DB connection:
 # WEB_CONCURRENCY × threads must stay below PostgreSQL's max_connections.
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+threads = env_int("GUNICORN_THREADS", 16, min_value=1, max_value=1024)
 timeout = 120
 # Railway sends SIGTERM and kills after its draining time (railway.toml drainingSeconds = 30):
 # finish in-flight requests, including an on-demand generation, before that.
@@ -32,7 +32,7 @@ keepalive = 5
 
 accesslog = "-"
 errorlog = "-"
-loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+loglevel = env_choice("GUNICORN_LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical"))
 
 # Gunicorn ≥ 25.1 opens a control socket at a fixed per-user path ($HOME/.gunicorn/gunicorn.ctl):
 # two servers on one host (tests, the benchmark, a second service) would fight over it.

@@ -1,7 +1,10 @@
 """One reader for every environment setting, with errors a person can act on."""
 
+import datetime as dt
 import os
+import re
 from decimal import Decimal, InvalidOperation
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -44,6 +47,10 @@ def env_int(name: str, default: int, *, min_value: int | None = None, max_value:
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be a whole number, got {value!r}.") from None
     if (min_value is not None and number < min_value) or (max_value is not None and number > max_value):
+        if max_value is None:
+            raise ImproperlyConfigured(f"{name} must be at least {min_value}, got {number}.")
+        if min_value is None:
+            raise ImproperlyConfigured(f"{name} must be at most {max_value}, got {number}.")
         raise ImproperlyConfigured(f"{name} must be between {min_value} and {max_value}, got {number}.")
     return number
 
@@ -68,6 +75,52 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env(name, default).lower()
     if value not in choices:
         raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {value!r}.")
+    return value
+
+
+# DRF's throttle rate syntax (SimpleRateThrottle.parse_rate reads the period's first letter only).
+_RATE = re.compile(r"[1-9][0-9]*/[smhd][a-z]*")
+
+
+def env_rate(name: str, default: str) -> str:
+    """A DRF throttle rate, checked here: DRF parses it only at a request, as a 500."""
+    value = env(name, default)
+    if not _RATE.fullmatch(value):
+        raise ImproperlyConfigured(
+            f"{name} must be a rate written COUNT/PERIOD, the period one of s, m, h or d (e.g. 60/min), got {value!r}."
+        )
+    return value
+
+
+def env_clock_time(name: str, default: str) -> str:
+    """A time of day written HH:MM (kept as text, the form its readers parse)."""
+    value = env(name, default)
+    try:
+        if not re.fullmatch(r"[0-9]{2}:[0-9]{2}", value):
+            raise ValueError(value)
+        dt.time.fromisoformat(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a time of day written HH:MM (e.g. 23:30), got {value!r}.") from None
+    return value
+
+
+def env_url(name: str, default: str = "", *, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    """A URL with one of `schemes` and a host ("" when unset and the default is ""). The message never
+    repeats the value: webhook and broker URLs carry secrets."""
+    value = env(name, default)
+    if not value:
+        return value
+    try:
+        parts = urlsplit(value)
+        scheme = parts.scheme
+        has_host = bool(parts.hostname) or (scheme == "unix" and bool(parts.path))
+    except ValueError:  # e.g. an unclosed [IPv6 bracket
+        scheme, has_host = "", False
+    if scheme not in schemes or not has_host:
+        problem = f"its scheme is {scheme!r}" if scheme not in schemes else "it has no host"
+        raise ImproperlyConfigured(
+            f"{name} must be a {' or '.join(f'{s}://' for s in schemes)} URL with a host ({problem})."
+        )
     return value
 
 

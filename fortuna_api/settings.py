@@ -5,7 +5,18 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from fortuna_api.env import env, env_bool, env_choice, env_decimal, env_int, env_list, env_prices
+from fortuna_api.env import (
+    env,
+    env_bool,
+    env_choice,
+    env_clock_time,
+    env_decimal,
+    env_int,
+    env_list,
+    env_prices,
+    env_rate,
+    env_url,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -29,6 +40,12 @@ if not DEBUG and not ALLOWED_HOSTS:
     # Railway gives each service a public domain; RAILWAY_PUBLIC_DOMAIN saves typing it twice.
     ALLOWED_HOSTS = env_list("RAILWAY_PUBLIC_DOMAIN", "")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+if bad_origins := [origin for origin in CSRF_TRUSTED_ORIGINS if not origin.startswith(("http://", "https://"))]:
+    # Django says so only in `manage.py check`, which a gunicorn start never runs.
+    raise ImproperlyConfigured(
+        "CSRF_TRUSTED_ORIGINS entries must start with https:// (or http://), e.g. https://fortuna.example; "
+        f"got {bad_origins}."
+    )
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -44,6 +61,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Railway's deploy healthcheck host, on /healthz only (fortuna_api/middleware.py says why).
+    "fortuna_api.middleware.HealthcheckHostMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -108,7 +127,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": env("TEST_SQLITE_PATH", default=str(BASE_DIR / "test-db.sqlite3"))}
 
 # --- Cache ----------------------------------------------------------------------------------
-REDIS_URL = env("REDIS_URL", default="")
+REDIS_URL = env_url("REDIS_URL", default="", schemes=("redis", "rediss", "unix"))
 # Every Redis client (cache, limiter, Celery's Redis transport) gives up on a dead or frozen Redis
 # after these many milliseconds instead of redis-py's defaults (no connect timeout, 5 s per read in
 # places): Redis is optional at run time, and a caller falls back rather than waits.
@@ -161,7 +180,7 @@ if USE_S3:
     AWS_SECRET_ACCESS_KEY = env("AWS_SECRET_ACCESS_KEY")
     AWS_STORAGE_BUCKET_NAME = env("AWS_STORAGE_BUCKET_NAME")
     AWS_S3_REGION_NAME = env("AWS_S3_REGION_NAME", default="ap-northeast-2")
-    AWS_S3_ENDPOINT_URL = env("AWS_S3_ENDPOINT_URL", default="") or None
+    AWS_S3_ENDPOINT_URL = env_url("AWS_S3_ENDPOINT_URL", default="") or None
     AWS_S3_CUSTOM_DOMAIN = env("AWS_S3_CUSTOM_DOMAIN", default="") or None
     AWS_DEFAULT_ACL = None
     AWS_QUERYSTRING_AUTH = False
@@ -212,10 +231,10 @@ REST_FRAMEWORK = {
     ],
     "NUM_PROXIES": TRUSTED_PROXY_COUNT,
     "DEFAULT_THROTTLE_RATES": {
-        "anon": env("THROTTLE_ANON", default="60/min"),
-        "user": env("THROTTLE_USER", default="600/min"),
+        "anon": env_rate("THROTTLE_ANON", default="60/min"),
+        "user": env_rate("THROTTLE_USER", default="600/min"),
         # per client address on /auth/register, /auth/token and POST /admin/login/, together
-        "auth": env("THROTTLE_AUTH", default="20/min"),
+        "auth": env_rate("THROTTLE_AUTH", default="20/min"),
     },
     "UNAUTHENTICATED_USER": None,
 }
@@ -234,7 +253,7 @@ SAJU_LOCAL_MEAN_TIME = env_bool("SAJU_LOCAL_MEAN_TIME", default=False)
 
 # --- Fortune generation ---------------------------------------------------------------------
 OPENAI_API_KEY = env("OPENAI_API_KEY", default="")
-OPENAI_BASE_URL = env("OPENAI_BASE_URL", default="") or None
+OPENAI_BASE_URL = env_url("OPENAI_BASE_URL", default="") or None
 OPENAI_MODEL = env("OPENAI_MODEL", default="gpt-4o-mini")
 OPENAI_TIMEOUT = env_int("OPENAI_TIMEOUT", 30, min_value=1, max_value=600)
 OPENAI_RPM = env_int("OPENAI_RPM", 0, min_value=0)  # 0 = no client-side limit
@@ -267,17 +286,19 @@ FORTUNE_BATCH_CANCEL_WAIT_SECONDS = env_int("FORTUNE_BATCH_CANCEL_WAIT_SECONDS",
 # FORTUNE_FLEX_FALLBACK_MINUTES before the batch deadline.
 OPENAI_SERVICE_TIER = env_choice("OPENAI_SERVICE_TIER", "default", ("default", "flex"))
 FORTUNE_FLEX_FALLBACK_MINUTES = env_int("FORTUNE_FLEX_FALLBACK_MINUTES", 30, min_value=0, max_value=1440)
-FORTUNE_RETENTION_DAYS = env_int("FORTUNE_RETENTION_DAYS", 90, min_value=1)
+FORTUNE_RETENTION_DAYS = env_int("FORTUNE_RETENTION_DAYS", 90, min_value=1, max_value=36500)
 FORTUNE_ON_DEMAND_TIMEOUT = env_int("FORTUNE_ON_DEMAND_TIMEOUT", 20, min_value=1, max_value=100)
 # Requests per web process generating (or waiting on another's generation); the excess gets 503 at
 # once, so at least 4 of gunicorn's threads always serve stored fortunes and /healthz.
 FORTUNE_ON_DEMAND_MAX_CONCURRENT = env_int(
-    "FORTUNE_ON_DEMAND_MAX_CONCURRENT", max(1, env_int("GUNICORN_THREADS", 16, min_value=1) - 4), min_value=1
+    "FORTUNE_ON_DEMAND_MAX_CONCURRENT",
+    max(1, env_int("GUNICORN_THREADS", 16, min_value=1, max_value=1024) - 4),
+    min_value=1,
 )
 FORTUNE_ON_DEMAND_DAILY_LIMIT = env_int("FORTUNE_ON_DEMAND_DAILY_LIMIT", 5, min_value=1)
-FORTUNE_BATCH_DEADLINE = env("FORTUNE_BATCH_DEADLINE", default="23:30")  # KST, for /healthz/batch
-SLACK_WEBHOOK_URL = env("SLACK_WEBHOOK_URL", default="")
-DISCORD_WEBHOOK_URL = env("DISCORD_WEBHOOK_URL", default="")
+FORTUNE_BATCH_DEADLINE = env_clock_time("FORTUNE_BATCH_DEADLINE", default="23:30")  # KST, for /healthz/batch
+SLACK_WEBHOOK_URL = env_url("SLACK_WEBHOOK_URL", default="")
+DISCORD_WEBHOOK_URL = env_url("DISCORD_WEBHOOK_URL", default="")
 
 # --- Celery (the batch's scale-out backend: generate_daily_fortunes --backend celery) ----------
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html — read with the CELERY_ namespace.
@@ -310,7 +331,11 @@ LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error"
 LOG_FILE = env("LOG_FILE", default="")
 _handlers = {"stdout": {"class": "logging.StreamHandler", "formatter": "plain"}}
 if LOG_FILE:
-    Path(LOG_FILE).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        Path(LOG_FILE).parent.mkdir(parents=True, exist_ok=True)
+        Path(LOG_FILE).open("a").close()  # the handler opens it at start-up: fail here, naming the variable
+    except OSError as exc:
+        raise ImproperlyConfigured(f"LOG_FILE {LOG_FILE!r} cannot be written: {exc.strerror}.") from None
     _handlers["file"] = {"class": "logging.handlers.WatchedFileHandler", "filename": LOG_FILE, "formatter": "plain"}
 LOGGING = {
     "version": 1,

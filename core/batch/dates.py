@@ -3,6 +3,7 @@
 import datetime as dt
 from dataclasses import dataclass
 
+from django.db import connection
 from django.utils import timezone
 
 from core.models import BatchRun
@@ -18,6 +19,19 @@ class BatchTarget:
 def batch_today() -> dt.date:
     # TIME_ZONE is Asia/Seoul: Railway's cron fires at 13:00 UTC, which is already 22:00 KST.
     return timezone.localdate()
+
+
+def database_today() -> dt.date:
+    """Today in Korea by the database's clock. Retention counts from it: never from a run's --date
+    (a typo a year ahead would prune everything) nor from a worker whose clock runs ahead."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT CURRENT_TIMESTAMP")
+        (now,) = cursor.fetchone()
+    if isinstance(now, str):  # SQLite answers UTC text, 'YYYY-MM-DD HH:MM:SS'
+        now = dt.datetime.fromisoformat(now)
+    if timezone.is_naive(now):
+        now = now.replace(tzinfo=dt.UTC)
+    return timezone.localdate(now)
 
 
 def batch_lock_dates(*, base_date: dt.date | None, ahead: bool = False) -> list[dt.date]:

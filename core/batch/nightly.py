@@ -17,17 +17,18 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
+from django.utils import timezone
 from redis.exceptions import RedisError
 
 from core.batch.batch_ahead import batch_ahead_check, batch_ahead_plan, night_hooks
-from core.batch.dates import BatchTarget, batch_lock_dates, batch_targets
+from core.batch.dates import BatchTarget, batch_lock_dates, batch_targets, batch_today, database_today
 from core.batch.guards import StopGuards, StopToken
 from core.batch.hooks import NightHooks
-from core.batch.lifecycle import RunRecorder, batch_run_create, batch_runs_mark_stale
-from core.batch.lock import batch_lock
+from core.batch.lifecycle import CRASHED, RunRecorder, batch_run_create, batch_runs_mark_stale
+from core.batch.lock import BatchLocked, batch_lock
 from core.batch.notify import run_report_send
 from core.batch.options import BACKEND_CELERY, BatchOptions
-from core.batch.plan import batch_plan_counts, batch_plan_pages, batch_user_check
+from core.batch.plan import UserNotEligible, batch_plan_counts, batch_plan_pages, batch_user_check
 from core.batch.pool import GenerationBackend, InlineBackend, ThreadBackend
 from core.batch.process import connections_close, gc_paused, gc_skip_at_exit, stop_on_signals
 from core.batch.progress import ProgressReporter
@@ -83,10 +84,12 @@ class NightReport:
     plans: list[DryRunReport] = field(default_factory=list)  # dry run only
     lines: list[str] = field(default_factory=list)  # the hooks' (Batch API) and the dry run's day-ahead lines
     pruned: int | None = None  # fortunes pruned; None when pruning was skipped or failed
+    # Targets the night never started a run for (stopped or crashed first), each with its reason.
+    unrun: list[RunSummary] = field(default_factory=list)
 
     @property
     def summaries(self) -> list[RunSummary]:
-        return [RunSummary.from_run(run) for run in self.runs]
+        return [RunSummary.from_run(run) for run in self.runs] + self.unrun
 
     @property
     def incomplete(self) -> list[RunSummary]:
@@ -108,33 +111,87 @@ def batch_nightly(
 ) -> NightReport:
     """The whole night (or, with options.dry_run, what it would do, writing nothing).
 
-    Raises BatchLocked (another run is active), UserNotEligible and ProviderConfigError, with
-    nothing written; a crash fails its BatchRun and is raised.
+    Raises BatchLocked (another run is active) and UserNotEligible with nothing written or reported.
+    Whatever else ends the night — a crash, a lost lock, a stop — every run it started is finished
+    (none left `running`) and reported with its status and reason before the error is raised; a
+    target it never started is reported too (NightReport.unrun).
     """
     stop = stop or StopToken()
     hooks = hooks or night_hooks(options=options, stop=stop)
     gc_skip_at_exit()
+    night = NightReport()
     try:
         if options.dry_run:
             return batch_plan_night(options=options)
         with stop_on_signals(stop) if options.handle_signals else nullcontext():
-            runs = batch_generate_night(options=options, stop=stop, backend=backend, hooks=hooks)
+            batch_generate_night(options=options, stop=stop, backend=backend, hooks=hooks, night=night)
+    except BaseException as exc:
+        if options.dry_run or isinstance(exc, NIGHT_REFUSALS):
+            raise
+        connections_close()  # a broken connection is replaced by a fresh one for what follows
+        _night_crashed(night=night, options=options, error=exc)
+        raise
     finally:
         connections_close()
-    for run in runs:
+    if stop.is_set and night.unrun:
+        logger.warning("fortune batch: stopped before %s: %s",
+                       ", ".join(str(summary.target_date) for summary in night.unrun), stop.reason)
+    _night_report(night=night)
+    if night.runs and options.user_id is None:
+        night.pruned = _prune(written=[run.target_date for run in night.runs])
+    night.lines = hooks.report_lines()
+    return night
+
+
+# Refused before anything was written: not a bad night (another run is doing it, or a wrong --user-id).
+NIGHT_REFUSALS = (BatchLocked, UserNotEligible)
+NIGHT_NOT_STARTED = "{reason} (before this date's run started)"
+
+
+def _night_report(*, night: NightReport) -> None:
+    for run in night.runs:
         run_report_send(run=run)
-    pruned = None
-    if runs and options.user_id is None:
-        pruned = _prune(today=runs[-1].base_date)
-    return NightReport(runs=runs, pruned=pruned, lines=hooks.report_lines())
+    for summary in night.unrun:
+        run_report_send(summary=summary)
+
+
+def _night_crashed(*, night: NightReport, options: BatchOptions, error: BaseException) -> None:
+    """A night ended by an exception still finishes every run it started and reports the night."""
+    reason = CRASHED.format(error=f"{type(error).__name__}: {error}")[:255]
+    for run in night.runs:
+        _run_settle(run=run, reason=reason)
+    if not night.runs:
+        base = options.base_date or batch_today()
+        night.unrun.append(RunSummary.for_night(
+            base_date=base, target_date=base + dt.timedelta(days=1), status=BatchRun.Status.FAILED,
+            reason=NIGHT_NOT_STARTED.format(reason=reason)))
+    try:
+        _night_report(night=night)
+    finally:
+        connections_close()
+
+
+def _run_settle(*, run: BatchRun, reason: str) -> None:
+    """Make sure `run` is not left `running` (its own crash handling may not have reached the
+    database): failed with the night's reason unless it already finished."""
+    try:
+        BatchRun.objects.filter(pk=run.pk, status=BatchRun.Status.RUNNING).update(
+            status=BatchRun.Status.FAILED, stop_reason=reason, finished_at=timezone.now())
+        run.refresh_from_db()
+    except Exception:  # the database is gone: the next run marks it stale; the report still goes out
+        logger.exception("fortune batch %s: could not mark run %s failed", run.target_date, run.pk)
+        if run.status == BatchRun.Status.RUNNING:
+            run.status, run.stop_reason, run.finished_at = BatchRun.Status.FAILED, reason, timezone.now()
 
 
 def batch_generate_night(
     *, options: BatchOptions, stop: StopToken, backend: BackendFactory = generation_backend,
-    hooks: NightHooks | None = None,
+    hooks: NightHooks | None = None, night: NightReport | None = None,
 ) -> list[BatchRun]:
-    """Lock, refresh natal pillars, then one BatchRun per target (catch-up first)."""
+    """Lock, refresh natal pillars, then one BatchRun per target (catch-up first). Each run is added
+    to night.runs as soon as it exists, and each target a stop left unstarted to night.unrun."""
     hooks = hooks or NightHooks()
+    night = night if night is not None else NightReport()
     if options.backend == BACKEND_CELERY:
         _celery_check(options=options)
     # --max-runtime bounds the whole night, catch-up included.
@@ -149,16 +206,18 @@ def batch_generate_night(
         for target in targets:
             batch_runs_mark_stale(target_date=target.target_date)
         notes = _natal_refresh()
-        runs = []
         for target in targets:
             if stop.is_set:
-                break
+                night.unrun.append(RunSummary.for_night(
+                    base_date=target.base_date, target_date=target.target_date,
+                    status=BatchRun.Status.INTERRUPTED if stop.interrupted else BatchRun.Status.FAILED,
+                    reason=NIGHT_NOT_STARTED.format(reason=stop.reason)))
+                continue
             hooks.before_target(target=target, provider=provider)
             run = batch_run_target(target=target, options=options, provider=provider, stop=stop,
-                                   deadline=deadline, notes=notes, backend=backend)
-            runs.append(run)
+                                   deadline=deadline, notes=notes, backend=backend, on_start=night.runs.append)
             hooks.after_target(target=target, provider=provider, run=run)
-        return runs
+        return night.runs
 
 
 def prices_check(*, provider: Provider, options: BatchOptions) -> None:
@@ -193,13 +252,17 @@ def _natal_refresh() -> list[str]:
 def batch_run_target(
     *, target: BatchTarget, options: BatchOptions, provider: Provider, stop: StopToken, deadline: float,
     notes: list[str] | None = None, backend: BackendFactory = generation_backend,
+    on_start: Callable[[BatchRun], object] | None = None,
 ) -> BatchRun:
-    """One BatchRun for one target date. The caller holds the target's lock."""
+    """One BatchRun for one target date (given to on_start as soon as it exists). The caller holds the
+    target's lock."""
     notes = list(notes or [])
     if target.catch_up:
         notes.append(NOTE_CATCH_UP.format(target_date=target.target_date))
         logger.warning("fortune batch: %s; filling its gaps first", notes[-1])
     run = batch_run_create(target=target, options=options, provider=provider, notes=notes)
+    if on_start is not None:
+        on_start(run)
     if options.backend == BACKEND_CELERY:
         return _run_target_celery(run=run, target=target, options=options, provider=provider, stop=stop,
                                   deadline=deadline)
@@ -320,9 +383,12 @@ def batch_plan_night(*, options: BatchOptions) -> NightReport:
         return NightReport(plans=reports, lines=lines)
 
 
-def _prune(*, today: dt.date) -> int | None:
+def _prune(*, written: list[dt.date]) -> int | None:
+    """Retention after a night, counted from today by the database's clock, never from --date; the
+    dates this night wrote are kept whatever their age."""
     try:
-        pruned = fortunes_prune(today=today, retention_days=settings.FORTUNE_RETENTION_DAYS)
+        pruned = fortunes_prune(today=database_today(), retention_days=settings.FORTUNE_RETENTION_DAYS,
+                                keep_dates=written)
     except Exception:  # housekeeping never fails the night's fortunes
         logger.exception("fortune retention: pruning failed")
         return None

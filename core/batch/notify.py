@@ -66,9 +66,13 @@ def _title(summary: RunSummary) -> str:
     return f"Fortuna daily fortunes{extra}: {summary.status} for {summary.target_date.isoformat()}"
 
 
-def run_report_text(*, run) -> str:
-    """The human summary of a run, for both webhooks."""
-    summary = RunSummary.from_run(run)
+def _summary_of(run, summary: RunSummary | None) -> RunSummary:
+    return summary if summary is not None else RunSummary.from_run(run)
+
+
+def run_report_text(*, run=None, summary: RunSummary | None = None) -> str:
+    """The human summary of a run (or of a night that ended before its run), for both webhooks."""
+    summary = _summary_of(run, summary)
     lines = [_title(summary)]
     lines += [f"{name}: {value}" for name, value in _facts(summary)[1:]]
     reasons = summary.reasons[:TOP_REASONS]
@@ -83,8 +87,8 @@ def _slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def slack_payload(*, run) -> dict:
-    summary = RunSummary.from_run(run)
+def slack_payload(*, run=None, summary: RunSummary | None = None) -> dict:
+    summary = _summary_of(run, summary)
     facts = _facts(summary)
     blocks: list[dict] = [
         {"type": "header", "text": {"type": "plain_text", "text": _title(summary)[:150], "emoji": True}},
@@ -104,19 +108,19 @@ def slack_payload(*, run) -> dict:
         notes.append(f"*Stopped:* {_slack_escape(summary.stop_reason)}")
     if notes:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(notes)[:3000]}})
-    text = f"{STATUS_EMOJI.get(summary.status, '')} {run_report_text(run=run)}".strip()
+    text = f"{STATUS_EMOJI.get(summary.status, '')} {run_report_text(summary=summary)}".strip()
     return {"text": _slack_escape(text)[:3000], "blocks": blocks}
 
 
-def discord_payload(*, run) -> dict:
-    summary = RunSummary.from_run(run)
+def discord_payload(*, run=None, summary: RunSummary | None = None) -> dict:
+    summary = _summary_of(run, summary)
     fields = [{"name": name, "value": value[:1024], "inline": True} for name, value in _facts(summary)]
     reasons = summary.reasons[:TOP_REASONS]
     if reasons:
         fields.append(
             {"name": "Top failure reasons", "value": "\n".join(f"{r} ×{n}" for r, n in reasons)[:1024], "inline": False}
         )
-    description = f"Stopped: {summary.stop_reason}" if summary.stop_reason else f"Run #{summary.pk}"
+    description = f"Stopped: {summary.stop_reason}" if summary.stop_reason else f"Run #{summary.pk or '?'}"
     embed = {
         "title": _title(summary)[:256],
         "description": description[:4096],
@@ -210,8 +214,17 @@ def webhook_post(
     return True
 
 
-def run_report_send(*, run, sleep: Callable[[float], object] = time.sleep, timeout: float = TIMEOUT) -> None:
-    """Post the run summary to each configured webhook. Failures are logged, never raised."""
+def run_report_send(
+    *, run=None, summary: RunSummary | None = None, sleep: Callable[[float], object] = time.sleep,
+    timeout: float = TIMEOUT,
+) -> None:
+    """Post the run summary (of `run`, or `summary` for a night that ended before its run) to each
+    configured webhook. Failures are logged, never raised."""
+    try:
+        summary = _summary_of(run, summary)
+    except Exception:  # a report must never turn a bad night into a worse one
+        logger.exception("fortune run report: the summary could not be built")
+        return
     targets = (
         ("slack", getattr(settings, "SLACK_WEBHOOK_URL", ""), slack_payload),
         ("discord", getattr(settings, "DISCORD_WEBHOOK_URL", ""), discord_payload),
@@ -220,6 +233,6 @@ def run_report_send(*, run, sleep: Callable[[float], object] = time.sleep, timeo
         if not url:
             continue
         try:
-            webhook_post(service=service, url=url, payload=build(run=run), sleep=sleep, timeout=timeout)
+            webhook_post(service=service, url=url, payload=build(summary=summary), sleep=sleep, timeout=timeout)
         except Exception:
             logger.exception("fortune run report to %s failed unexpectedly", service)

@@ -1,18 +1,21 @@
 """Retention: fortunes older than the retention window are deleted in batches, then the generations
-no result refers to any more."""
+no result refers to any more. The window counts back from today by the database's clock
+(core.batch.dates.database_today); callers pass it in, never a run's own date."""
 
 import datetime as dt
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.db import transaction
-from django.db.models import Exists, Max, OuterRef, QuerySet
+from django.db.models import Exists, Max, OuterRef, Q, QuerySet
 
 from core.models import FortuneGeneration, FortuneResult
 
 logger = logging.getLogger("fortuna.batch")
 
-RETENTION_DAYS_INVALID = "The retention must be at least 1 day, got {days}."
+MAX_RETENTION_DAYS = 36_500  # a century: beyond it the cutoff date itself stops being representable
+RETENTION_DAYS_INVALID = f"The retention must be between 1 and {MAX_RETENTION_DAYS} days, got {{days}}."
 BATCH_SIZE_INVALID = "The prune batch size must be at least 1, got {batch_size}."
 
 
@@ -25,29 +28,32 @@ class PruneCounts:
 
 def retention_cutoff(*, today: dt.date, retention_days: int) -> dt.date:
     """Rows with for_date before this date are pruned (today - retention_days is kept)."""
-    if retention_days < 1:
+    if not 1 <= retention_days <= MAX_RETENTION_DAYS:
         raise ValueError(RETENTION_DAYS_INVALID.format(days=retention_days))
     return today - dt.timedelta(days=retention_days)
 
 
-def _old_results(cutoff: dt.date) -> QuerySet[FortuneResult]:
-    return FortuneResult.objects.filter(for_date__lt=cutoff)
+def _old_results(cutoff: dt.date, keep: tuple[dt.date, ...] = ()) -> QuerySet[FortuneResult]:
+    return FortuneResult.objects.filter(for_date__lt=cutoff).exclude(for_date__in=keep)
 
 
-def _orphan_generations(cutoff: dt.date, *, kept_results: QuerySet[FortuneResult]) -> QuerySet[FortuneGeneration]:
-    return FortuneGeneration.objects.filter(for_date__lt=cutoff).exclude(
+def _orphan_generations(
+    cutoff: dt.date, *, kept_results: QuerySet[FortuneResult], keep: tuple[dt.date, ...] = ()
+) -> QuerySet[FortuneGeneration]:
+    return FortuneGeneration.objects.filter(for_date__lt=cutoff).exclude(for_date__in=keep).exclude(
         Exists(kept_results.filter(generation=OuterRef("pk")))
     )
 
 
-def fortunes_prune_count(*, today: dt.date, retention_days: int) -> PruneCounts:
+def fortunes_prune_count(*, today: dt.date, retention_days: int, keep_dates: Iterable[dt.date] = ()) -> PruneCounts:
     """What fortunes_prune would delete now (for --dry-run)."""
     cutoff = retention_cutoff(today=today, retention_days=retention_days)
-    kept = FortuneResult.objects.filter(for_date__gte=cutoff)
+    keep = tuple(keep_dates)
+    kept = FortuneResult.objects.filter(Q(for_date__gte=cutoff) | Q(for_date__in=keep))
     return PruneCounts(
         cutoff=cutoff,
-        results=_old_results(cutoff).count(),
-        generations=_orphan_generations(cutoff, kept_results=kept).count(),
+        results=_old_results(cutoff, keep).count(),
+        generations=_orphan_generations(cutoff, kept_results=kept, keep=keep).count(),
     )
 
 
@@ -60,30 +66,36 @@ def _batch_upper_pk(queryset: QuerySet, batch_size: int) -> int | None:
     return upper
 
 
-def fortunes_prune(*, today: dt.date, retention_days: int, batch_size: int = 5000) -> int:
+def fortunes_prune(
+    *, today: dt.date, retention_days: int, batch_size: int = 5000, keep_dates: Iterable[dt.date] = ()
+) -> int:
     """Delete FortuneResult rows with for_date < today - retention_days, batch_size rows per
-    transaction, then the older generations no result refers to. Returns the results deleted."""
+    transaction, then the older generations no result refers to. Returns the results deleted.
+
+    keep_dates are never pruned: a run that has just written an old date (a deliberate backfill)
+    does not delete it again in its own clean-up."""
     cutoff = retention_cutoff(today=today, retention_days=retention_days)
+    keep = tuple(keep_dates)
     if batch_size < 1:
         raise ValueError(BATCH_SIZE_INVALID.format(batch_size=batch_size))
 
     results_deleted = 0
-    while (upper := _batch_upper_pk(_old_results(cutoff), batch_size)) is not None:
+    while (upper := _batch_upper_pk(_old_results(cutoff, keep), batch_size)) is not None:
         with transaction.atomic():
-            deleted, _ = _old_results(cutoff).filter(pk__lte=upper).delete()
+            deleted, _ = _old_results(cutoff, keep).filter(pk__lte=upper).delete()
         results_deleted += deleted
 
     generations_deleted = 0
     all_results = FortuneResult.objects.all()
     # Most nights nothing is old enough: the for_date index answers that at once, where the pk-ordered
     # orphan scan below would walk every generation.
-    has_old = FortuneGeneration.objects.filter(for_date__lt=cutoff).exists()
-    orphans = _orphan_generations(cutoff, kept_results=all_results)
+    has_old = FortuneGeneration.objects.filter(for_date__lt=cutoff).exclude(for_date__in=keep).exists()
+    orphans = _orphan_generations(cutoff, kept_results=all_results, keep=keep)
     while has_old and (upper := _batch_upper_pk(orphans, batch_size)) is not None:
         with transaction.atomic():
             # Django's PROTECT check runs again inside this transaction; nothing links a new
             # result to a generation dated before the cutoff (runs write today and later).
-            batch = _orphan_generations(cutoff, kept_results=all_results).filter(pk__lte=upper).only("pk")
+            batch = _orphan_generations(cutoff, kept_results=all_results, keep=keep).filter(pk__lte=upper).only("pk")
             deleted, _ = batch.delete()
         generations_deleted += deleted
 

@@ -94,6 +94,16 @@ class RunSummary:
             reasons=failure_reason_counts(run.failure_sample), cost_paths=dict(run.cost_by_path or {}),
         )
 
+    @classmethod
+    def for_night(cls, *, base_date: dt.date, target_date: dt.date, status: str, reason: str) -> "RunSummary":
+        """A target the night never ran (it crashed or was stopped first): no BatchRun to read."""
+        return cls(
+            pk=None, base_date=base_date, target_date=target_date, catch_up=False, status=status, eligible=0,
+            already_present=0, generated=0, failed=0, generations=0, llm_requests=0, tokens_in=0, tokens_out=0,
+            estimated_cost=Decimal(0), seconds=0.0, provider="", model="", workers=0, stop_reason=reason[:255],
+            finished_at=timezone.now(),
+        )
+
     @property
     def succeeded(self) -> bool:
         return self.status == "succeeded"

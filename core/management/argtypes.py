@@ -24,15 +24,16 @@ def finite_decimal(value: str) -> Decimal:
     return parsed
 
 
-def flag(message: str, convert, valid=lambda value: True, *, show_raw: bool = False):
-    """An argparse type= that converts, checks, and fails with the flag's own message."""
+def flag(message: str, convert, valid=lambda value: True, *, show_raw: bool = False, invalid: str | None = None):
+    """An argparse type= that converts, checks, and fails with the flag's own message (`invalid`, when
+    given, for a value that converts but fails the check)."""
     def parse(value: str):
         try:
             parsed = convert(value)
         except (ValueError, InvalidOperation):
             raise argparse.ArgumentTypeError(message.format(value=value)) from None
         if not valid(parsed):
-            raise argparse.ArgumentTypeError(message.format(value=value if show_raw else parsed))
+            raise argparse.ArgumentTypeError((invalid or message).format(value=value if show_raw else parsed))
         return parsed
     return parse
 

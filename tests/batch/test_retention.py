@@ -2,9 +2,12 @@ import datetime as dt
 import logging
 
 import pytest
+import time_machine
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
+from core.batch.dates import database_today
 from core.batch.retention import (
     BATCH_SIZE_INVALID,
     RETENTION_DAYS_INVALID,
@@ -44,7 +47,7 @@ def test_cutoff_keeps_exactly_retention_days():
     assert retention_cutoff(today=TODAY, retention_days=1) == dt.date(2030, 5, 31)
 
 
-@pytest.mark.parametrize("days", [0, -3])
+@pytest.mark.parametrize("days", [0, -3, 36_501])
 def test_a_retention_under_one_day_is_refused(days):
     with pytest.raises(ValueError, match=RETENTION_DAYS_INVALID.format(days=days)):
         fortunes_prune(today=TODAY, retention_days=days)
@@ -132,3 +135,20 @@ def test_prune_logs_a_fortune_line(users, caplog):
     assert "fortune prune: deleted 1 results and 1 generations dated before 2030-03-03 (retention 90 days)" in [
         r.getMessage() for r in caplog.records
     ]
+
+
+def test_dates_a_run_has_just_written_are_kept_whatever_their_age(users):
+    a, b, _ = users
+    written = CUTOFF - dt.timedelta(days=40)  # a backfill of an old date
+    result(a, generation(written))
+    result(b, generation(CUTOFF - dt.timedelta(days=1)))
+    assert fortunes_prune_count(today=TODAY, retention_days=90, keep_dates=[written]).results == 1
+    assert fortunes_prune(today=TODAY, retention_days=90, keep_dates=[written]) == 1
+    assert list(FortuneResult.objects.values_list("for_date", flat=True)) == [written]
+    assert list(FortuneGeneration.objects.values_list("for_date", flat=True)) == [written]
+
+
+def test_database_today_is_the_korean_date_of_the_database_clock():
+    real = timezone.localdate()
+    with time_machine.travel(dt.datetime(2031, 1, 1, tzinfo=dt.UTC), tick=False):
+        assert database_today() in {real, real + dt.timedelta(days=1)}  # the process clock is not asked

@@ -9,6 +9,7 @@ from django.core.management.base import CommandError
 
 from core.batch import scheduler as scheduler_module
 from core.batch import store as store_module
+from core.batch.dates import database_today
 from core.batch.nightly import batch_nightly
 from core.batch.options import INVALID_CHUNK_SIZE, MAX_CHUNK_SIZE, BatchOptions
 from core.batch.plan import USER_INACTIVE, USER_NO_BIRTH_DATE, USER_NOT_FOUND
@@ -190,14 +191,61 @@ def test_users_whose_pillars_are_missing_get_them_refreshed_first(population):
     assert user.pk in fortune_map()
 
 
-def test_old_fortunes_are_pruned_at_the_end_of_a_run(population, settings):
+def _stored(user, for_date: dt.date) -> FortuneResult:
+    generation = FortuneGeneration.objects.create(
+        input_hash=f"{user.pk:032x}{for_date:%Y%m%d}".ljust(64, "0"), for_date=for_date, content={}, provider="local"
+    )
+    return FortuneResult.objects.create(user=user, for_date=for_date, generation=generation, source="batch")
+
+
+def test_old_fortunes_are_pruned_at_the_end_of_a_run_counting_from_the_databases_today(population, settings):
     settings.FORTUNE_RETENTION_DAYS = 30
-    old_base = BASE - dt.timedelta(days=60)
-    run_batch("--date", old_base.isoformat())
-    assert FortuneResult.objects.filter(for_date=old_base + dt.timedelta(days=1)).exists()
+    today = database_today()
+    user = population["no_birth"]
+    old, recent = _stored(user, today - dt.timedelta(days=31)), _stored(user, today - dt.timedelta(days=30))
     run_batch("--date", DATE)
-    assert not FortuneResult.objects.filter(for_date=old_base + dt.timedelta(days=1)).exists()
+    assert not FortuneResult.objects.filter(pk=old.pk).exists()
+    assert FortuneResult.objects.filter(pk=recent.pk).exists()
     assert FortuneResult.objects.filter(for_date=TARGET).count() == 34
+
+
+def test_a_date_far_ahead_prunes_nothing_of_other_dates(population):
+    # Issue 16: retention used to count from --date, so a run 120 days ahead deleted every fortune
+    # before 30 days ahead, today's and tomorrow's included.
+    today = database_today()
+    user = population["users"][0]
+    kept = [_stored(user, today + dt.timedelta(days=offset)).pk for offset in (-5, 0, 1)]
+    far = today + dt.timedelta(days=120)
+    run_batch("--date", far.isoformat())
+    assert FortuneResult.objects.filter(pk__in=kept).count() == 3
+    assert FortuneResult.objects.filter(for_date=far + dt.timedelta(days=1)).count() == 34
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--date", "9999-12-31"], command.DATE_OUT_OF_RANGE.format(value="9999-12-31")),
+        (["--date", "2101-01-01"], command.DATE_OUT_OF_RANGE.format(value="2101-01-01")),
+        (["--date", "1899-12-31"], command.DATE_OUT_OF_RANGE.format(value="1899-12-31")),
+        (["--max-runtime", "inf", "--backend", "celery"], command.RUNTIME_INVALID.format(value=float("inf"))),
+        (["--max-runtime", "nan", "--backend", "celery"], command.RUNTIME_INVALID.format(value=float("nan"))),
+        (["--max-runtime", "1e300", "--backend", "celery"], command.RUNTIME_INVALID.format(value=1e300)),
+        (["--max-runtime", "1441"], command.RUNTIME_INVALID.format(value=1441.0)),
+        (["--retry-cooldown", "inf"], command.COOLDOWN_INVALID.format(value=float("inf"))),
+    ],
+)
+def test_values_that_would_overflow_are_refused_with_their_message_and_nothing_written(population, args, message):
+    before = table_counts()
+    with pytest.raises(CommandError) as err:
+        run_batch(*args)
+    assert str(err.value) == message
+    assert err.value.returncode == command.EXIT_USAGE
+    assert table_counts() == before
+
+
+def test_the_ends_of_the_supported_range_are_accepted():
+    assert run_batch("--date", command.DATE_LAST.isoformat(), "--dry-run")
+    assert run_batch("--date", command.DATE_FIRST.isoformat(), "--dry-run")
 
 
 # --- the writer (core.batch.store.BatchWriter) ----------------------------------------------------

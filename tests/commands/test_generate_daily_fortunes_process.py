@@ -35,9 +35,9 @@ def _database_url() -> str:
     return f"postgres://{conf['USER']}{password}@{conf['HOST'] or '127.0.0.1'}:{conf['PORT'] or 5432}/{conf['NAME']}"
 
 
-def _start(stub, *args: str) -> subprocess.Popen:
+def _start(stub, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     env = {**os.environ, **stub.env(), "DATABASE_URL": _database_url(), "DJANGO_SETTINGS_MODULE": "tests.settings",
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     argv = [sys.executable, "manage.py", "generate_daily_fortunes", "--date", BASE.isoformat(), *args]
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -116,7 +116,21 @@ def test_sigterm_marks_interrupted_and_keeps_every_completed_generation(slow_stu
     assert "interrupted" in out
 
 
+def test_sigterm_still_sends_the_report_with_the_status_and_the_reason(slow_stub, webhook_receiver):
+    proc = _start(slow_stub, "--workers", "2", extra_env={"SLACK_WEBHOOK_URL": webhook_receiver.url("/slack")})
+    _wait_for(lambda: _stored() >= 4, what="the first flush")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == EXIT_INCOMPLETE, err
+    (report,) = webhook_receiver.json("/slack")
+    assert f"interrupted for {TARGET}" in report["text"] and "Stopped: interrupted by SIGTERM" in report["text"]
+    assert not BatchRun.objects.filter(status=BatchRun.Status.RUNNING).exists()
+
+
 def test_a_concurrent_second_run_is_refused_at_once_and_writes_nothing(slow_stub):
+    # Slow enough that the first run (60 calls, one at a time: 18 s) outlives the second's start-up on
+    # a loaded machine; it is stopped below.
+    slow_stub.configure(latency_ms=300)
     first = _start(slow_stub, "--workers", "1")
     _wait_for(lambda: BatchRun.objects.exists(), what="the first run to start")
     before = table_counts()

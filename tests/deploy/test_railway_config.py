@@ -16,6 +16,7 @@ from tests.deploy.server import BASE_DIR, procfile_argv, procfile_command
 
 WEB_CONFIG = BASE_DIR / "railway.toml"
 WORKER_CONFIG = BASE_DIR / "railway.worker.toml"
+FILL_CONFIG = BASE_DIR / "railway.fill.toml"
 
 
 def _load(path) -> dict:
@@ -93,7 +94,27 @@ def test_worker_config_runs_the_batch_nightly_and_never_restarts(worker):
     assert "preDeployCommand" not in deploy  # the web service owns migrations
 
 
-@pytest.mark.parametrize("path", [WEB_CONFIG, WORKER_CONFIG], ids=["web", "worker"])
+def test_fill_config_is_a_second_run_before_kst_midnight_that_only_fills_gaps(worker):
+    deploy = _load(FILL_CONFIG)["deploy"]
+    minute, hour, *rest = deploy["cronSchedule"].split()
+    assert rest == ["*", "*", "*"]
+    nightly_minute, nightly_hour = (int(part) for part in worker["deploy"]["cronSchedule"].split()[:2])
+    start = int(hour) * 60 + int(minute)  # minutes after 00:00 UTC
+    threads = _cron_options(_cron_argv(deploy["startCommand"], env={}))
+    celery = _cron_options(_cron_argv(deploy["startCommand"], env={"CELERY_BROKER_URL": "redis://r:6379/0"}))
+    # After the nightly run's --max-runtime, and done before 15:00 UTC = 00:00 KST.
+    assert nightly_hour * 60 + nightly_minute + _cron_options(_cron_argv(worker["deploy"]["startCommand"],
+                                                                         env={}))["max_runtime"] < start
+    assert start + threads["max_runtime"] <= 15 * 60
+    assert int(minute) != 30  # the collect service's minute (railway.collect.toml)
+    # The nightly command on the default date (tomorrow, catch-up first), no day-ahead submission.
+    assert threads["date"] is None and threads["batch_ahead"] is False and not threads["force"]
+    assert (threads["backend"], celery["backend"]) == ("threads", "celery")
+    assert deploy["restartPolicyType"] == "NEVER"
+    assert "healthcheckPath" not in deploy and "preDeployCommand" not in deploy
+
+
+@pytest.mark.parametrize("path", [WEB_CONFIG, WORKER_CONFIG, FILL_CONFIG], ids=["web", "worker", "fill"])
 def test_numeric_settings_are_toml_integers(path):
     # Railway rejects strings for these ("Expected number, received string").
     deploy = _load(path)["deploy"]
@@ -102,7 +123,7 @@ def test_numeric_settings_are_toml_integers(path):
             assert type(deploy[key]) is int, key
 
 
-@pytest.mark.parametrize("path", [WEB_CONFIG, WORKER_CONFIG], ids=["web", "worker"])
+@pytest.mark.parametrize("path", [WEB_CONFIG, WORKER_CONFIG, FILL_CONFIG], ids=["web", "worker", "fill"])
 def test_no_cron_table_anywhere(path):
     # `[[cron]]` (the original guide) is not Railway syntax and would be silently ignored.
     config = _load(path)
@@ -188,3 +209,17 @@ def test_collect_config_is_an_hourly_batch_api_collect_off_the_nightly_minute():
     assert hour == "*" and rest == ["*", "*", "*"] and minute != "0"  # hourly, never at the 13:00 UTC start
     assert deploy["restartPolicyType"] == "NEVER"
     assert "preDeployCommand" not in deploy and "healthcheckPath" not in deploy
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("WEB_CONCURRENCY", "many", "WEB_CONCURRENCY must be a whole number, got 'many'."),
+        ("GUNICORN_THREADS", "0", "GUNICORN_THREADS must be between 1 and 1024, got 0."),
+        ("PORT", "http", "PORT must be a whole number, got 'http'."),
+    ],
+)
+def test_gunicorn_conf_refuses_a_bad_value_naming_it(monkeypatch, name, value, message):
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        _gunicorn_conf(monkeypatch, **{name: value})
+    assert str(excinfo.value) == message

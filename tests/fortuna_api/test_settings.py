@@ -78,3 +78,60 @@ def test_celery_broker_url_wins_over_redis_url():
     conf = _celery_conf(REDIS_URL="redis://cache:6379/1", CELERY_BROKER_URL="amqp://guest:guest@mq:5672//",
                         FORTUNE_CELERY_VISIBILITY_TIMEOUT="120")
     assert conf[0] == "amqp://guest:guest@mq:5672//" and conf[-1] == "120"
+
+
+def manage_check(**overrides: str) -> subprocess.CompletedProcess:
+    """`manage.py check` as an operator (or a deploy) runs it, with the environment given."""
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "OPENAI_API_KEY", "FORTUNE_PROVIDER"}}
+    env |= {"DJANGO_SETTINGS_MODULE": "fortuna_api.settings", "DEBUG": "1", "SECRET_KEY": ""} | overrides
+    return subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+SLACK_SECRET = "T0000/B0000/XXXXsecretXXXX"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        # Issue 16: each of these used to pass start-up and fail at the first request that read it.
+        ({"THROTTLE_ANON": "lots"}, "THROTTLE_ANON must be a rate written COUNT/PERIOD"),
+        ({"THROTTLE_USER": "10/fortnight"}, "THROTTLE_USER must be a rate written COUNT/PERIOD"),
+        ({"THROTTLE_AUTH": "20 per minute"}, "THROTTLE_AUTH must be a rate written COUNT/PERIOD"),
+        ({"FORTUNE_BATCH_DEADLINE": "25:00"}, "FORTUNE_BATCH_DEADLINE must be a time of day written HH:MM"),
+        ({"FORTUNE_BATCH_DEADLINE": "late"}, "FORTUNE_BATCH_DEADLINE must be a time of day written HH:MM"),
+        ({"OPENAI_BASE_URL": "localhost:8080/v1"}, "OPENAI_BASE_URL must be a http:// or https:// URL"),
+        ({"SLACK_WEBHOOK_URL": f"hooks.slack.com/services/{SLACK_SECRET}"}, "SLACK_WEBHOOK_URL must be a http://"),
+        ({"DISCORD_WEBHOOK_URL": "https:///api/webhooks/1/x"}, "DISCORD_WEBHOOK_URL must be a http:// or https:// URL"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL must be a redis:// or rediss:// or unix:// URL"),
+        ({"CSRF_TRUSTED_ORIGINS": "fortuna.example"}, "CSRF_TRUSTED_ORIGINS entries must start with https://"),
+        ({"FORTUNE_RETENTION_DAYS": "99999999999"}, "FORTUNE_RETENTION_DAYS must be between 1 and 36500"),
+        ({"GUNICORN_THREADS": "0"}, "GUNICORN_THREADS must be between 1 and 1024"),
+        ({"OPENAI_RPM": "-1"}, "OPENAI_RPM must be at least 0, got -1."),
+        ({"LOG_FILE": "/proc/fortuna/django.log"}, "LOG_FILE '/proc/fortuna/django.log' cannot be written"),
+    ],
+)
+def test_bad_environment_fails_manage_py_check_naming_the_variable(overrides, message):
+    result = manage_check(**overrides)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert SLACK_SECRET not in result.stderr  # a webhook URL is a secret: never repeated
+
+
+def test_good_values_pass_manage_py_check():
+    result = manage_check(THROTTLE_ANON="100/s", THROTTLE_USER="5000/hour", THROTTLE_AUTH="3/d",
+                          FORTUNE_BATCH_DEADLINE="22:45", OPENAI_BASE_URL="http://127.0.0.1:9/v1",
+                          SLACK_WEBHOOK_URL="https://hooks.slack.com/services/T/B/X", REDIS_URL="redis://127.0.0.1:6379/1",
+                          CSRF_TRUSTED_ORIGINS="https://fortuna.example")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_model_without_a_price_fails_manage_py_check_naming_openai_model():
+    openai = {"FORTUNE_PROVIDER": "openai", "OPENAI_API_KEY": "sk-test", "OPENAI_MODEL": "llama-3-8b"}
+    result = manage_check(**openai)
+    assert result.returncode != 0
+    assert "fortuna.E001" in result.stderr and "OPENAI_MODEL: No price for model 'llama-3-8b'" in result.stderr
+    flex = manage_check(**openai, FORTUNE_PRICES="llama-3-8b:standard=0/0", OPENAI_SERVICE_TIER="flex")
+    assert flex.returncode != 0 and "on the flex tier" in flex.stderr
+    priced = manage_check(**openai, FORTUNE_PRICES="llama-3-8b:standard=0/0")
+    assert priced.returncode == 0, priced.stderr

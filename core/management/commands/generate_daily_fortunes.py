@@ -1,6 +1,7 @@
 """The nightly batch: tomorrow's fortune (KST) for every active user with a birth date."""
 
 import argparse
+import datetime as dt
 import sys
 from contextlib import contextmanager
 from functools import partial
@@ -15,19 +16,29 @@ from core.batch.options import BatchOptions, CeleryBackendUnavailable
 from core.batch.plan import UserNotEligible
 from core.fortunes.providers import ProviderConfigError
 from core.management.argtypes import EXIT_USAGE, finite_decimal, flag, iso_date, usage_error
+from core.saju.terms import FIRST_YEAR, LAST_YEAR
 
 # Threads that only wait on HTTP; none touches the ORM, so DB connections do not grow with it (issue 9).
 MAX_WORKERS = 512
 MAX_ATTEMPTS = 20
+# The saju engine's solar-term tables (core.saju.terms) chart 1899-2101: every date a run touches
+# (base + 1, and base + 2 with --batch-ahead) stays inside them with a day to spare.
+DATE_FIRST = dt.date(FIRST_YEAR + 1, 1, 1)
+DATE_LAST = dt.date(LAST_YEAR - 1, 12, 29)
+# A night that ends after the next night's cron would only be skipped by Railway: a day is the most.
+MAX_RUNTIME_MINUTES = 1440
+MAX_COOLDOWN_SECONDS = 3600
 DATE_INVALID = "--date must be a real calendar date written YYYY-MM-DD, got {value!r}."
+DATE_OUT_OF_RANGE = (f"--date must be between {DATE_FIRST} and {DATE_LAST} (the saju calendar's range), "
+                     "got {value}.")
 WORKERS_INVALID = f"--workers must be between 1 and {MAX_WORKERS}, got {{value}}."
 RPM_INVALID = "--rpm must be at least 1 request per minute (leave it out for no limit), got {value}."
 TPM_INVALID = "--tpm must be at least 1 token per minute (leave it out for no limit), got {value}."
 BACKEND_INVALID = f"--backend must be one of {', '.join(batch.BACKENDS)}, got {{value!r}}."
 ATTEMPTS_INVALID = f"--max-attempts must be between 1 and {MAX_ATTEMPTS}, got {{value}}."
 COST_INVALID = "--max-cost must be a number of US dollars, 0 or more (0 = no budget), got {value!r}."
-RUNTIME_INVALID = "--max-runtime must be more than 0 minutes, got {value}."
-COOLDOWN_INVALID = "--retry-cooldown must be 0 seconds or more, got {value}."
+RUNTIME_INVALID = f"--max-runtime must be more than 0 and at most {MAX_RUNTIME_MINUTES} minutes, got {{value}}."
+COOLDOWN_INVALID = f"--retry-cooldown must be between 0 and {MAX_COOLDOWN_SECONDS} seconds, got {{value}}."
 USER_ID_INVALID = "--user-id must be a positive user id, got {value}."
 CANCEL_WAIT_INVALID = "--cancel-wait must be between 0 and 3600 seconds, got {value}."
 COLLECT_ALONE = "--collect-batches runs on its own: leave out {flags}."
@@ -65,7 +76,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         add = parser.add_argument
-        add("--date", type=flag(DATE_INVALID, iso_date),
+        add("--date", type=flag(DATE_INVALID, iso_date, lambda d: DATE_FIRST <= d <= DATE_LAST,
+                                invalid=DATE_OUT_OF_RANGE),
             help="Base date YYYY-MM-DD; fortunes are made for the day after. Default: today in Korea "
                  "(with missed-night catch-up).")
         add("--workers", type=flag(WORKERS_INVALID, int, lambda n: 1 <= n <= MAX_WORKERS), default=5,
@@ -85,9 +97,10 @@ class Command(BaseCommand):
             help="HTTP attempts per generation per round (default FORTUNE_MAX_ATTEMPTS).")
         add("--max-cost", type=flag(COST_INVALID, finite_decimal, lambda d: d >= 0, show_raw=True),
             help="Stop at this estimated cost in USD (default FORTUNE_MAX_COST_PER_RUN; 0 = no budget).")
-        add("--max-runtime", type=flag(RUNTIME_INVALID, float, lambda m: m > 0), default=90.0,
+        add("--max-runtime", type=flag(RUNTIME_INVALID, float, lambda m: 0 < m <= MAX_RUNTIME_MINUTES), default=90.0,
             help="Stop after this many minutes.")
-        add("--retry-cooldown", type=flag(COOLDOWN_INVALID, float, lambda s: s >= 0), default=30.0,
+        add("--retry-cooldown", type=flag(COOLDOWN_INVALID, float, lambda s: 0 <= s <= MAX_COOLDOWN_SECONDS),
+            default=30.0,
             help="Seconds before the final round for transiently failed generations.")
         add("--batch-ahead", action=argparse.BooleanOptionalAction,
             help="Submit the day after tomorrow to the OpenAI Batch API (default FORTUNE_BATCH_AHEAD).")
