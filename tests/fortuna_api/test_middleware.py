@@ -16,7 +16,8 @@ def test_the_railway_healthcheck_host_reaches_the_health_endpoints(client, path)
 
 def test_the_healthcheck_answers_ok_with_that_host_and_a_port(client):
     response = client.get("/healthz", HTTP_HOST=f"{RAILWAY_HEALTHCHECK_HOST}:8080")
-    assert (response.status_code, response.json()) == (200, {"status": "ok", "database": "ok"})
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok" and response.json()["database"] == "ok"
 
 
 @pytest.mark.parametrize("path", ["/api/schema/", "/auth/token", "/admin/login/", "/healthz/other", "/healthzz"])
