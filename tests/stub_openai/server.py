@@ -811,6 +811,14 @@ BATCH_DEFAULTS: dict[str, Any] = {
     "download_failures": 0,   # the next N file downloads answer 500
     "upload_failures": 0,     # the next N file uploads answer 500
     "seed": 0,
+    # Damaged output files (a server's fault, or a proxy's): the share of lines written without their
+    # custom_id, and raw lines appended as they are (e.g. "[1, 2]", "not json", '{"id": "x"}').
+    "fail_no_custom_id": 0.0,
+    "junk_lines": [],
+    # Seconds an upload / a batches.create waits before it is stored (and listed): a submission
+    # caught mid-way by another process.
+    "upload_latency": 0.0,
+    "create_latency": 0.0,
 }
 BATCH_TERMINAL = ("completed", "expired", "cancelled", "failed")
 BATCH_MAX_REQUESTS = 50_000
@@ -835,7 +843,10 @@ def batch_config_apply(current: dict, update: dict) -> dict:
     new = dict(current)
     for key, value in update.items():
         default = BATCH_DEFAULTS[key]
-        new[key] = bool(value) if isinstance(default, bool) else type(default)(value)
+        if isinstance(default, list):
+            new[key] = [str(v) for v in ([value] if isinstance(value, str) else value)]
+        else:
+            new[key] = bool(value) if isinstance(default, bool) else type(default)(value)
     shares = [new["fail_5xx"], new["fail_4xx"], new["fail_malformed"]]
     if any(s < 0 for s in shares) or sum(shares) > 1 + 1e-9 or not 0 <= new["partial_share"] <= 1:
         raise ValueError(BATCH_BAD_SHARE)
@@ -887,6 +898,7 @@ class BatchStore:
                 "files": len(self.files),
                 "batches": [{
                     "id": b["id"], "status": b["status"], "metadata": b["metadata"], "total": b["total"],
+                    "input_file_id": b["input_file_id"],
                     "outcomes": b.get("outcomes", {}),
                 } for b in self.batches.values()],
             }
@@ -911,6 +923,7 @@ class BatchStore:
             return 400, _error_body(UPLOAD_BAD_PURPOSE.format(purpose=purpose), type_="invalid_request_error",
                                     param="purpose")
         filename, data = fields["file"]
+        self._wait("upload_latency")
         with self.lock:
             if self.config["upload_failures"] > 0:
                 self.config["upload_failures"] -= 1
@@ -944,8 +957,15 @@ class BatchStore:
             items = [self.file_json(f) for f in reversed(self.files.values()) if purpose in (None, f["purpose"])]
         return _cursor_page(items, query)
 
+    def _wait(self, key: str) -> None:
+        with self.lock:
+            seconds = self.config[key]
+        if seconds > 0:
+            time.sleep(seconds)
+
     # batches --------------------------------------------------------------------------------------
     def create(self, request: Any) -> tuple[int, dict]:
+        self._wait("create_latency")
         if not isinstance(request, dict):
             return 400, _error_body(BAD_BODY_JSON, type_="invalid_request_error")
         if request.get("endpoint") != "/v1/chat/completions":
@@ -1053,15 +1073,22 @@ class BatchStore:
                 continue
             malformed = fault_draw < config["fail_5xx"] + config["fail_4xx"] + config["fail_malformed"]
             body_out = _batch_completion(json.loads(raw)["body"], custom_id=custom_id, n=n, malformed=malformed)
-            output.append({"id": line_id, "custom_id": custom_id, "error": None,
-                           "response": {"status_code": 200, "request_id": request_id, "body": body_out}})
-            outcomes["malformed" if malformed else "ok"].append(custom_id)
+            answered = {"id": line_id, "custom_id": custom_id, "error": None,
+                        "response": {"status_code": 200, "request_id": request_id, "body": body_out}}
+            if rng.random() < config["fail_no_custom_id"]:  # a third draw: the first two stay as they were
+                del answered["custom_id"]
+                outcomes["no_custom_id"].append(custom_id)
+            else:
+                outcomes["malformed" if malformed else "ok"].append(custom_id)
+            output.append(answered)
         order = random.Random(f"{config['seed']}:{batch['id']}")
         order.shuffle(output)  # the real API promises no order either
         order.shuffle(errors)
         for kind, lines in (("output_file_id", output), ("error_file_id", errors)):
             if lines:
                 data = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()
+                if kind == "output_file_id" and config["junk_lines"]:
+                    data += "".join(junk + "\n" for junk in config["junk_lines"]).encode()
                 batch[kind] = self._file(data=data, filename=f"{batch['id']}_{kind[:-8]}.jsonl",
                                          purpose="batch_output")["id"]
         batch["status"] = status
@@ -1069,7 +1096,7 @@ class BatchStore:
         if status == "completed":
             batch["times"]["finalizing_at"] = now
         batch["outcomes"] = dict(outcomes)
-        ok = len(outcomes["ok"]) + len(outcomes["malformed"])
+        ok = len(outcomes["ok"]) + len(outcomes["malformed"]) + len(outcomes["no_custom_id"])
         batch["counts"] = (ok, batch["total"] - ok)
         batch["lines"] = []  # answered: only the files are needed now
 
@@ -1325,11 +1352,12 @@ class StubClient:
 
     def batch_configure(self, **cfg: Any) -> dict:
         """Batch API controls (BATCH_DEFAULTS keys): completion_delay, fail_5xx, fail_4xx, fail_malformed,
-        expire, stuck, partial_share, cancel_delay, download_failures, upload_failures, seed."""
+        expire, stuck, partial_share, cancel_delay, download_failures, upload_failures, seed,
+        fail_no_custom_id, junk_lines, upload_latency, create_latency."""
         return self._call("POST", "/_stub/batch/config", cfg)
 
     def batch_state(self, *, timeout: float = 10) -> dict:
-        """Batch API config, counters, and each batch's status, metadata and custom_ids by outcome.
+        """Batch API config, counters, and each batch's status, metadata, input file and custom_ids by outcome.
         The first read after completion writes the output files: give a large batch a longer timeout."""
         return self._call("GET", "/_stub/batch", timeout=timeout)
 
