@@ -27,7 +27,7 @@ from core.batch.nightly import batch_nightly
 from core.batch.options import BatchOptions
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.pricing import cost_estimate
-from core.fortunes.prompt import build_messages
+from core.fortunes.prompt import build_messages, output_token_cap
 from core.fortunes.providers import ProviderConfigError
 from core.fortunes.providers.openai import chat_completion_body
 from core.models import FortuneGeneration, FortuneResult, OpenAIBatch, User
@@ -128,6 +128,8 @@ def test_a_line_carries_the_same_body_as_the_synchronous_request(users, openai_s
     assert (line["method"], line["url"]) == ("POST", "/v1/chat/completions")
     assert line["body"] == json.loads(json.dumps(chat_completion_body(model=settings.OPENAI_MODEL,
                                                                       messages=build_messages(inp))))
+    # The output cap goes with every line, as with every synchronous request.
+    assert {line["body"]["max_completion_tokens"] for line in lines} == {output_token_cap()}
 
 
 def test_failed_lines_leave_exactly_their_inputs_for_the_synchronous_pass(users, openai_settings):

@@ -9,7 +9,11 @@ prints ``READY http://127.0.0.1:PORT/v1`` once listening and serves until SIGTER
   plausible Korean for the fortune field names, chosen deterministically from the request body.
 * Faults are scheduled per request: request number n (arrival order, from 1) gets the fault drawn by
   ``random.Random(f"{seed}:{n}")`` against the configured probabilities, so a seed always gives the
-  same sequence. ``fail_when_contains`` fails every request whose body contains a substring.
+  same sequence. ``fail_when_contains`` fails every request whose body contains a substring (``[""]``:
+  every request, e.g. a server refusing ``response_format`` with ``fail_status`` 500).
+* An answer stops at the request's output cap (``max_completion_tokens``/``max_tokens``) with
+  ``finish_reason: "length"``; the "runaway" fault writes until that cap (or RUNAWAY_TOKENS). Every
+  answer's billed usage is summed in ``counters()["tokens_billed"]``, the caps seen in ``by_output_cap``.
 * An account limit (``account_rpm``/``account_tpm`` per ``account_window_s``, sliding) answers 429 with
   Retry-After and x-ratelimit-* headers, counted in ``counters()["account"]``; ``latency_jitter_ms``
   spreads each answer's latency around ``latency_ms``.
@@ -46,7 +50,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 # Order matters: the cumulative draw keeps the schedule of the first four faults stable.
-FAULT_KINDS = ("429", "500", "malformed", "hang", "refusal", "length")
+FAULT_KINDS = ("429", "500", "malformed", "hang", "refusal", "length", "runaway")
 API_PATHS = ("/v1/chat/completions", "/v1/responses")
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -140,6 +144,11 @@ COLORS = ("초록색", "파란색", "노란색", "하얀색", "빨간색", "보�
 DIRECTIONS = ("동쪽", "서쪽", "남쪽", "북쪽", "북동쪽", "북서쪽", "남동쪽", "남서쪽")
 GENERIC = ("좋은 기운이 함께합니다.", "차분하게 하루를 보내세요.", "작은 행운이 찾아옵니다.")
 REFUSAL = "죄송하지만 이 요청에는 도움을 드릴 수 없습니다."
+# A runaway answer (fault "runaway": a model that never closes its JSON) goes on until the request's
+# output cap (max_completion_tokens / max_tokens), or this many tokens when the request sets none,
+# as a model's own output limit would stop it.
+RUNAWAY_TOKENS = 16_384
+RUNAWAY_TEXT = "그리고 "
 
 
 def messages_sha256(messages: Any) -> str:
@@ -343,6 +352,8 @@ class StubState:
         self.hangs = 0
         self.bad_requests = 0
         self.account = AccountLimit()
+        self.billed = [0, 0]  # prompt and completion tokens of every answer that carried usage
+        self.by_output_cap: collections.Counter[str] = collections.Counter()  # the request's cap, "none" if unset
 
     def reset(self, *, config: bool) -> None:
         with self.lock:
@@ -397,6 +408,8 @@ class StubState:
                 "max_in_flight": self.max_in_flight,
                 "distinct_inputs": len({r[4] for r in self.records if r[4]}),
                 "account": self.account.counters(self.config),
+                "tokens_billed": {"in": self.billed[0], "out": self.billed[1]},
+                "by_output_cap": dict(self.by_output_cap),
             }
 
     def requests(self, *, bodies: bool) -> list[dict]:
@@ -641,6 +654,10 @@ class StubHandler(BaseHTTPRequestHandler):
             problem = BAD_BODY_INPUT
         if problem:
             return 400, _error_body(problem, type_="invalid_request_error"), None, "", ""
+        cap = request.get("max_completion_tokens") or request.get("max_tokens") or request.get("max_output_tokens")
+        cap = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
+        with self.server.state.lock:
+            self.server.state.by_output_cap[str(cap) if cap else "none"] += 1
         conversation = request["messages"] if chat else [request.get("instructions"), request["input"]]
         sha = messages_sha256(conversation)
         conversation_text = json.dumps(conversation, ensure_ascii=False)
@@ -693,10 +710,23 @@ class StubHandler(BaseHTTPRequestHandler):
             content, refusal = None, REFUSAL
         elif fault == "length":
             content, finish_reason = content[: max(1, len(content) // 3)], "length"
+        elif fault == "runaway":
+            limit = min(cap or RUNAWAY_TOKENS, RUNAWAY_TOKENS)
+            filler = approx_tokens(RUNAWAY_TEXT)
+            content = content[: len(content) // 2] + RUNAWAY_TEXT * max(1, limit // filler)
+            finish_reason = "length"
 
         usage_in = approx_tokens(conversation_text) + (approx_tokens(json.dumps(schema)) if schema else 0)
         usage_out = approx_tokens(content or refusal or "")
+        if cap is not None and usage_out > cap:  # a real server stops writing at the cap, wherever it is
+            content = (content or "")[:cap]
+            usage_out, finish_reason = cap, "length"
+        elif fault == "runaway":
+            usage_out = min(cap or RUNAWAY_TOKENS, RUNAWAY_TOKENS)
         account_used(self.server.state, n=n, tokens=usage_in + usage_out)
+        with self.server.state.lock:
+            self.server.state.billed[0] += usage_in
+            self.server.state.billed[1] += usage_out
         model = request["model"]
         if chat:
             payload = _chat_completion(n=n, model=model, content=content, refusal=refusal,
