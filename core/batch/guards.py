@@ -100,9 +100,13 @@ class StopGuards:
 
     def succeeded(self, *, usage: dict[str, PathUsage]) -> None:
         """A generation arrived; usage is the run's running totals per path (flex, standard)."""
+        self.streak_broken()
+        self.spent(usage=usage)
+
+    def streak_broken(self) -> None:
+        """Something succeeded: no failure streak goes on (the Celery backend calls it per chunk)."""
         self.failure_streak = 0
         self.same_failure, self.same_failure_streak = "", 0
-        self.spent(usage=usage)
 
     def spent(self, *, usage: dict[str, PathUsage]) -> None:
         """The run's usage so far per path: stop at the budget."""
