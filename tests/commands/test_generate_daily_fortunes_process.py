@@ -124,7 +124,7 @@ def test_a_concurrent_second_run_is_refused_at_once_and_writes_nothing(slow_stub
     second = _start(slow_stub, "--workers", "1")
     out, err = second.communicate(timeout=WAIT)
     elapsed = time.monotonic() - started
-    assert second.returncode == EXIT_LOCKED, (out, err)
+    assert second.returncode == EXIT_LOCKED
     assert BATCH_LOCKED.format(target_date=TARGET.isoformat()) in err
     assert table_counts()["core.BatchRun"] == before["core.BatchRun"] == 1
     assert elapsed < WAIT  # it did not wait for the first run (which takes far longer than this)
