@@ -1,6 +1,6 @@
 """`--collect-batches` (an hourly cron) while the night is between uploading a Batch API file and
-creating its batch: both are real processes, the stub holds batches.create long enough for the
-collector to start and look. Exactly one OpenAI batch per file."""
+creating its batch: both are real processes; the stub holds the night's batches.create until the
+collector has finished. Exactly one OpenAI batch per file."""
 
 import collections
 import datetime as dt
@@ -20,7 +20,6 @@ from tests.factories import users_create_many
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.django_db(transaction=True)]
 
-CREATE_LATENCY = 3.0  # seconds the stub holds the night's batches.create: the collector starts meanwhile
 WAIT = 30.0
 
 
@@ -49,14 +48,16 @@ def test_collect_during_the_nights_submission_creates_one_batch_per_file(openai_
     ahead = base + dt.timedelta(days=2)
     # A batch the collector has work for: tonight's date, submitted two days ago, done.
     batch_api_submit_ahead(target_date=base, base_date=base - dt.timedelta(days=2))
-    stub.batch_configure(create_latency=CREATE_LATENCY)
+    stub.batch_configure(hold_next_creates=1, holding=True)  # the night's create: held; any other: not
 
     night = _command(stub, "--date", base.isoformat(), "--batch-ahead", "--workers", "2", "--retry-cooldown", "0")
     try:
-        _wait_for(lambda: OpenAIBatch.objects.filter(target_date=ahead, state="uploaded").exists(),
-                  what="the night's file to be uploaded", proc=night)
+        _wait_for(lambda: stub.batch_state()["counters"].get("creates_held") == 1,
+                  what="the night's batches.create to be under way", proc=night)
+        assert OpenAIBatch.objects.get(target_date=ahead).state == "uploaded"
         collect = _command(stub, "--collect-batches")
         collected_out, collected_err = collect.communicate(timeout=WAIT)
+        stub.batch_configure(holding=False)
         night_out, night_err = night.communicate(timeout=WAIT)
     finally:
         for proc in (night, locals().get("collect")):

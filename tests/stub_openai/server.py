@@ -849,7 +849,12 @@ BATCH_DEFAULTS: dict[str, Any] = {
     # caught mid-way by another process.
     "upload_latency": 0.0,
     "create_latency": 0.0,
+    # The next N batches.create calls wait (up to HOLD_MAX_SECONDS) while `holding` is true: a test
+    # catches a submission between its upload and its batch, deterministically (counter creates_held).
+    "hold_next_creates": 0,
+    "holding": False,
 }
+HOLD_MAX_SECONDS = 30.0
 BATCH_TERMINAL = ("completed", "expired", "cancelled", "failed")
 BATCH_MAX_REQUESTS = 50_000
 BATCH_CONFIG_UNKNOWN_KEY = "unknown batch config key(s): {keys}; allowed: {allowed}"
@@ -994,7 +999,21 @@ class BatchStore:
             time.sleep(seconds)
 
     # batches --------------------------------------------------------------------------------------
+    def _hold(self) -> None:
+        with self.lock:
+            if self.config["hold_next_creates"] <= 0:
+                return
+            self.config["hold_next_creates"] -= 1
+            self.counters["creates_held"] += 1
+        deadline = time.monotonic() + HOLD_MAX_SECONDS
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.config["holding"]:
+                    return
+            time.sleep(0.01)
+
     def create(self, request: Any) -> tuple[int, dict]:
+        self._hold()
         self._wait("create_latency")
         if not isinstance(request, dict):
             return 400, _error_body(BAD_BODY_JSON, type_="invalid_request_error")
@@ -1383,7 +1402,7 @@ class StubClient:
     def batch_configure(self, **cfg: Any) -> dict:
         """Batch API controls (BATCH_DEFAULTS keys): completion_delay, fail_5xx, fail_4xx, fail_malformed,
         expire, stuck, partial_share, cancel_delay, download_failures, upload_failures, seed,
-        fail_no_custom_id, junk_lines, upload_latency, create_latency."""
+        fail_no_custom_id, junk_lines, upload_latency, create_latency, hold_next_creates, holding."""
         return self._call("POST", "/_stub/batch/config", cfg)
 
     def batch_state(self, *, timeout: float = 10) -> dict:
