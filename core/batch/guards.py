@@ -26,9 +26,10 @@ STOP_PROVIDER_DOWN = "provider unusable: {count} generations in a row failed ({r
 # server refusing this request, not a blip: e.g. a server that does not support response_format
 # answering 500 to every request. Each of those generations already spent its every attempt.
 STOP_SAME_FAILURE = (
-    "provider unusable: {count} generations in a row failed the same way ({signature}): {message}. "
-    "Fix the provider or the request (OPENAI_BASE_URL, OPENAI_MODEL), then rerun: stored fortunes are kept"
+    "provider unusable: {count} generations in a row failed the same way ({signature}); fix the provider or "
+    "the request (OPENAI_BASE_URL, OPENAI_MODEL), then rerun. Last answer: {message}"
 )
+STOP_REASON_CHARS = 255  # BatchRun.stop_reason: the server's answer is cut so the reason fits whole
 STOP_SIGNAL = "interrupted by {signal}"
 
 
@@ -131,6 +132,6 @@ class StopGuards:
                 self.stop.request(STOP_PROVIDER_DOWN.format(count=self.failure_streak, reason=reason))
                 return
         if self.same_failure_streak >= self.down_streak_limit:
-            message = str(error)[:200].rstrip(". ") if error is not None else reason
-            self.stop.request(STOP_SAME_FAILURE.format(count=self.same_failure_streak, signature=signature,
-                                                       message=message))
+            text = STOP_SAME_FAILURE.format(count=self.same_failure_streak, signature=signature, message="")
+            message = str(error) if error is not None else reason
+            self.stop.request(text + message[:max(0, STOP_REASON_CHARS - len(text))])

@@ -84,6 +84,10 @@ def test_a_streak_of_identical_failures_of_any_reason_trips_the_breaker_and_says
     guards.failed(reason=FailureReason.SERVER_ERROR, error=_server_error())
     assert guards.reason == STOP_SAME_FAILURE.format(count=10, signature="server_error:500",
                                                      message="HTTP 500: response_format is not supported")
+    guards = StopGuards(stop=StopToken(), deadline=1e9, max_runtime_minutes=1, workers=64)  # streak of 128
+    for _ in range(PROVIDER_DOWN_MAX_STREAK):
+        guards.failed(reason=FailureReason.SERVER_ERROR, error=_server_error(message="x" * 300))
+    assert guards.stopped and len(guards.reason) <= 255  # BatchRun.stop_reason holds it whole
 
 
 @pytest.mark.parametrize("interruption", ["success", "other_status", "other_reason"])

@@ -41,7 +41,9 @@ def test_a_server_answering_500_to_everything_stops_the_night_via_the_breaker(op
     run = _night_stopped()
     requests = stub.counters()["requests"]
     assert run.stop_reason.startswith(f"provider unusable: {STREAK} generations in a row failed the same way "
-                                      f"(server_error:500): HTTP 500")
+                                      f"(server_error:500); fix the provider or the request")
+    assert run.stop_reason.endswith("Last answer: HTTP 500: Error code: 500 - Stub failure for a matching input "
+                                    "(HTTP 500).")
     assert "retry round" not in run.notes
     # The generations of the streak and those in flight beside them, each with its attempts; nothing more.
     assert requests == run.llm_requests <= (STREAK + 2 * WORKERS) * 3
