@@ -538,6 +538,8 @@ class AccountCall:
         except ProviderError as exc:
             if exc.reason == FailureReason.RATE_LIMITED:
                 self.limiter.backoff(error=exc)
+            elif exc.billed:  # an invalid answer used the account's tokens all the same
+                self.limiter.reconcile(lane=self.charged, reserved=self.tokens, used=exc.tokens_in + exc.tokens_out)
             raise
         self.limiter.reconcile(lane=self.charged, reserved=self.tokens, used=generated.tokens_in + generated.tokens_out)
         return generated

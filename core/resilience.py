@@ -26,7 +26,13 @@ import tenacity
 from django.conf import settings
 
 from core.fortunes.inputs import GenerationInput
-from core.fortunes.providers.base import FailureReason, Generated, Provider, ProviderError
+from core.fortunes.providers.base import (
+    RETRYABLE_CLIENT_STATUSES,
+    FailureReason,
+    Generated,
+    Provider,
+    ProviderError,
+)
 from core.limiter import (
     LANE_BATCH,
     LANE_ON_DEMAND,
@@ -179,6 +185,9 @@ class Attempted:
     error: ProviderError | None
     attempts: int
     stopped: bool = False
+    # The failed attempts the server billed all the same (invalid, truncated, refused answers), as
+    # (service_tier, tokens_in, tokens_out): the caller counts them in the run's tokens and cost.
+    billed_failures: list[tuple[str, int, int]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -190,7 +199,11 @@ class _Stopped(Exception):
 
 
 def _provider_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, ProviderError) and exc.retryable
+    if not isinstance(exc, ProviderError) or not exc.retryable:
+        return False
+    # Whatever a provider says, a 4xx other than 408/409/429 fails the same way however often it is sent.
+    status = exc.status_code
+    return status is None or not 400 <= status < 500 or status in RETRYABLE_CLIENT_STATUSES
 
 
 def _provider_retry_after(exc: BaseException) -> float | None:
@@ -221,6 +234,7 @@ def generate_with_retries(
     """
     attempts = 0
     last_error: ProviderError | None = None
+    billed: list[tuple[str, int, int]] = []
 
     def attempt() -> Generated:
         nonlocal attempts, last_error
@@ -231,6 +245,8 @@ def generate_with_retries(
             return provider.generate(inp)
         except ProviderError as exc:
             last_error = exc
+            if exc.billed:
+                billed.append((exc.service_tier, exc.tokens_in, exc.tokens_out))
             raise
 
     past_deadline = _Deadline(deadline=deadline, min_attempt_seconds=policy.min_attempt_seconds, clock=clock)
@@ -246,10 +262,10 @@ def generate_with_retries(
     try:
         generated = loop(attempt)
     except _Stopped:
-        return Attempted(generated=None, error=last_error, attempts=attempts, stopped=True)
+        return Attempted(generated=None, error=last_error, attempts=attempts, stopped=True, billed_failures=billed)
     except ProviderError as exc:
         if past_deadline.hit:
-            return Attempted(generated=None, error=exc, attempts=attempts, stopped=True)
+            return Attempted(generated=None, error=exc, attempts=attempts, stopped=True, billed_failures=billed)
         if exc.retryable and policy.over_cap(exc.retry_after):
             quota = ProviderError(
                 RETRY_AFTER_OVER_CAP.format(retry_after=exc.retry_after, cap=policy.max_retry_after),
@@ -259,9 +275,9 @@ def generate_with_retries(
                 status_code=exc.status_code,
             )
             quota.__cause__ = exc
-            return Attempted(generated=None, error=quota, attempts=attempts)
-        return Attempted(generated=None, error=exc, attempts=attempts)
-    return Attempted(generated=generated, error=None, attempts=attempts)
+            return Attempted(generated=None, error=quota, attempts=attempts, billed_failures=billed)
+        return Attempted(generated=None, error=exc, attempts=attempts, billed_failures=billed)
+    return Attempted(generated=generated, error=None, attempts=attempts, billed_failures=billed)
 
 
 # --- the on-demand path: one web request's time budget ------------------------------------------

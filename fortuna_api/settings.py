@@ -269,6 +269,13 @@ FORTUNE_PROVIDER = env_choice("FORTUNE_PROVIDER", "openai" if OPENAI_API_KEY els
 FORTUNE_LANGUAGE = "ko"
 FORTUNE_MAX_RETRY_AFTER = env_int("FORTUNE_MAX_RETRY_AFTER", 60, min_value=0, max_value=3600)
 FORTUNE_MAX_ATTEMPTS = env_int("FORTUNE_MAX_ATTEMPTS", 5, min_value=1, max_value=20)
+# Output-token cap sent with every fortune request (synchronous and Batch API lines); 0 = derived from
+# the content schema's max lengths (core.fortunes.prompt.output_token_cap, about 4k tokens).
+FORTUNE_MAX_OUTPUT_TOKENS = env_int("FORTUNE_MAX_OUTPUT_TOKENS", 0, min_value=0, max_value=128_000)
+# The request field that carries it: OpenAI's current name, or the older one for compatible servers
+# that only know that (e.g. llama-cpp-python's server).
+OPENAI_MAX_TOKENS_PARAM = env_choice("OPENAI_MAX_TOKENS_PARAM", "max_completion_tokens",
+                                     ("max_completion_tokens", "max_tokens"))
 FORTUNE_MAX_COST_PER_RUN = env_decimal("FORTUNE_MAX_COST_PER_RUN", "0")  # 0 = no budget
 # USD per 1M tokens (input, output) per model and tier: list prices as defaults; FORTUNE_PRICES adds or
 # overrides entries, e.g. "gpt-4o-mini:flex=0.075/0.30,gpt-5-mini:standard=0.25/2.00".

@@ -11,7 +11,13 @@ and it re-plans the target date, so every eligible user gets the line of the inp
 (a user who changed birth data after submission gets nothing from the old input) and a generation
 stored by another path is kept. Lines that failed stay missing for the synchronous pass.
 
-Callers hold batch_lock(target_date) for every target date they touch (batch_api_open_dates()).
+Callers hold batch_lock(target_date) for every target date they touch (batch_api_open_dates()), and
+every step acts only on the rows of the date it was given, so the nightly run and `--collect-batches`
+never act on the same rows at once. The date lock, not row locks (select_for_update), because a row
+is committed *before* its upload (that is what makes a killed submission resumable), so a row lock
+could only be taken after that commit, leaving a window; it would also hold a transaction open
+across an upload of up to 200 MB, and SQLite has none. The date lock is held by the night for its
+whole length on both databases already.
 """
 
 import datetime as dt
@@ -101,6 +107,7 @@ class CollectReport:
     lines_ok: int = 0  # valid lines whose generation is stored (or was already)
     lines_failed: int = 0  # lines left for the synchronous pass
     lines_orphaned: int = 0  # lines no current user needs any more (changed input, already served)
+    lines_unmatched: int = 0  # damaged lines naming no custom_id: skipped, their inputs go synchronous
     stored_users: int = 0
     stored_generations: int = 0
     tokens_in: int = 0
@@ -111,7 +118,7 @@ class CollectReport:
 
     def usage(self) -> PathUsage:
         """The "batch_api" entry of BatchRun.cost_by_path (core.fortunes.pricing.cost_by_path)."""
-        return PathUsage(requests=self.lines_ok + self.lines_failed + self.lines_orphaned,
+        return PathUsage(requests=self.lines_ok + self.lines_failed + self.lines_orphaned + self.lines_unmatched,
                          tokens_in=self.tokens_in, tokens_out=self.tokens_out)
 
 
@@ -208,7 +215,7 @@ def batch_api_submit_ahead(
     client = None
     if not dry_run:
         client = batch_api_client()
-        batch_api_resume(base_date=base_date, hook=hook)
+        batch_api_resume(target_date=target_date, base_date=base_date, hook=hook)
     in_flight: set[str] = set()
     for hashes in OpenAIBatch.objects.filter(
         target_date=target_date, state__in=OpenAIBatch.OPEN_STATES
@@ -353,7 +360,8 @@ def batch_api_collect_summary(*, report: CollectReport) -> str:
     return (
         f"batch api collect: {report.polled} polled, {report.collected} collected, {report.still_open} open, "
         f"{report.failed_batches} failed; {report.stored_users} users stored from {report.lines_ok} lines "
-        f"({report.lines_failed} failed lines left for the synchronous pass, {report.lines_orphaned} unneeded); "
+        f"({report.lines_failed} failed lines left for the synchronous pass, {report.lines_orphaned} unneeded"
+        f"{f', {report.lines_unmatched} damaged lines naming no input' if report.lines_unmatched else ''}); "
         f"{report.download_failures} download failures; ~${report.cost_batch} (standard ~${report.cost_standard})"
     )
 
@@ -378,16 +386,25 @@ def _remote_files(client: openai.OpenAI) -> dict[str, str]:
     return {f.filename: f.id for f in client.files.list(purpose="batch")}
 
 
-def batch_api_resume(*, base_date: dt.date | None = None, hook: Hook | None = None) -> ResumeReport:
+def batch_api_resume(
+    *, target_date: dt.date | None = None, base_date: dt.date | None = None, hook: Hook | None = None,
+) -> ResumeReport:
     """Finish or undo what a killed process left between recording a file and creating its batch.
 
     A row whose batch exists (found by metadata key) is adopted, never created again. An uploaded
     row gets its batch if its target date is still RESUBMIT_MIN_DAYS_AHEAD ahead of base_date, else its
     file is deleted; a planned row whose upload cannot be found is discarded.
+
+    Only target_date's rows (every row when None): the caller holds that date's batch_lock, and a
+    planned or uploaded row of another date may be a live submission of the run holding *its* lock
+    (mid-upload, or between the upload and batches.create) — resuming it would create a second
+    batch for the same file, or discard a file about to be submitted.
     """
     report = ResumeReport()
-    rows = list(OpenAIBatch.objects.filter(state__in=[OpenAIBatch.State.PLANNED, OpenAIBatch.State.UPLOADED])
-                .order_by("pk"))
+    rows = OpenAIBatch.objects.filter(state__in=[OpenAIBatch.State.PLANNED, OpenAIBatch.State.UPLOADED])
+    if target_date is not None:
+        rows = rows.filter(target_date=target_date)
+    rows = list(rows.order_by("pk"))
     if not rows:
         return report
     base_date = base_date or batch_today()
@@ -449,31 +466,55 @@ class _Line:
     row: OpenAIBatch
 
 
-def _parse_output(text: str, *, row: OpenAIBatch, lines: dict[str, _Line], counts: dict[int, list[int]]) -> None:
-    """Keep the 200 lines (content not validated yet); count the rest failed and all tokens billed."""
+def _object(value: object) -> dict:
+    """value if it is a JSON object, else {} (a damaged output line's parts are read as missing)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _tokens(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _parse_output(
+    text: str, *, row: OpenAIBatch, lines: dict[str, _Line], counts: dict[int, list[int]], report: CollectReport,
+) -> None:
+    """Keep the 200 lines (content not validated yet); count the rest failed and all tokens billed.
+
+    A line is the server's, not ours, so none of it is trusted: a line that is not a JSON object, or
+    names no custom_id, cannot be matched to an input; it is counted (report.lines_unmatched) and
+    skipped, and whatever input it was for stays missing for the synchronous pass. A line that names
+    its custom_id but is damaged anywhere else fails that input only. Neither ever raises.
+    """
     tally = counts.setdefault(row.pk, [0, 0, 0])  # failed lines, tokens in, tokens out
     for raw in text.splitlines():
-        if not raw:
+        if not raw.strip():
             continue
         try:
             line = json.loads(raw)
-        except ValueError:  # a damaged line: its input goes synchronous
-            tally[0] += 1
+        except ValueError:
+            line = None
+        custom_id = line.get("custom_id") if isinstance(line, dict) else None
+        if not isinstance(custom_id, str) or not custom_id:
+            report.lines_unmatched += 1
+            logger.warning("batch api: %s line of batch %s names no custom_id (%s): skipped; its input goes "
+                           "synchronous", "an output" if isinstance(line, dict) else "a non-object", row.batch_id,
+                           raw[:80])
             continue
-        response = line.get("response") or {}
-        body = response.get("body") or {}
-        usage = body.get("usage") or {}
-        tokens_in, tokens_out = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+        response = _object(line.get("response"))
+        body = _object(response.get("body"))
+        usage = _object(body.get("usage"))
+        tokens_in, tokens_out = _tokens(usage.get("prompt_tokens")), _tokens(usage.get("completion_tokens"))
         tally[1] += tokens_in
         tally[2] += tokens_out
-        choices = body.get("choices") or [{}]
-        choice = choices[0]
-        message = choice.get("message") or {}
+        choices = body.get("choices")
+        choice = _object(choices[0] if isinstance(choices, list) and choices else None)
+        message = _object(choice.get("message"))
+        content = message.get("content")
         if line.get("error") or response.get("status_code") != 200 or message.get("refusal") or \
-                choice.get("finish_reason") not in ("stop", None) or not message.get("content"):
+                choice.get("finish_reason") not in ("stop", None) or not isinstance(content, str) or not content:
             tally[0] += 1
             continue
-        lines[line["custom_id"]] = _Line(message["content"], tokens_in, tokens_out, row)
+        lines[custom_id] = _Line(content, tokens_in, tokens_out, row)
 
 
 def _download(client: openai.OpenAI, file_id: str) -> str:
@@ -484,7 +525,8 @@ def batch_api_collect(
     *, target_date: dt.date | None = None, base_date: dt.date | None = None, hook: Hook | None = None,
     page_size: int = PAGE_SIZE,
 ) -> CollectReport:
-    """Poll the submitted batches (of target_date, or all) and store those that are done.
+    """Poll the submitted batches (of target_date, or all: then the caller must hold every open date's
+    lock) and store those that are done.
 
     A completed, expired or cancelled batch has its output and error files downloaded and stored;
     a download that fails leaves the batch to the next poll. A failed batch is settled as failed.
@@ -492,7 +534,7 @@ def batch_api_collect(
     started = time.monotonic()
     report = CollectReport()
     client = batch_api_client()
-    batch_api_resume(base_date=base_date, hook=hook)
+    batch_api_resume(target_date=target_date, base_date=base_date, hook=hook)
     rows = OpenAIBatch.objects.filter(state=OpenAIBatch.State.SUBMITTED).order_by("pk")
     if target_date is not None:
         rows = rows.filter(target_date=target_date)
@@ -534,9 +576,9 @@ def batch_api_collect(
                       page_size=page_size)
     report.seconds = time.monotonic() - started
     logger.info("batch api collect: %d polled, %d collected, %d open, %d failed; %d users stored, lines %d ok / "
-                "%d failed / %d orphaned; %d download failures", report.polled, report.collected, report.still_open,
-                report.failed_batches, report.stored_users, report.lines_ok, report.lines_failed,
-                report.lines_orphaned, report.download_failures)
+                "%d failed / %d orphaned / %d unmatched; %d download failures", report.polled, report.collected,
+                report.still_open, report.failed_batches, report.stored_users, report.lines_ok, report.lines_failed,
+                report.lines_orphaned, report.lines_unmatched, report.download_failures)
     return report
 
 
@@ -557,8 +599,8 @@ def _collect_pass(
             report.download_failures += 1
             report.still_open += 1
             continue
-        _parse_output(output, row=row, lines=lines, counts=counts)
-        _parse_output(errors, row=row, lines=lines, counts=counts)
+        _parse_output(output, row=row, lines=lines, counts=counts, report=report)
+        _parse_output(errors, row=row, lines=lines, counts=counts, report=report)
         downloaded.append(row)
     if not downloaded:
         return
@@ -695,8 +737,8 @@ def batch_api_settle(
                                    stop=stop, base_date=base_date, hook=hook)
     second = report.collect
     for name in ("collected", "failed_batches", "download_failures", "lines_ok", "lines_failed", "lines_orphaned",
-                 "stored_users", "stored_generations", "tokens_in", "tokens_out", "cost_batch", "cost_standard",
-                 "seconds"):
+                 "lines_unmatched", "stored_users", "stored_generations", "tokens_in", "tokens_out", "cost_batch",
+                 "cost_standard", "seconds"):
         setattr(second, name, getattr(first, name) + getattr(second, name))
     second.polled = first.polled
     return report

@@ -289,12 +289,15 @@ class _ChunkWorker:
 
     def _take(self, ready: list, jobs: dict) -> None:
         """Store a batch of outcomes: generations and their users in one transaction, counters with F()."""
-        items, waiting, requests = [], {}, 0
+        items, waiting, requests, billed = [], {}, 0, [0, 0]
         for digest, outcome in ready:
             if isinstance(outcome, BaseException):
                 raise outcome
             inp, user_ids = jobs[digest]
             requests += outcome.attempts
+            for _tier, tokens_in, tokens_out in outcome.billed_failures:  # invalid answers, billed all the same
+                billed[0] += tokens_in
+                billed[1] += tokens_out
             if outcome.generated is not None:
                 items.append(GeneratedItem(inp=inp, hash=digest, generated=outcome.generated))
                 waiting[digest] = user_ids
@@ -309,17 +312,18 @@ class _ChunkWorker:
                 if len(self.failures) < FAILURE_SAMPLE_SIZE:
                     self.failures.append(failure_entry(error=error, digest=digest, user_ids=user_ids))
         if items or requests:
-            self._store(items=items, reused=[], waiting=waiting, requests=requests)
+            self._store(items=items, reused=[], waiting=waiting, requests=requests, billed=billed)
 
-    def _store(self, *, items: list, reused: list, waiting: dict, requests: int) -> None:
+    def _store(self, *, items: list, reused: list, waiting: dict, requests: int,
+               billed: tuple[int, int] | list[int] = (0, 0)) -> None:
 
         stored = 0
         if items or reused:
             _, stored = batch_output_store(items=items, reused=reused, waiting=waiting, for_date=self.chunk.for_date,
                                            provider=self.provider.name, model=self.provider.model,
                                            replace=self.run.forced)
-        tokens_in = sum(item.generated.tokens_in for item in items)
-        tokens_out = sum(item.generated.tokens_out for item in items)
+        tokens_in = sum(item.generated.tokens_in for item in items) + billed[0]
+        tokens_out = sum(item.generated.tokens_out for item in items) + billed[1]
         if self.provider.name == "local":
             requests = 0  # no LLM
         BatchRun.objects.filter(pk=self.run.pk).update(
@@ -610,7 +614,7 @@ class _Coordinator:
             if self.guards.stopped:
                 return
             if stored_inputs:
-                self.guards.failure_streak = 0
+                self.guards.streak_broken()
             for entry in sample:
                 self.guards.failed(reason=entry["reason"])
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from decimal import Decimal
 
 from core.fortunes.pricing import PathUsage, cost_paid
-from core.fortunes.providers.base import FailureReason
+from core.fortunes.providers.base import FailureReason, ProviderError
 
 # Consecutive generations failing for a reason that means "the provider is unusable" (nothing will
 # succeed: wrong URL, bad key, quota gone) before the run stops instead of grinding through everyone.
@@ -22,6 +22,14 @@ PROVIDER_DOWN_MAX_STREAK = 128
 STOP_BUDGET = "cost budget reached: estimated ${cost} of ${budget}"
 STOP_DEADLINE = "max runtime of {minutes:g} min reached"
 STOP_PROVIDER_DOWN = "provider unusable: {count} generations in a row failed ({reason})"
+# Any failure, repeated identically (same reason and HTTP status) generation after generation, is the
+# server refusing this request, not a blip: e.g. a server that does not support response_format
+# answering 500 to every request. Each of those generations already spent its every attempt.
+STOP_SAME_FAILURE = (
+    "provider unusable: {count} generations in a row failed the same way ({signature}); fix the provider or "
+    "the request (OPENAI_BASE_URL, OPENAI_MODEL), then rerun. Last answer: {message}"
+)
+STOP_REASON_CHARS = 255  # BatchRun.stop_reason: the server's answer is cut so the reason fits whole
 STOP_SIGNAL = "interrupted by {signal}"
 
 
@@ -59,6 +67,8 @@ class StopGuards:
         self.model = model  # the prices the budget is counted at (core.fortunes.pricing)
         self.down_streak_limit = min(PROVIDER_DOWN_MAX_STREAK, max(PROVIDER_DOWN_MIN_STREAK, 2 * workers))
         self.failure_streak = 0
+        self.same_failure = ""  # the signature of the current streak of identical failures
+        self.same_failure_streak = 0
         self._clock = clock
 
     @property
@@ -91,8 +101,13 @@ class StopGuards:
 
     def succeeded(self, *, usage: dict[str, PathUsage]) -> None:
         """A generation arrived; usage is the run's running totals per path (flex, standard)."""
-        self.failure_streak = 0
+        self.streak_broken()
         self.spent(usage=usage)
+
+    def streak_broken(self) -> None:
+        """Something succeeded: no failure streak goes on (the Celery backend calls it per chunk)."""
+        self.failure_streak = 0
+        self.same_failure, self.same_failure_streak = "", 0
 
     def spent(self, *, usage: dict[str, PathUsage]) -> None:
         """The run's usage so far per path: stop at the budget."""
@@ -101,10 +116,22 @@ class StopGuards:
             if cost >= self.budget:
                 self.stop.request(STOP_BUDGET.format(cost=cost, budget=self.budget))
 
-    def failed(self, *, reason: str) -> None:
+    def failed(self, *, reason: str, error: ProviderError | None = None) -> None:
+        """A generation failed for good (every attempt spent). Stops the run after down_streak_limit
+        generations in a row failed for a provider-down reason, or all failed identically."""
+        signature = error.signature if error is not None else str(reason)
+        if signature == self.same_failure:
+            self.same_failure_streak += 1
+        else:
+            self.same_failure, self.same_failure_streak = signature, 1
         if reason not in PROVIDER_DOWN_REASONS:
             self.failure_streak = 0
-            return
-        self.failure_streak += 1
-        if self.failure_streak >= self.down_streak_limit:
-            self.stop.request(STOP_PROVIDER_DOWN.format(count=self.failure_streak, reason=reason))
+        else:
+            self.failure_streak += 1
+            if self.failure_streak >= self.down_streak_limit:
+                self.stop.request(STOP_PROVIDER_DOWN.format(count=self.failure_streak, reason=reason))
+                return
+        if self.same_failure_streak >= self.down_streak_limit:
+            text = STOP_SAME_FAILURE.format(count=self.same_failure_streak, signature=signature, message="")
+            message = str(error) if error is not None else reason
+            self.stop.request(text + message[:max(0, STOP_REASON_CHARS - len(text))])

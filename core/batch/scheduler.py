@@ -178,20 +178,23 @@ class Scheduler:
         if isinstance(outcome, BaseException):
             raise outcome
         self.tally.requests += outcome.attempts
+        # Answers the server billed though they failed (invalid, truncated): paid for, so counted.
+        for tier, tokens_in, tokens_out in outcome.billed_failures:
+            self._count_usage(tier=tier, tokens_in=tokens_in, tokens_out=tokens_out)
         job = self.table.get(digest)
         if job is None or job.state is not JobState.QUEUED:
+            if outcome.billed_failures:
+                self.guards.spent(usage=self.tally.paths)
             return  # delivered after the job was abandoned: its users get a fortune next run
         if outcome.generated is not None:
             self.table.generated(job, outcome.generated)
-            tally, generated = self.tally, outcome.generated
-            tally.tokens_in += generated.tokens_in
-            tally.tokens_out += generated.tokens_out
-            path = tally.paths["flex" if generated.service_tier == "flex" else "standard"]
-            path.requests += 1
-            path.tokens_in += generated.tokens_in
-            path.tokens_out += generated.tokens_out
-            self.guards.succeeded(usage=tally.paths)
+            generated = outcome.generated
+            self._count_usage(tier=generated.service_tier, tokens_in=generated.tokens_in,
+                              tokens_out=generated.tokens_out)
+            self.guards.succeeded(usage=self.tally.paths)
             return
+        if outcome.billed_failures:
+            self.guards.spent(usage=self.tally.paths)
         if outcome.stopped:
             self.table.abandoned(job)  # neither done nor failed: the next run retries its users
             return
@@ -201,7 +204,16 @@ class Scheduler:
             "fortune generation failed for input %s (%d users) after %d attempts: %s: %s",
             digest[:12], len(job.user_ids), outcome.attempts, reason, outcome.error,
         )
-        self.guards.failed(reason=reason)
+        self.guards.failed(reason=reason, error=outcome.error)
+
+    def _count_usage(self, *, tier: str, tokens_in: int, tokens_out: int) -> None:
+        tally = self.tally
+        tally.tokens_in += tokens_in
+        tally.tokens_out += tokens_out
+        path = tally.paths["flex" if tier == "flex" else "standard"]
+        path.requests += 1
+        path.tokens_in += tokens_in
+        path.tokens_out += tokens_out
 
     def finish_in_flight(self) -> None:
         grace_end = None

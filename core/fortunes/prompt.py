@@ -10,12 +10,16 @@ generation input's hash, so fortunes stored under the old prompt are not reused 
 Whitespace-only or comment-only edits need no bump.
 """
 
+import functools
 import math
+
+from django.conf import settings
 
 from core import saju
 from core.fortunes.inputs import PROMPT_VERSION, GenerationInput
+from core.fortunes.schema import GeneratedPart
 
-__all__ = ["PROMPT_VERSION", "build_messages", "estimate_tokens", "text_tokens"]
+__all__ = ["PROMPT_VERSION", "build_messages", "estimate_tokens", "output_token_cap", "text_tokens"]
 
 ELEMENT_KO = {"wood": "목(木)", "fire": "화(火)", "earth": "토(土)", "metal": "금(金)", "water": "수(水)"}
 YIN_YANG_KO = {"yang": "양", "yin": "음"}
@@ -136,3 +140,41 @@ def estimate_tokens(inp: GenerationInput) -> tuple[int, int]:
     tokens_in = SCHEMA_TOKENS + sum(TOKENS_PER_MESSAGE + text_tokens(m["content"]) for m in messages)
     tokens_out = COMPLETION_WIDE_CHARS * TOKENS_PER_WIDE_CHAR + COMPLETION_NARROW_CHARS * TOKENS_PER_NARROW_CHAR
     return math.ceil(tokens_in), math.ceil(tokens_out)
+
+
+# The output-token cap (every request's max_completion_tokens, unless FORTUNE_MAX_OUTPUT_TOKENS sets
+# it): the longest answer the content schema admits, counted at one token per character. That is the
+# schema's every string at its maxLength, every integer at its maximum and every key and bracket of
+# the JSON around them: about 4k tokens for GeneratedPart, against ~0.8k expected (o200k spends
+# ~0.81 tokens per Korean character on average). No valid answer is longer, so the cap never cuts a
+# valid one short on o200k, and a tokenizer spending up to ~3 tokens per Hangul syllable (byte
+# fallback) still fits the lengths the prompt asks for; a runaway answer stops there instead of at
+# the model's own output limit.
+TOKENS_PER_CHAR_WORST = 1.0
+JSON_PUNCTUATION_PER_KEY = 4  # the key's quotes, the colon, the comma
+
+
+def _schema_chars(schema: dict, defs: dict) -> int:
+    """Characters of the longest JSON document `schema` admits (strings at maxLength, quoted)."""
+    if "$ref" in schema:
+        return _schema_chars(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
+    kind = schema.get("type")
+    if kind == "object":
+        return 2 + sum(len(key) + JSON_PUNCTUATION_PER_KEY + _schema_chars(value, defs)
+                       for key, value in schema.get("properties", {}).items())
+    if kind == "string":
+        return 2 + schema["maxLength"]  # a string without maxLength has no cap to derive: a KeyError says so
+    if kind == "integer":
+        return len(str(int(schema["maximum"])))
+    raise ValueError(f"output_token_cap: no size rule for schema type {kind!r}")
+
+
+@functools.cache
+def schema_output_token_cap() -> int:
+    schema = GeneratedPart.model_json_schema()
+    return math.ceil(_schema_chars(schema, schema.get("$defs", {})) * TOKENS_PER_CHAR_WORST)
+
+
+def output_token_cap() -> int:
+    """max_completion_tokens of every fortune request: FORTUNE_MAX_OUTPUT_TOKENS, else derived from the schema."""
+    return settings.FORTUNE_MAX_OUTPUT_TOKENS or schema_output_token_cap()

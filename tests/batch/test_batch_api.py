@@ -27,7 +27,7 @@ from core.batch.nightly import batch_nightly
 from core.batch.options import BatchOptions
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.pricing import cost_estimate
-from core.fortunes.prompt import build_messages
+from core.fortunes.prompt import build_messages, output_token_cap
 from core.fortunes.providers import ProviderConfigError
 from core.fortunes.providers.openai import chat_completion_body
 from core.models import FortuneGeneration, FortuneResult, OpenAIBatch, User
@@ -128,6 +128,8 @@ def test_a_line_carries_the_same_body_as_the_synchronous_request(users, openai_s
     assert (line["method"], line["url"]) == ("POST", "/v1/chat/completions")
     assert line["body"] == json.loads(json.dumps(chat_completion_body(model=settings.OPENAI_MODEL,
                                                                       messages=build_messages(inp))))
+    # The output cap goes with every line, as with every synchronous request.
+    assert {line["body"]["max_completion_tokens"] for line in lines} == {output_token_cap()}
 
 
 def test_failed_lines_leave_exactly_their_inputs_for_the_synchronous_pass(users, openai_settings):
@@ -459,3 +461,32 @@ def test_a_batch_that_failed_validation_is_settled_failed_and_left_to_the_synchr
     assert (row.state, row.failed_lines) == ("failed", row.request_count)
     assert row.last_error.startswith("the batch failed: invalid_json_line")
     assert _sync_night_2(openai_settings) == len(_hash_users(users))
+
+
+JUNK_LINES = ["[1, 2]", '"a string"', "not json at all", "null",
+              '{"id": "batch_req_junk", "response": {"status_code": 200, "body": {}}, "error": null}',
+              '{"custom_id": ["not", "a", "string"]}']
+
+
+def test_damaged_output_lines_fail_their_inputs_or_are_counted_never_the_night(users, openai_settings):
+    """An output file with lines that are not objects, lines without custom_id and a line whose
+    parts are not objects: the night still completes; the lines that name an input fail it (the
+    synchronous pass makes it), the others are counted."""
+    stub = openai_settings
+    stub.batch_configure(fail_no_custom_id=0.3, junk_lines=[*JUNK_LINES, '{"custom_id": "%s", "response": "x"}'
+                                                            % _input(users[0]).hash], seed=5)
+    by_hash = _hash_users(users)
+    batch_api_submit_ahead(target_date=AHEAD, base_date=BASE)
+
+    night = batch_nightly(options=BatchOptions(base_date=NIGHT_2, workers=2, retry_cooldown=0))
+    no_custom_id = _outcomes(stub)["no_custom_id"]
+    assert no_custom_id and len(no_custom_id) < len(by_hash)  # the seed drops some, not all
+    [run] = night.runs
+    assert run.status == "succeeded"
+    assert set(fortune_map(for_date=AHEAD)) == eligible_ids()
+    # The damaged lines' inputs, and only those, were made synchronously (the line naming users[0]'s
+    # input is a duplicate of a good line in the stub's file, so that input is stored from the good one).
+    assert stub.counters()["by_path"]["/v1/chat/completions"] == len(no_custom_id)
+    unmatched = len(no_custom_id) + len(JUNK_LINES)
+    assert f"{unmatched} damaged lines naming no input" in run.notes
+    assert OpenAIBatch.objects.get().state == "collected"

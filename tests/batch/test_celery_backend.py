@@ -198,3 +198,13 @@ def test_a_dead_coordinators_open_chunks_are_cancelled_when_the_next_run_starts(
     assert batch_runs_mark_stale(target_date=TARGET) == 1
     assert set(BatchChunk.objects.filter(run=run).values_list("state", flat=True)) == {BatchChunk.State.CANCELLED}
     assert batch_chunk_generate(chunk_id=queued.pk).skipped  # still in the queue: harmless
+
+
+def test_invalid_answers_billed_by_the_server_count_in_the_runs_tokens(eager, openai_settings):
+    users_with_shared_inputs(distinct=12, twins=0)
+    openai_settings.configure(seed=4, faults={"malformed": 0.3, "runaway": 0.1})
+    run = celery_run(chunk_size=4, provider_name="openai", retry_cooldown=0)
+    counters = openai_settings.counters()
+    assert run.status == BatchRun.Status.SUCCEEDED, run.stop_reason
+    assert counters["by_fault"].get("malformed") and counters["by_fault"].get("runaway")
+    assert (run.tokens_in, run.tokens_out) == (counters["tokens_billed"]["in"], counters["tokens_billed"]["out"])

@@ -9,11 +9,12 @@ from core.batch.guards import (
     PROVIDER_DOWN_MIN_STREAK,
     STOP_DEADLINE,
     STOP_PROVIDER_DOWN,
+    STOP_SAME_FAILURE,
     StopGuards,
     StopToken,
 )
 from core.batch.lifecycle import batch_run_status
-from core.fortunes.providers.base import FailureReason
+from core.fortunes.providers.base import FailureReason, ProviderError
 from tests.fakes import FakeClock
 
 
@@ -69,3 +70,37 @@ def test_the_breaker_streak_grows_with_the_workers_up_to_a_cap():
     assert limit(1) == PROVIDER_DOWN_MIN_STREAK
     assert limit(20) == 40
     assert limit(512) == PROVIDER_DOWN_MAX_STREAK < 2 * 512
+
+
+def _server_error(status: int = 500, message: str = "HTTP 500: response_format is not supported") -> ProviderError:
+    return ProviderError(message, reason=FailureReason.SERVER_ERROR, retryable=True, status_code=status)
+
+
+def test_a_streak_of_identical_failures_of_any_reason_trips_the_breaker_and_says_why():
+    guards = StopGuards(stop=StopToken(), deadline=1e9, max_runtime_minutes=1, workers=2)  # streak of 10
+    for _ in range(PROVIDER_DOWN_MIN_STREAK - 1):
+        guards.failed(reason=FailureReason.SERVER_ERROR, error=_server_error())
+    assert not guards.stopped
+    guards.failed(reason=FailureReason.SERVER_ERROR, error=_server_error())
+    assert guards.reason == STOP_SAME_FAILURE.format(count=10, signature="server_error:500",
+                                                     message="HTTP 500: response_format is not supported")
+    guards = StopGuards(stop=StopToken(), deadline=1e9, max_runtime_minutes=1, workers=64)  # streak of 128
+    for _ in range(PROVIDER_DOWN_MAX_STREAK):
+        guards.failed(reason=FailureReason.SERVER_ERROR, error=_server_error(message="x" * 300))
+    assert guards.stopped and len(guards.reason) <= 255  # BatchRun.stop_reason holds it whole
+
+
+@pytest.mark.parametrize("interruption", ["success", "other_status", "other_reason"])
+def test_the_identical_streak_is_broken_by_a_success_or_a_different_failure(interruption):
+    guards = StopGuards(stop=StopToken(), deadline=1e9, max_runtime_minutes=1, workers=2)
+    for _ in range(9):
+        guards.failed(reason=FailureReason.SERVER_ERROR, error=_server_error())
+    if interruption == "success":
+        guards.succeeded(usage={})
+    elif interruption == "other_status":
+        guards.failed(reason=FailureReason.SERVER_ERROR, error=_server_error(502))
+    else:
+        guards.failed(reason=FailureReason.INVALID_OUTPUT)
+    for _ in range(9):
+        guards.failed(reason=FailureReason.SERVER_ERROR, error=_server_error())
+    assert not guards.stopped

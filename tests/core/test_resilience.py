@@ -434,3 +434,30 @@ def test_on_demand_attempts_take_the_reserved_lane_that_a_saturated_batch_cannot
     assert first.ok and provider.calls == 1  # the reserve: a user's request got through
     assert not second.ok and provider.calls == 1  # the reserve is spent and the batch's slots are not free
     assert second.error.reason == FailureReason.RATE_LIMITED and str(second.error) == ON_DEMAND_NO_SLOT
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_a_4xx_no_retry_can_fix_is_attempted_once_whatever_the_provider_says(status):
+    provider = ScriptedProvider(then=lambda: ProviderError(str(status), reason=FailureReason.SERVER_ERROR,
+                                                           retryable=True, status_code=status))
+    result = run(provider)
+    assert (result.ok, result.attempts, provider.calls) == (False, 1, 1)
+
+
+@pytest.mark.parametrize("status", [408, 409])
+def test_408_and_409_are_retried(status):
+    provider = ScriptedProvider(ProviderError(str(status), reason=FailureReason.SERVER_ERROR, retryable=True,
+                                              status_code=status))
+    result = run(provider)
+    assert (result.ok, result.attempts) == (True, 2)
+
+
+def test_the_usage_of_billed_failures_is_kept_whether_the_round_succeeds_or_not():
+    def billed():
+        return ProviderError("cut off", reason=FailureReason.INVALID_OUTPUT, retryable=True, tokens_in=100,
+                             tokens_out=900, service_tier="default")
+
+    ok = run(ScriptedProvider(billed(), server_error(), billed()))
+    assert ok.ok and ok.billed_failures == [("default", 100, 900)] * 2
+    failed = run(ScriptedProvider(then=billed), max_attempts=3)
+    assert not failed.ok and failed.billed_failures == [("default", 100, 900)] * 3

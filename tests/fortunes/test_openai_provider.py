@@ -9,13 +9,13 @@ import openai
 import pytest
 
 from core.fortunes.inputs import GenerationInput
-from core.fortunes.prompt import build_messages, estimate_tokens
+from core.fortunes.prompt import build_messages, estimate_tokens, output_token_cap, schema_output_token_cap
 from core.fortunes.providers import ProviderConfigError, ProviderError, get_provider
 from core.fortunes.providers.base import FailureReason
-from core.fortunes.providers.openai import OPENAI_KEY_MISSING, OpenAIProvider
+from core.fortunes.providers.openai import INVALID_OUTPUT_TRUNCATED, OPENAI_KEY_MISSING, OpenAIProvider
 from core.fortunes.schema import FortuneContent, GeneratedPart
 from tests.factories import user_create
-from tests.stub_openai.server import messages_sha256
+from tests.stub_openai.server import RUNAWAY_TOKENS, messages_sha256
 
 FOR_DATE = dt.date(2025, 3, 1)
 
@@ -59,12 +59,61 @@ def test_provider_identity_follows_settings(openai_settings, settings):
 def test_the_request_body_is_what_the_sdks_parse_helper_sends(provider, inp, openai_settings):
     provider.generate(inp)
     client = openai.OpenAI(api_key="sk-test-stub", base_url=openai_settings.base_url, max_retries=0)
-    client.chat.completions.parse(model=provider.model, messages=build_messages(inp), response_format=GeneratedPart)
+    client.chat.completions.parse(model=provider.model, messages=build_messages(inp), response_format=GeneratedPart,
+                                  max_completion_tokens=output_token_cap())
     client.close()
     ours, sdk_parse = (json.loads(r["body"]) for r in openai_settings.requests(bodies=True))
     sdk_parse.pop("stream")  # parse() spells out the default
     assert ours == sdk_parse
     assert ours["response_format"]["json_schema"]["strict"] is True
+
+
+# --- the model's own failure modes (issue 17.7) ---------------------------------------------------
+
+
+def test_every_request_carries_the_output_cap_derived_from_the_schema(provider, inp, openai_settings):
+    cap = output_token_cap()
+    # The longest valid answer at one token per character: all the schema's maxLengths and more.
+    assert cap == schema_output_token_cap() > 300 + 5 * 600 + 20 + 10 + 400
+    provider.generate(inp)
+    openai_settings.configure(fault_500=1.0)
+    _error(provider, inp)
+    assert openai_settings.counters()["by_output_cap"] == {str(cap): 2}
+
+
+def test_the_cap_is_configurable_and_its_field_name_too(inp, openai_settings, settings):
+    settings.FORTUNE_MAX_OUTPUT_TOKENS = 1500
+    settings.OPENAI_MAX_TOKENS_PARAM = "max_tokens"
+    get_provider(name="openai").generate(inp)
+    [request] = openai_settings.requests(bodies=True)
+    body = json.loads(request["body"])
+    assert body["max_tokens"] == 1500 and "max_completion_tokens" not in body
+
+
+def test_a_runaway_answer_stops_at_the_cap_and_its_tokens_are_still_counted(provider, inp, openai_settings):
+    openai_settings.configure(faults={"runaway": 1.0})
+    error = _error(provider, inp)
+    assert (error.reason, error.retryable, str(error)) == (FailureReason.INVALID_OUTPUT, True, INVALID_OUTPUT_TRUNCATED)
+    # Billed up to the cap, not the model's own limit (RUNAWAY_TOKENS without a cap).
+    assert error.tokens_out == output_token_cap() < RUNAWAY_TOKENS
+    assert error.tokens_in > 0 and error.billed
+
+
+@pytest.mark.parametrize("fault", ["malformed", "refusal", "length"])
+def test_an_invalid_answer_carries_the_usage_the_server_billed(provider, inp, openai_settings, fault):
+    openai_settings.configure(faults={fault: 1.0})
+    error = _error(provider, inp)
+    billed = openai_settings.counters()["tokens_billed"]
+    assert error.reason == FailureReason.INVALID_OUTPUT
+    assert (error.tokens_in, error.tokens_out) == (billed["in"], billed["out"]) != (0, 0)
+
+
+@pytest.mark.parametrize(("status", "retryable"), [(400, False), (404, False), (422, False), (408, True),
+                                                   (409, True)])
+def test_only_408_409_and_429_among_4xx_are_retryable(provider, inp, openai_settings, status, retryable):
+    openai_settings.configure(fail_when_contains=[""], fail_status=status)
+    error = _error(provider, inp)
+    assert (error.retryable, error.status_code, error.billed) == (retryable, status, False)
 
 
 def test_one_generate_is_one_http_request_even_when_it_fails(provider, inp, openai_settings):

@@ -9,7 +9,11 @@ prints ``READY http://127.0.0.1:PORT/v1`` once listening and serves until SIGTER
   plausible Korean for the fortune field names, chosen deterministically from the request body.
 * Faults are scheduled per request: request number n (arrival order, from 1) gets the fault drawn by
   ``random.Random(f"{seed}:{n}")`` against the configured probabilities, so a seed always gives the
-  same sequence. ``fail_when_contains`` fails every request whose body contains a substring.
+  same sequence. ``fail_when_contains`` fails every request whose body contains a substring (``[""]``:
+  every request, e.g. a server refusing ``response_format`` with ``fail_status`` 500).
+* An answer stops at the request's output cap (``max_completion_tokens``/``max_tokens``) with
+  ``finish_reason: "length"``; the "runaway" fault writes until that cap (or RUNAWAY_TOKENS). Every
+  answer's billed usage is summed in ``counters()["tokens_billed"]``, the caps seen in ``by_output_cap``.
 * An account limit (``account_rpm``/``account_tpm`` per ``account_window_s``, sliding) answers 429 with
   Retry-After and x-ratelimit-* headers, counted in ``counters()["account"]``; ``latency_jitter_ms``
   spreads each answer's latency around ``latency_ms``.
@@ -46,7 +50,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 # Order matters: the cumulative draw keeps the schedule of the first four faults stable.
-FAULT_KINDS = ("429", "500", "malformed", "hang", "refusal", "length")
+FAULT_KINDS = ("429", "500", "malformed", "hang", "refusal", "length", "runaway")
 API_PATHS = ("/v1/chat/completions", "/v1/responses")
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -140,6 +144,11 @@ COLORS = ("초록색", "파란색", "노란색", "하얀색", "빨간색", "보�
 DIRECTIONS = ("동쪽", "서쪽", "남쪽", "북쪽", "북동쪽", "북서쪽", "남동쪽", "남서쪽")
 GENERIC = ("좋은 기운이 함께합니다.", "차분하게 하루를 보내세요.", "작은 행운이 찾아옵니다.")
 REFUSAL = "죄송하지만 이 요청에는 도움을 드릴 수 없습니다."
+# A runaway answer (fault "runaway": a model that never closes its JSON) goes on until the request's
+# output cap (max_completion_tokens / max_tokens), or this many tokens when the request sets none,
+# as a model's own output limit would stop it.
+RUNAWAY_TOKENS = 16_384
+RUNAWAY_TEXT = "그리고 "
 
 
 def messages_sha256(messages: Any) -> str:
@@ -343,6 +352,8 @@ class StubState:
         self.hangs = 0
         self.bad_requests = 0
         self.account = AccountLimit()
+        self.billed = [0, 0]  # prompt and completion tokens of every answer that carried usage
+        self.by_output_cap: collections.Counter[str] = collections.Counter()  # the request's cap, "none" if unset
 
     def reset(self, *, config: bool) -> None:
         with self.lock:
@@ -397,6 +408,8 @@ class StubState:
                 "max_in_flight": self.max_in_flight,
                 "distinct_inputs": len({r[4] for r in self.records if r[4]}),
                 "account": self.account.counters(self.config),
+                "tokens_billed": {"in": self.billed[0], "out": self.billed[1]},
+                "by_output_cap": dict(self.by_output_cap),
             }
 
     def requests(self, *, bodies: bool) -> list[dict]:
@@ -641,6 +654,10 @@ class StubHandler(BaseHTTPRequestHandler):
             problem = BAD_BODY_INPUT
         if problem:
             return 400, _error_body(problem, type_="invalid_request_error"), None, "", ""
+        cap = request.get("max_completion_tokens") or request.get("max_tokens") or request.get("max_output_tokens")
+        cap = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
+        with self.server.state.lock:
+            self.server.state.by_output_cap[str(cap) if cap else "none"] += 1
         conversation = request["messages"] if chat else [request.get("instructions"), request["input"]]
         sha = messages_sha256(conversation)
         conversation_text = json.dumps(conversation, ensure_ascii=False)
@@ -693,10 +710,23 @@ class StubHandler(BaseHTTPRequestHandler):
             content, refusal = None, REFUSAL
         elif fault == "length":
             content, finish_reason = content[: max(1, len(content) // 3)], "length"
+        elif fault == "runaway":
+            limit = min(cap or RUNAWAY_TOKENS, RUNAWAY_TOKENS)
+            filler = approx_tokens(RUNAWAY_TEXT)
+            content = content[: len(content) // 2] + RUNAWAY_TEXT * max(1, limit // filler)
+            finish_reason = "length"
 
         usage_in = approx_tokens(conversation_text) + (approx_tokens(json.dumps(schema)) if schema else 0)
         usage_out = approx_tokens(content or refusal or "")
+        if cap is not None and usage_out > cap:  # a real server stops writing at the cap, wherever it is
+            content = (content or "")[:cap]
+            usage_out, finish_reason = cap, "length"
+        elif fault == "runaway":
+            usage_out = min(cap or RUNAWAY_TOKENS, RUNAWAY_TOKENS)
         account_used(self.server.state, n=n, tokens=usage_in + usage_out)
+        with self.server.state.lock:
+            self.server.state.billed[0] += usage_in
+            self.server.state.billed[1] += usage_out
         model = request["model"]
         if chat:
             payload = _chat_completion(n=n, model=model, content=content, refusal=refusal,
@@ -811,7 +841,20 @@ BATCH_DEFAULTS: dict[str, Any] = {
     "download_failures": 0,   # the next N file downloads answer 500
     "upload_failures": 0,     # the next N file uploads answer 500
     "seed": 0,
+    # Damaged output files (a server's fault, or a proxy's): the share of lines written without their
+    # custom_id, and raw lines appended as they are (e.g. "[1, 2]", "not json", '{"id": "x"}').
+    "fail_no_custom_id": 0.0,
+    "junk_lines": [],
+    # Seconds an upload / a batches.create waits before it is stored (and listed): a submission
+    # caught mid-way by another process.
+    "upload_latency": 0.0,
+    "create_latency": 0.0,
+    # The next N batches.create calls wait (up to HOLD_MAX_SECONDS) while `holding` is true: a test
+    # catches a submission between its upload and its batch, deterministically (counter creates_held).
+    "hold_next_creates": 0,
+    "holding": False,
 }
+HOLD_MAX_SECONDS = 30.0
 BATCH_TERMINAL = ("completed", "expired", "cancelled", "failed")
 BATCH_MAX_REQUESTS = 50_000
 BATCH_CONFIG_UNKNOWN_KEY = "unknown batch config key(s): {keys}; allowed: {allowed}"
@@ -835,7 +878,10 @@ def batch_config_apply(current: dict, update: dict) -> dict:
     new = dict(current)
     for key, value in update.items():
         default = BATCH_DEFAULTS[key]
-        new[key] = bool(value) if isinstance(default, bool) else type(default)(value)
+        if isinstance(default, list):
+            new[key] = [str(v) for v in ([value] if isinstance(value, str) else value)]
+        else:
+            new[key] = bool(value) if isinstance(default, bool) else type(default)(value)
     shares = [new["fail_5xx"], new["fail_4xx"], new["fail_malformed"]]
     if any(s < 0 for s in shares) or sum(shares) > 1 + 1e-9 or not 0 <= new["partial_share"] <= 1:
         raise ValueError(BATCH_BAD_SHARE)
@@ -887,6 +933,7 @@ class BatchStore:
                 "files": len(self.files),
                 "batches": [{
                     "id": b["id"], "status": b["status"], "metadata": b["metadata"], "total": b["total"],
+                    "input_file_id": b["input_file_id"],
                     "outcomes": b.get("outcomes", {}),
                 } for b in self.batches.values()],
             }
@@ -911,6 +958,7 @@ class BatchStore:
             return 400, _error_body(UPLOAD_BAD_PURPOSE.format(purpose=purpose), type_="invalid_request_error",
                                     param="purpose")
         filename, data = fields["file"]
+        self._wait("upload_latency")
         with self.lock:
             if self.config["upload_failures"] > 0:
                 self.config["upload_failures"] -= 1
@@ -944,8 +992,29 @@ class BatchStore:
             items = [self.file_json(f) for f in reversed(self.files.values()) if purpose in (None, f["purpose"])]
         return _cursor_page(items, query)
 
+    def _wait(self, key: str) -> None:
+        with self.lock:
+            seconds = self.config[key]
+        if seconds > 0:
+            time.sleep(seconds)
+
     # batches --------------------------------------------------------------------------------------
+    def _hold(self) -> None:
+        with self.lock:
+            if self.config["hold_next_creates"] <= 0:
+                return
+            self.config["hold_next_creates"] -= 1
+            self.counters["creates_held"] += 1
+        deadline = time.monotonic() + HOLD_MAX_SECONDS
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.config["holding"]:
+                    return
+            time.sleep(0.01)
+
     def create(self, request: Any) -> tuple[int, dict]:
+        self._hold()
+        self._wait("create_latency")
         if not isinstance(request, dict):
             return 400, _error_body(BAD_BODY_JSON, type_="invalid_request_error")
         if request.get("endpoint") != "/v1/chat/completions":
@@ -1053,15 +1122,22 @@ class BatchStore:
                 continue
             malformed = fault_draw < config["fail_5xx"] + config["fail_4xx"] + config["fail_malformed"]
             body_out = _batch_completion(json.loads(raw)["body"], custom_id=custom_id, n=n, malformed=malformed)
-            output.append({"id": line_id, "custom_id": custom_id, "error": None,
-                           "response": {"status_code": 200, "request_id": request_id, "body": body_out}})
-            outcomes["malformed" if malformed else "ok"].append(custom_id)
+            answered = {"id": line_id, "custom_id": custom_id, "error": None,
+                        "response": {"status_code": 200, "request_id": request_id, "body": body_out}}
+            if rng.random() < config["fail_no_custom_id"]:  # a third draw: the first two stay as they were
+                del answered["custom_id"]
+                outcomes["no_custom_id"].append(custom_id)
+            else:
+                outcomes["malformed" if malformed else "ok"].append(custom_id)
+            output.append(answered)
         order = random.Random(f"{config['seed']}:{batch['id']}")
         order.shuffle(output)  # the real API promises no order either
         order.shuffle(errors)
         for kind, lines in (("output_file_id", output), ("error_file_id", errors)):
             if lines:
                 data = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()
+                if kind == "output_file_id" and config["junk_lines"]:
+                    data += "".join(junk + "\n" for junk in config["junk_lines"]).encode()
                 batch[kind] = self._file(data=data, filename=f"{batch['id']}_{kind[:-8]}.jsonl",
                                          purpose="batch_output")["id"]
         batch["status"] = status
@@ -1069,7 +1145,7 @@ class BatchStore:
         if status == "completed":
             batch["times"]["finalizing_at"] = now
         batch["outcomes"] = dict(outcomes)
-        ok = len(outcomes["ok"]) + len(outcomes["malformed"])
+        ok = len(outcomes["ok"]) + len(outcomes["malformed"]) + len(outcomes["no_custom_id"])
         batch["counts"] = (ok, batch["total"] - ok)
         batch["lines"] = []  # answered: only the files are needed now
 
@@ -1325,11 +1401,12 @@ class StubClient:
 
     def batch_configure(self, **cfg: Any) -> dict:
         """Batch API controls (BATCH_DEFAULTS keys): completion_delay, fail_5xx, fail_4xx, fail_malformed,
-        expire, stuck, partial_share, cancel_delay, download_failures, upload_failures, seed."""
+        expire, stuck, partial_share, cancel_delay, download_failures, upload_failures, seed,
+        fail_no_custom_id, junk_lines, upload_latency, create_latency, hold_next_creates, holding."""
         return self._call("POST", "/_stub/batch/config", cfg)
 
     def batch_state(self, *, timeout: float = 10) -> dict:
-        """Batch API config, counters, and each batch's status, metadata and custom_ids by outcome.
+        """Batch API config, counters, and each batch's status, metadata, input file and custom_ids by outcome.
         The first read after completion writes the output files: give a large batch a longer timeout."""
         return self._call("GET", "/_stub/batch", timeout=timeout)
 

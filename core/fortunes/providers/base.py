@@ -25,12 +25,16 @@ class FailureReason(StrEnum):
     FLEX_UNAVAILABLE = "flex_unavailable"  # 429 "resource unavailable" on the flex tier: retry on default
 
 
+# The 4xx answers a retry can fix, as the SDK's own retry rule has them: 408 (request timeout), 409
+# (conflict) and 429 (rate limited). Any other 4xx fails the same way however often it is sent.
+RETRYABLE_CLIENT_STATUSES = frozenset({408, 409, 429})
 
 
 class ProviderError(Exception):
     def __init__(
         self, message: str, *, reason: FailureReason | str, retryable: bool, retry_after: float | None = None,
         status_code: int | None = None, headers: Mapping[str, str] | None = None,
+        tokens_in: int = 0, tokens_out: int = 0, service_tier: str = "",
     ) -> None:
         super().__init__(message)
         self.reason = reason
@@ -40,6 +44,21 @@ class ProviderError(Exception):
         # The answer's rate-limit headers (retry-after*, x-ratelimit-*), lower-cased: core.limiter
         # learns the account's real limits from them.
         self.headers = dict(headers or {})
+        # What the server billed for this failed answer (an invalid, truncated or refused one came
+        # with its usage): counted in the run's tokens, cost and the limiter like a good answer's.
+        self.tokens_in = tokens_in
+        self.tokens_out = tokens_out
+        self.service_tier = service_tier
+
+    @property
+    def billed(self) -> bool:
+        return bool(self.tokens_in or self.tokens_out)
+
+    @property
+    def signature(self) -> str:
+        """What two failures share when they fail "the same way" (core.batch.guards' streak): the
+        reason and the HTTP status, not the message (it carries request ids and validation details)."""
+        return f"{self.reason}:{self.status_code}" if self.status_code else str(self.reason)
 
 
 class ProviderConfigError(ProviderError):

@@ -17,8 +17,9 @@ from openai.lib._parsing._completions import type_to_response_format_param
 from openai.types.chat import ChatCompletion
 
 from core.fortunes.inputs import GenerationInput
-from core.fortunes.prompt import build_messages
+from core.fortunes.prompt import build_messages, output_token_cap
 from core.fortunes.providers.base import (
+    RETRYABLE_CLIENT_STATUSES,
     FailureReason,
     Generated,
     ProviderConfigError,
@@ -104,7 +105,7 @@ def _status_error(exc: openai.APIStatusError) -> ProviderError:
         return ProviderError(message, reason=FailureReason.RATE_LIMITED, retryable=True, status_code=status,
                              retry_after=retry_after_seconds(exc.response.headers),
                              headers=rate_limit_headers(exc.response.headers))
-    if status >= 500:
+    if status >= 500 or status in RETRYABLE_CLIENT_STATUSES:
         return ProviderError(message, reason=FailureReason.SERVER_ERROR, retryable=True, status_code=status,
                              retry_after=retry_after_seconds(exc.response.headers))
     return ProviderError(message, reason=FailureReason.BAD_REQUEST, retryable=False, status_code=status)
@@ -122,8 +123,10 @@ def response_format() -> dict:
 
 def chat_completion_body(*, model: str, messages: list[dict], service_tier: str | None = None) -> dict:
     """The Structured Outputs request body of one fortune: what the synchronous path posts and what a
-    Batch API line carries (its `body`). service_tier is sent only when given (flex)."""
-    body = {"model": model, "messages": messages, "response_format": response_format()}
+    Batch API line carries (its `body`), with the output-token cap (output_token_cap()) in
+    OPENAI_MAX_TOKENS_PARAM. service_tier is sent only when given (flex)."""
+    body = {"model": model, "messages": messages, "response_format": response_format(),
+            settings.OPENAI_MAX_TOKENS_PARAM: output_token_cap()}
     if service_tier:
         body["service_tier"] = service_tier
     return body
@@ -237,15 +240,19 @@ class OpenAIProvider:
                 logger.info("flex tier unavailable: default tier for the next %g s", FLEX_PAUSE_SECONDS)
             raise error from exc
 
-        choice = completion.choices[0] if completion.choices else None
-        if choice is None:
-            raise _invalid(INVALID_OUTPUT_EMPTY)
-        part = completion_part(finish_reason=choice.finish_reason, refusal=choice.message.refusal,
-                               content=choice.message.content)
         usage = completion.usage
-        return Generated(
-            content=inp.compose(part),
-            tokens_in=usage.prompt_tokens if usage else 0,
-            tokens_out=usage.completion_tokens if usage else 0,
-            service_tier=completion.service_tier or "",
-        )
+        tokens_in = usage.prompt_tokens if usage else 0
+        tokens_out = usage.completion_tokens if usage else 0
+        service_tier = completion.service_tier or ""
+        try:
+            choice = completion.choices[0] if completion.choices else None
+            if choice is None:
+                raise _invalid(INVALID_OUTPUT_EMPTY)
+            part = completion_part(finish_reason=choice.finish_reason, refusal=choice.message.refusal,
+                                   content=choice.message.content)
+        except ProviderError as exc:
+            # Billed all the same: the caller counts these tokens (cost, TPM) before retrying.
+            exc.tokens_in, exc.tokens_out, exc.service_tier = tokens_in, tokens_out, service_tier
+            raise
+        return Generated(content=inp.compose(part), tokens_in=tokens_in, tokens_out=tokens_out,
+                         service_tier=service_tier)
