@@ -112,6 +112,12 @@ _BACKENDS_SQL = (
     "SELECT state, count(*) FROM pg_stat_activity "
     "WHERE datname = current_database() AND pid <> pg_backend_pid() GROUP BY state"
 )
+# Who holds the single-flight advisory lock, and in what state its session is.
+_ADVISORY_HOLDERS_SQL = (
+    "SELECT a.state, a.xact_start IS NULL FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
+    "(SELECT oid FROM pg_database WHERE datname = current_database())"
+)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -139,7 +145,12 @@ def test_a_hung_provider_call_holds_no_open_transaction(openai_settings, setting
         with connection.cursor() as cursor:
             cursor.execute(_BACKENDS_SQL)
             backends = dict(cursor.fetchall())
+            cursor.execute(_ADVISORY_HOLDERS_SQL)
+            advisory_holders = cursor.fetchall()
         assert openai_settings.counters()["in_flight"] == 1  # the call still hung while we looked
+        # Without Redis the single-flight lock is a session-level advisory lock, held by a session
+        # that is idle outside any transaction (no xact_start) across the LLM call.
+        assert advisory_holders == [("idle", True)], advisory_holders
         assert backends.get("idle", 0) >= 1  # the request's own connection, kept open between queries
         assert not {state for state in backends if state and state.startswith("idle in transaction")}, backends
         assert backends.get("active", 0) == 0, backends
