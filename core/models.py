@@ -138,6 +138,9 @@ class FortuneResult(models.Model):
     class Source(models.TextChoices):
         BATCH = "batch", "batch"
         ON_DEMAND = "on_demand", "on demand"
+        # Made on demand from the saju rules (the local provider) because the model could not answer
+        # within the request's budget; served all day like any other (core.services.fortunes).
+        FALLBACK = "fallback", "fallback (saju rules)"
 
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="fortunes")
     for_date = models.DateField()
@@ -153,6 +156,7 @@ class FortuneResult(models.Model):
             # The ops pages count on-demand fortunes per night; a partial index keeps that an index-only
             # range scan, and batch rows (nearly all of them) never touch it.
             models.Index(fields=["for_date"], condition=Q(source="on_demand"), name="fortune_on_demand_date_idx"),
+            models.Index(fields=["for_date"], condition=Q(source="fallback"), name="fortune_fallback_date_idx"),
         ]
 
     def __str__(self) -> str:

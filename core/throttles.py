@@ -6,6 +6,7 @@ import math
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.cache.backends.locmem import LocMemCache
 from django.utils import timezone
 from redis.exceptions import RedisError
 from rest_framework import throttling
@@ -15,6 +16,11 @@ logger = logging.getLogger("fortuna.throttles")
 THROTTLE_CACHE_DOWN = "Throttle %r not applied: the cache did not answer (%s)."
 
 ON_DEMAND_KEY = "fortune:on-demand:{user_id}:{day}"
+QUOTA_CACHE_FAILED = "on-demand quota: the shared cache failed (%s); counting in this process instead"
+# What a cache call raises when Redis is down, refuses, or does not answer in time.
+_CACHE_ERRORS = (RedisError, OSError)
+# The per-process stand-in for the quota while the shared cache fails.
+_process_quota = LocMemCache("fortuna-on-demand-quota", {})
 
 
 def seconds_until_kst_midnight(*, now: dt.datetime | None = None) -> int:
@@ -35,21 +41,49 @@ def on_demand_quota_consume(*, user_id: int, day: dt.date) -> int:
     """Count one on-demand generation for the user's KST day; raise OnDemandLimitReached past the limit.
 
     The counter lives in the default cache: with REDIS_URL set, add() and incr() are atomic across
-    every process and survive deploys; the key expires a little after the KST day ends.
+    every process and survive deploys; the key expires a little after the KST day ends. When the
+    cache fails, this process's own counter stands in (logged): the limit then holds per process.
     """
     limit = settings.FORTUNE_ON_DEMAND_DAILY_LIMIT
     ttl = seconds_until_kst_midnight()
     key = ON_DEMAND_KEY.format(user_id=user_id, day=day.isoformat())
-    cache.add(key, 0, timeout=ttl + 60)
     try:
-        count = cache.incr(key)
-    except ValueError:
-        # The key expired between add() and incr() (only at the day's very end): start again.
-        cache.add(key, 0, timeout=ttl + 60)
-        count = cache.incr(key)
+        count = _quota_incr(cache, key=key, ttl=ttl)
+    except _CACHE_ERRORS as exc:
+        logger.warning(QUOTA_CACHE_FAILED, exc)
+        count = _quota_incr(_process_quota, key=key, ttl=ttl)
     if count > limit:
         raise OnDemandLimitReached(limit=limit, retry_after=ttl)
     return count
+
+
+def on_demand_quota_refund(*, user_id: int, day: dt.date) -> None:
+    """Give back one count taken by on_demand_quota_consume: the generation it paid for failed."""
+    key = ON_DEMAND_KEY.format(user_id=user_id, day=day.isoformat())
+    try:
+        _quota_decr(cache, key=key)
+    except _CACHE_ERRORS as exc:
+        logger.warning(QUOTA_CACHE_FAILED, exc)
+        _quota_decr(_process_quota, key=key)
+
+
+def _quota_decr(counter, *, key: str) -> None:
+    try:
+        if counter.get(key, 0) > 0:
+            counter.decr(key)
+    except ValueError:  # expired meanwhile: nothing to give back
+        pass
+
+
+def _quota_incr(counter, *, key: str, ttl: int) -> int:
+    counter.add(key, 0, timeout=ttl + 60)
+    try:
+        return counter.incr(key)
+    except ValueError:
+        # The key expired between add() and incr() (only at the day's very end): start again.
+        counter.add(key, 0, timeout=ttl + 60)
+        return counter.incr(key)
+
 
 
 class FailOpenThrottleMixin:

@@ -48,7 +48,14 @@ class FortuneOutputSerializer(serializers.Serializer):
 
     date = serializers.DateField(source="for_date")
     fortune = FortuneContentField(source="content_json", read_only=True)
-    source = serializers.ChoiceField(choices=FortuneResult.Source.choices)
+    source = serializers.ChoiceField(
+        choices=FortuneResult.Source.choices,
+        help_text=(
+            "Who made it: batch (the nightly run), on_demand (the model, for this request), or fallback "
+            "(the deterministic saju-rule fortune, because the model could not answer in time; it stays "
+            "the user's fortune for the day)."
+        ),
+    )
     generated_at = serializers.DateTimeField()
 
 
@@ -92,7 +99,9 @@ _FORTUNE_RESPONSES = {
     401: ErrorSerializer,
     409: OpenApiResponse(ErrorSerializer, description="No birth date set: PATCH /me first."),
     429: OpenApiResponse(ErrorSerializer, description="Daily on-demand limit or request rate reached."),
-    503: OpenApiResponse(ErrorSerializer, description="Generation failed or timed out; see Retry-After."),
+    503: OpenApiResponse(
+        ErrorSerializer, description="Not even the saju-rule fallback could be stored; see Retry-After."
+    ),
 }
 
 

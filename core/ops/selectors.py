@@ -1,8 +1,9 @@
 """Reads for the operators' view (/ops/): one data source for the HTML pages and /ops/status.json.
 
 Every figure comes from BatchRun counters (a few hundred rows) or from indexed aggregates on
-FortuneResult — the per-date count uses fortune_for_date_idx, the on-demand count the partial index
-fortune_on_demand_date_idx — never from a scan of FortuneResult. Coverage is exact and live (the
+FortuneResult — the per-date count uses fortune_for_date_idx, the on-demand and fallback counts the
+partial indexes fortune_on_demand_date_idx and fortune_fallback_date_idx — never from a scan of
+FortuneResult. Coverage is exact and live (the
 database now, not what a run saw when it started); history is what each run recorded.
 """
 
@@ -307,7 +308,8 @@ class Coverage:
     label: str  # "today", "tomorrow" or ""
     eligible: int
     with_fortune: int  # eligible users who have a fortune for for_date
-    on_demand: int  # of all fortunes for for_date, those the web made
+    on_demand: int  # of all fortunes for for_date, those the web made with the model
+    fallback: int  # those the web made from the saju rules because the model could not answer
     gap: int
     command: str
 
@@ -321,8 +323,8 @@ class Coverage:
 
 
 def ops_coverage_many(*, dates: list[dt.date], today: dt.date | None = None) -> list[Coverage]:
-    """Coverage for several dates in three queries: one pass over users (eligible, and ineligible
-    users who still have a fortune, each an index probe), and two indexed counts on FortuneResult."""
+    """Coverage for several dates in four queries: one pass over users (eligible, and ineligible
+    users who still have a fortune, each an index probe), and three indexed counts on FortuneResult."""
     today = today or timezone.localdate()
     dates = list(dict.fromkeys(dates))
     # batch_eligible_users' rule as a Q, so one pass over users counts both sides (tests compare the two).
@@ -335,20 +337,25 @@ def ops_coverage_many(*, dates: list[dt.date], today: dt.date | None = None) -> 
     totals = dict(
         FortuneResult.objects.filter(for_date__in=dates).values_list("for_date").annotate(n=Count("*")).order_by()
     )
-    on_demand = dict(
-        FortuneResult.objects.filter(source=FortuneResult.Source.ON_DEMAND, for_date__in=dates)
-        .values_list("for_date").annotate(n=Count("*")).order_by()
-    )
+    on_demand = _count_by_date(source=FortuneResult.Source.ON_DEMAND, for_date__in=dates)
+    fallback = _count_by_date(source=FortuneResult.Source.FALLBACK, for_date__in=dates)
     labels = {today: "today", today + dt.timedelta(days=1): "tomorrow"}
     result = []
     for n, day in enumerate(dates):
         with_fortune = totals.get(day, 0) - counts[f"ineligible_{n}"]
         result.append(Coverage(
             for_date=day, label=labels.get(day, ""), eligible=counts["eligible"], with_fortune=with_fortune,
-            on_demand=on_demand.get(day, 0), gap=max(counts["eligible"] - with_fortune, 0),
+            on_demand=on_demand.get(day, 0), fallback=fallback.get(day, 0),
+            gap=max(counts["eligible"] - with_fortune, 0),
             command=rerun_command(target_date=day),
         ))
     return result
+
+
+def _count_by_date(*, source: str, **date_filter) -> dict[dt.date, int]:
+    """Fortunes of one source per date: an index-only scan of that source's partial index."""
+    rows = FortuneResult.objects.filter(source=source, **date_filter).values_list("for_date").annotate(n=Count("*"))
+    return dict(rows.order_by())
 
 
 def ops_coverage(*, for_date: dt.date, today: dt.date | None = None) -> Coverage:
@@ -374,6 +381,7 @@ class Night:
     estimated_cost: Decimal = Decimal(0)
     cost_by_path: dict[str, Decimal] = field(default_factory=dict)
     on_demand: int = 0
+    fallback: int = 0  # saju-rule fortunes served because the model could not answer
 
     @property
     def on_demand_share(self) -> float:
@@ -400,7 +408,7 @@ def _path_of(run: BatchRun) -> str:
 
 def ops_history(*, days: int, today: dt.date | None = None) -> OpsHistory:
     """The last `days` nights up to tomorrow (the night being prepared), from BatchRun counters
-    plus one indexed count of on-demand fortunes per date."""
+    plus indexed counts of on-demand and fallback fortunes per date."""
     if not 1 <= days <= HISTORY_DAYS_MAX:
         raise OpsInputError(DAYS_INVALID.format(value=days))
     today = today or timezone.localdate()
@@ -429,12 +437,11 @@ def ops_history(*, days: int, today: dt.date | None = None) -> OpsHistory:
     for day, run in last_full.items():
         view = _run_view(run, now=timezone.now())
         nights[day].eligible, nights[day].missing = run.eligible, view.missing
-    on_demand = (
-        FortuneResult.objects.filter(source=FortuneResult.Source.ON_DEMAND, for_date__gte=start, for_date__lte=end)
-        .values_list("for_date").annotate(n=Count("*")).order_by()
-    )
-    for day, n in on_demand:
+    window = {"for_date__gte": start, "for_date__lte": end}
+    for day, n in _count_by_date(source=FortuneResult.Source.ON_DEMAND, **window).items():
         nights[day].on_demand = n
+    for day, n in _count_by_date(source=FortuneResult.Source.FALLBACK, **window).items():
+        nights[day].fallback = n
     return OpsHistory(days=days, start=start, end=end, nights=list(nights.values()), paths=sorted(paths))
 
 

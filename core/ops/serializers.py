@@ -77,6 +77,7 @@ class CoverageSerializer(serializers.Serializer):
     ok = serializers.BooleanField()
     percent = serializers.FloatField()
     on_demand = serializers.IntegerField()
+    fallback = serializers.IntegerField(help_text="Saju-rule fortunes served because the model could not answer.")
     command = serializers.CharField()
 
 

@@ -4,23 +4,21 @@ import datetime as dt
 import logging
 import math
 import threading
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers import Generated, Provider, ProviderError, get_provider
+from core.fortunes.providers.local import LocalProvider
 from core.limiter import account_limiter_cached
 from core.models import FortuneGeneration, FortuneResult, ServedFortune, User, user_sync_natal
-from core.resilience import Budget, BudgetedProvider, RetryPolicy, generate_within_budget, wait_until
-from core.throttles import on_demand_quota_consume
+from core.resilience import Budget, BudgetedProvider, RetryPolicy, generate_within_budget
+from core.services.on_demand_lock import OnDemandLockTimeout, on_demand_lock
+from core.throttles import on_demand_quota_consume, on_demand_quota_refund
 
 logger = logging.getLogger("fortuna.api")
 
@@ -46,11 +44,6 @@ ON_DEMAND_RETRY_POLICY = RetryPolicy(
 DEFAULT_RETRY_AFTER = 30
 MAX_RETRY_AFTER = 3600
 BUSY_RETRY_AFTER = 5
-# The single-flight lock on a generation input, in the shared cache (Redis in production).
-LOCK_KEY = "fortune:on-demand-lock:{input_hash}"
-LOCK_POLL_SECONDS = 0.05
-# The holder's work is bounded by its budget; the TTL only frees the lock of a process that died.
-LOCK_TTL_MARGIN = 10
 
 
 class BirthDateMissing(Exception):
@@ -108,11 +101,15 @@ def fortune_today() -> dt.date:
 def fortune_get_or_generate_today(*, user: User) -> StoredFortune:
     """Today's (KST) fortune for the user: the stored one, or one generated now and stored.
 
-    Single-flight across processes: the generation happens under a short-lived lock on the
-    generation-input hash in the shared cache, which holds no database transaction or connection
-    state while the provider is called; every waiter re-checks after the lock, and the rows are
-    stored in short transactions of their own. Raises BirthDateMissing,
-    BirthDataUnchartable, OnDemandUnavailable (nothing stored) or OnDemandLimitReached.
+    Single-flight across processes (core.services.on_demand_lock): the generation happens under a
+    lock on the generation-input hash, which holds no database transaction while the provider is
+    called; every waiter re-checks after the lock, and the rows are stored in short transactions of
+    their own. When the model cannot answer within the budget (outage, timeouts, the process's
+    generations all busy, another request holding the lock past the budget, a misconfigured
+    provider), the saju-rule fortune (the local provider) is stored instead, with source "fallback",
+    and served all day; the failed attempt does not count against the daily quota.
+    Raises BirthDateMissing, BirthDataUnchartable, OnDemandLimitReached, or OnDemandUnavailable
+    (nothing stored) only when even the fallback could not be made.
     """
     if user.birth_date_solar is None:
         raise BirthDateMissing(BIRTH_DATE_MISSING)
@@ -120,13 +117,16 @@ def fortune_get_or_generate_today(*, user: User) -> StoredFortune:
     stored = fortune_get_for_date(user=user, for_date=today)
     if stored is not None:
         return stored
+    _user_ensure_natal(user=user)
     slots = _on_demand_slots()
     # A request that would wait for a slot would hold a gunicorn thread doing nothing: answer now.
     if not slots.acquire(blocking=False):
         logger.warning("fortune on-demand saturated: %d generations in flight in this process", slots.limit)
-        raise OnDemandUnavailable(ON_DEMAND_SATURATED, reason="saturated", retry_after=SATURATED_RETRY_AFTER)
+        return _fallback_store(user=user, for_date=today, reason="saturated")
     try:
         return _fortune_generate(user=user, for_date=today, budget=Budget.start(settings.FORTUNE_ON_DEMAND_TIMEOUT))
+    except OnDemandUnavailable as exc:
+        return _fallback_store(user=user, for_date=today, reason=exc.reason)
     finally:
         slots.release()
 
@@ -154,7 +154,6 @@ def _on_demand_slots() -> _Slots:
 
 
 def _fortune_generate(*, user: User, for_date: dt.date, budget: Budget) -> StoredFortune:
-    _user_ensure_natal(user=user)
     try:
         provider = BudgetedProvider(
             build=_provider_build, budget=budget, cap=settings.OPENAI_TIMEOUT, floor=MIN_ATTEMPT_SECONDS
@@ -163,47 +162,50 @@ def _fortune_generate(*, user: User, for_date: dt.date, budget: Budget) -> Store
         logger.error("fortune on-demand provider unusable: %s", exc)
         raise OnDemandUnavailable(ON_DEMAND_UNAVAILABLE, reason=exc.reason) from exc
     inp = GenerationInput.for_user(user=user, for_date=for_date, generator=provider.generator)
-    with _single_flight(input_hash=inp.hash, budget=budget):
-        stored = fortune_get_for_date(user=user, for_date=for_date)
-        if stored is not None:
-            return stored
-        generation = FortuneGeneration.objects.filter(input_hash=inp.hash).first()
-        if generation is None:
-            on_demand_quota_consume(user_id=user.pk, day=for_date)
-            generated = _generate_within_budget(provider=provider, inp=inp, budget=budget)
-            generation = _generation_store(inp=inp, provider=provider, generated=generated)
-        return _result_store(user=user, for_date=for_date, generation=generation)
+    try:
+        # The lock is waited for while the budget leaves an attempt's time.
+        with on_demand_lock(name=inp.hash, deadline=budget.deadline - MIN_ATTEMPT_SECONDS, clock=budget.clock):
+            stored = fortune_get_for_date(user=user, for_date=for_date)
+            if stored is not None:
+                return stored
+            generation = FortuneGeneration.objects.filter(input_hash=inp.hash).first()
+            if generation is None:
+                on_demand_quota_consume(user_id=user.pk, day=for_date)
+                try:
+                    generated = _generate_within_budget(provider=provider, inp=inp, budget=budget)
+                except OnDemandUnavailable:
+                    # Only a generation the model made counts: an outage must not lock the user out.
+                    on_demand_quota_refund(user_id=user.pk, day=for_date)
+                    raise
+                generation = _generation_store(inp=inp, provider=provider, generated=generated)
+            return _result_store(user=user, for_date=for_date, generation=generation)
+    except OnDemandLockTimeout:
+        raise OnDemandUnavailable(ON_DEMAND_BUSY, reason="lock_timeout", retry_after=BUSY_RETRY_AFTER) from None
 
 
 def _provider_build(timeout: float) -> Provider:
     return get_provider(timeout=timeout)
 
 
-@contextmanager
-def _single_flight(*, input_hash: str, budget: Budget) -> Iterator[None]:
-    """Hold the lock on one generation input, waiting for it while the budget leaves an attempt's time.
+def _fallback_store(*, user: User, for_date: dt.date, reason: str) -> StoredFortune:
+    """Store and return the saju-rule fortune (the local provider) for a user the model could not serve.
 
-    cache.add() is atomic in Redis and in the local-memory cache; without REDIS_URL the lock covers
-    one process only, and the unique input hash still lets a second process share, not duplicate,
-    the stored row. Raises OnDemandUnavailable(ON_DEMAND_BUSY) when the lock is not got in time.
+    Deterministic and local, so it needs no lock: two requests racing here compose the same content
+    under the same input hash, and the unique constraints make them share one generation and one
+    result (whichever result was stored first, model or fallback, is what the user sees all day).
     """
-    key = LOCK_KEY.format(input_hash=input_hash)
-    token = uuid.uuid4().hex
-    ttl = math.ceil(settings.FORTUNE_ON_DEMAND_TIMEOUT) + LOCK_TTL_MARGIN
-    got = wait_until(
-        lambda: cache.add(key, token, timeout=ttl),
-        deadline=budget.deadline - MIN_ATTEMPT_SECONDS,
-        interval=LOCK_POLL_SECONDS,
-        clock=budget.clock,
-    )
-    if not got:
-        raise OnDemandUnavailable(ON_DEMAND_BUSY, reason="lock_timeout", retry_after=BUSY_RETRY_AFTER)
-    try:
-        yield
-    finally:
-        # Only our own lock: after a TTL expiry (a stalled holder) another request may hold it now.
-        if cache.get(key) == token:
-            cache.delete(key)
+    provider = LocalProvider()
+    inp = GenerationInput.for_user(user=user, for_date=for_date, generator=provider.generator)
+    generation = FortuneGeneration.objects.filter(input_hash=inp.hash).first()
+    if generation is None:
+        try:
+            generated = provider.generate(inp)
+        except ProviderError as exc:
+            logger.error("fortune fallback failed for user %s on %s: %s", user.pk, for_date, exc)
+            raise OnDemandUnavailable(ON_DEMAND_UNAVAILABLE, reason=exc.reason) from exc
+        generation = _generation_store(inp=inp, provider=provider, generated=generated)
+    logger.warning("fortune on-demand fell back to the saju rules for user %s on %s: %s", user.pk, for_date, reason)
+    return _result_store(user=user, for_date=for_date, generation=generation, source=FortuneResult.Source.FALLBACK)
 
 
 def _user_ensure_natal(*, user: User) -> None:
@@ -259,17 +261,17 @@ def _generation_store(*, inp: GenerationInput, provider: Provider, generated: Ge
         return FortuneGeneration.objects.get(input_hash=inp.hash)
 
 
-def _result_store(*, user: User, for_date: dt.date, generation: FortuneGeneration) -> StoredFortune:
+def _result_store(
+    *, user: User, for_date: dt.date, generation: FortuneGeneration, source: str = FortuneResult.Source.ON_DEMAND
+) -> StoredFortune:
     try:
         with transaction.atomic():
-            FortuneResult.objects.create(
-                user=user, for_date=for_date, generation=generation, source=FortuneResult.Source.ON_DEMAND
-            )
+            FortuneResult.objects.create(user=user, for_date=for_date, generation=generation, source=source)
     except IntegrityError:
         existing = fortune_get_for_date(user=user, for_date=for_date)
         if existing is None:
             raise
         return existing
-    logger.info("fortune on-demand stored for user %s on %s", user.pk, for_date)
+    logger.info("fortune on-demand stored for user %s on %s (%s)", user.pk, for_date, source)
     # Read back as GET serves it: the same bytes under the same ETag, whichever request made the row.
     return fortune_get_for_date(user=user, for_date=for_date)

@@ -10,6 +10,7 @@ from rest_framework.test import APIClient
 
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers import Generated, ProviderError
+from core.fortunes.providers.local import LocalProvider
 from core.fortunes.schema import GeneratedPart
 from core.models import FortuneGeneration, FortuneResult, User
 from tests.factories import user_create
@@ -106,3 +107,16 @@ def auth_client(user) -> APIClient:
 
 def kst_today() -> dt.date:
     return timezone.localdate()
+
+
+def assert_fallback_served(response, *, user: User) -> dict:
+    """The response is today's saju-rule fortune for the user (the local provider's), stored as a
+    fallback: source "fallback", the generation's provider recorded as "local"."""
+    assert response.status_code == 200, response.content[:500]
+    body = response.json()
+    assert body["source"] == "fallback"
+    inp = GenerationInput.for_user(user=user, for_date=kst_today(), generator=LocalProvider().generator)
+    assert body["fortune"] == LocalProvider().generate(inp).content.as_json()
+    result = FortuneResult.objects.select_related("generation").get(user=user, for_date=kst_today())
+    assert (result.source, result.generation.provider) == ("fallback", "local")
+    return body

@@ -9,8 +9,8 @@ from rest_framework.test import APIClient
 
 from core.api.fortunes import FortuneOutputSerializer
 from core.models import FortuneGeneration, FortuneResult
-from core.services.fortunes import BIRTH_DATE_MISSING, ON_DEMAND_UNAVAILABLE
-from tests.api.conftest import client_for, fortune_store, kst_today, provider_error
+from core.services.fortunes import BIRTH_DATE_MISSING
+from tests.api.conftest import assert_fallback_served, client_for, fortune_store, kst_today, provider_error
 from tests.factories import user_create
 
 pytestmark = pytest.mark.django_db
@@ -217,56 +217,56 @@ def test_on_demand_reuses_a_generation_the_batch_made_for_another_user(fake_prov
         provider_error("misconfigured", retryable=False),
     ],
 )
-def test_non_retryable_provider_failure_is_503_after_one_attempt(auth_client, fake_provider, error):
+def test_non_retryable_provider_failure_serves_the_fallback_after_one_attempt(auth_client, fake_provider, user,
+                                                                              error):
     fake_provider.script = [error]
     response = auth_client.get("/fortune/today")
-    assert response.status_code == 503
-    assert response.json() == {"detail": ON_DEMAND_UNAVAILABLE, "code": error.reason}
-    assert int(response["Retry-After"]) > 0
+    assert_fallback_served(response, user=user)
     assert fake_provider.calls == 1
-    assert not FortuneResult.objects.exists()
-    assert not FortuneGeneration.objects.exists()
 
 
-def test_persistent_retryable_failure_is_503_with_the_providers_retry_after(auth_client, fake_provider):
+def test_persistent_retryable_failure_serves_the_fallback_after_three_attempts(auth_client, fake_provider, user):
     fake_provider.script = [provider_error("rate_limited", retry_after=0)] * 10
-    fake_provider.script[2] = provider_error("rate_limited", retry_after=0.01)
     response = auth_client.get("/fortune/today")
-    assert response.status_code == 503
-    assert response.json()["code"] == "rate_limited"
-    assert response["Retry-After"] == "1"
+    assert_fallback_served(response, user=user)
     assert fake_provider.calls == 3  # ON_DEMAND_MAX_ATTEMPTS
-    assert not FortuneResult.objects.exists()
 
 
 def test_transient_failure_then_success_is_200(auth_client, fake_provider):
     fake_provider.script = [provider_error("server_error", retry_after=0)]
     response = auth_client.get("/fortune/today")
     assert response.status_code == 200
+    assert response.json()["source"] == "on_demand"
     assert fake_provider.calls == 2
     assert FortuneResult.objects.count() == 1
 
 
-def test_provider_crash_is_503_not_500(auth_client, fake_provider):
+def test_provider_crash_serves_the_fallback_not_500(auth_client, fake_provider, user):
     fake_provider.script = [RuntimeError("bug in provider")]
-    response = auth_client.get("/fortune/today")
-    assert response.status_code == 503
-    assert response.json()["code"] == "provider_crash"
-    assert not FortuneResult.objects.exists()
+    assert_fallback_served(auth_client.get("/fortune/today"), user=user)
 
 
-def test_budget_overrun_is_503_and_provider_timeout_stays_inside_budget(auth_client, fake_provider, settings):
+def test_budget_overrun_serves_the_fallback_and_provider_timeout_stays_inside_budget(
+    auth_client, fake_provider, settings, user
+):
     settings.FORTUNE_ON_DEMAND_TIMEOUT = 1
     # Each attempt "hangs" until the client timeout it was given, then reports a timeout.
     fake_provider.script = [provider_error("timeout")] * 5
     fake_provider.delay = 1.0
     response = auth_client.get("/fortune/today")
-    assert response.status_code == 503
-    assert response.json() == {"detail": ON_DEMAND_UNAVAILABLE, "code": "timeout"}
-    assert "Retry-After" in response
+    assert_fallback_served(response, user=user)
     assert fake_provider.calls == 1
     assert all(t is not None and t <= settings.FORTUNE_ON_DEMAND_TIMEOUT for t in fake_provider.timeouts)
-    assert not FortuneResult.objects.exists()
+
+
+def test_the_fallback_is_served_all_day_once_stored(auth_client, fake_provider, user):
+    fake_provider.script = [provider_error("server_error", retryable=False)]
+    first = assert_fallback_served(auth_client.get("/fortune/today"), user=user)
+    # The model answers again: the user still sees the same text, and no model call is made.
+    again = auth_client.get("/fortune/today")
+    assert again.status_code == 200 and again.json() == first
+    assert fake_provider.calls == 1
+    assert FortuneResult.objects.count() == FortuneGeneration.objects.count() == 1
 
 
 def test_a_user_never_gets_another_users_fortune_from_today(fake_provider):

@@ -75,12 +75,24 @@ def test_limit_is_per_user_and_resets_at_kst_midnight(frozen, user, fake_provide
     assert client.get("/fortune/today").status_code == 200
 
 
-def test_failed_generations_count_against_the_limit(frozen, user, fake_provider, settings):
+def test_failed_generations_do_not_count_against_the_limit(frozen, user, fake_provider, settings):
+    # An outage: five failed attempts, each answered with the fallback, must not lock the user out
+    # once the provider is back.
     settings.FORTUNE_ON_DEMAND_DAILY_LIMIT = 2
-    fake_provider.script = [provider_error("bad_request", retryable=False)] * 2
+    fake_provider.script = [provider_error("bad_request", retryable=False)] * 5
     client = client_for(user)
-    assert [client.get("/fortune/today").status_code for _ in range(3)] == [503, 503, 429]
-    assert fake_provider.calls == 2
+    for _ in range(5):
+        response = client.get("/fortune/today")
+        assert (response.status_code, response.json()["source"]) == (200, "fallback")
+        _forget_today(user)
+    assert cache.get(ON_DEMAND_KEY.format(user_id=user.pk, day="2025-03-09")) == 0
+    sources = []
+    for _ in range(2):
+        sources.append(client.get("/fortune/today").json()["source"])
+        _forget_today(user)
+    assert sources == ["on_demand", "on_demand"]
+    assert client.get("/fortune/today").status_code == 429
+    assert fake_provider.calls == 7
 
 
 def test_limit_holds_in_redis_shared_by_every_process(frozen, user, fake_provider, settings, redis_url):

@@ -2,18 +2,46 @@
 
 import datetime as dt
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
-from django.core.cache import cache, caches
+from django.core.cache import caches
 from django.db import connection
 
 from core.fortunes.inputs import GenerationInput
 from core.models import FortuneGeneration, FortuneResult
-from core.services.fortunes import BUSY_RETRY_AFTER, LOCK_KEY, ON_DEMAND_BUSY
+from core.services.on_demand_lock import CACHE_KEY, on_demand_lock_for
 from tests.api.conftest import client_for, fortune_store, kst_today
 from tests.factories import user_create
 
 THREADS = 10
+
+
+@contextmanager
+def lock_held_elsewhere(name: str) -> Iterator[threading.Event]:
+    """The on-demand lock on `name` held by another thread (its own database session), as another
+    request or process would; set the yielded event to release it early."""
+    taken, release = threading.Event(), threading.Event()
+
+    def holder():
+        lock = on_demand_lock_for(name)
+        try:
+            assert lock.try_acquire()
+            taken.set()
+            release.wait(timeout=30)
+            lock.release()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert taken.wait(timeout=10)
+        yield release
+    finally:
+        release.set()
+        thread.join(timeout=30)
 
 
 def _get_concurrently(clients, path="/fortune/today"):
@@ -77,44 +105,44 @@ def test_single_flight_holds_in_redis_shared_by_every_process(fake_provider, set
         assert fake_provider.calls == 1
         assert FortuneGeneration.objects.count() == 1
         inp = GenerationInput.for_user(user=user, for_date=kst_today(), generator=fake_provider.generator)
-        assert redis_cache.get(LOCK_KEY.format(input_hash=inp.hash)) is None  # released, not left to expire
+        assert redis_cache.get(CACHE_KEY.format(name=inp.hash)) is None  # released, not left to expire
     finally:
         redis_cache.clear()
 
 
-@pytest.mark.django_db
-def test_a_request_that_cannot_get_the_lock_in_time_is_503_busy(fake_provider, settings, user):
+@pytest.mark.django_db(transaction=True)
+def test_a_request_that_cannot_get_the_lock_in_time_gets_the_fallback(fake_provider, settings, user):
+    # The holder keeps the lock past this request's budget (e.g. a stalled process): the user still
+    # gets a fortune, the saju-rule one, and no model call is made.
     settings.FORTUNE_ON_DEMAND_TIMEOUT = 2  # waits 1 s for the lock, leaving MIN_ATTEMPT_SECONDS
     inp = GenerationInput.for_user(user=user, for_date=kst_today(), generator=fake_provider.generator)
-    cache.add(LOCK_KEY.format(input_hash=inp.hash), "another request", timeout=60)
-    response = client_for(user).get("/fortune/today")
-    assert response.status_code == 503
-    assert response.json() == {"detail": ON_DEMAND_BUSY, "code": "lock_timeout"}
-    assert response["Retry-After"] == str(BUSY_RETRY_AFTER)
+    with lock_held_elsewhere(inp.hash):
+        response = client_for(user).get("/fortune/today")
+    assert response.status_code == 200, response.json()
+    assert response.json()["source"] == "fallback"
     assert fake_provider.calls == 0
-    assert not FortuneResult.objects.exists()
+    assert FortuneResult.objects.get(user=user).generation.provider == "local"
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_waiter_that_gets_the_lock_serves_what_the_holder_stored(fake_provider, user):
     # The re-check after the lock: the holder stored the fortune while this request waited.
     inp = GenerationInput.for_user(user=user, for_date=kst_today(), generator=fake_provider.generator)
-    key = LOCK_KEY.format(input_hash=inp.hash)
-    cache.add(key, "holder", timeout=60)
+    with lock_held_elsewhere(inp.hash) as release:
 
-    def holder_finishes():
+        def holder_finishes():
+            try:
+                fortune_store(user=user, for_date=kst_today(), generator=fake_provider.generator)
+                release.set()
+            finally:
+                connection.close()
+
+        timer = threading.Timer(0.2, holder_finishes)
+        timer.start()
         try:
-            fortune_store(user=user, for_date=kst_today(), generator=fake_provider.generator)
-            cache.delete(key)
+            response = client_for(user).get("/fortune/today")
         finally:
-            connection.close()
-
-    timer = threading.Timer(0.2, holder_finishes)
-    timer.start()
-    try:
-        response = client_for(user).get("/fortune/today")
-    finally:
-        timer.join()
+            timer.join()
     assert response.status_code == 200
     assert response.json()["source"] == "batch"
     assert fake_provider.calls == 0

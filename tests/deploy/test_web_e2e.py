@@ -139,9 +139,9 @@ def test_healthz_answers_while_ten_on_demand_generations_hang(start_web, stub_op
         thread.join(timeout=60)
     assert sorted(responses) == list(range(HUNG_REQUESTS))
     for response in responses.values():
-        assert response.status == 503, response.body[:500]
-        assert int(response.headers["Retry-After"]) > 0
+        # At the end of the budget each gets the saju-rule fortune, stored like any other.
+        assert response.status == 200, response.body[:500]
         assert response.headers["Content-Type"].startswith("application/json")
-        assert response.json()  # a message, not an HTML error page
-    assert not FortuneResult.objects.filter(user__in=users).exists()  # never a half-stored row
+        assert response.json()["source"] == "fallback"
+    assert FortuneResult.objects.filter(user__in=users, source=FortuneResult.Source.FALLBACK).count() == HUNG_REQUESTS
     _assert_no_server_errors(server)

@@ -195,6 +195,7 @@ def test_coverage_numbers_match_the_database():
     no_birth = user_create(birth_date_solar=None)
     fortunes_create(users=eligible[:4] + [inactive, no_birth], for_date=day)
     fortunes_create(users=eligible[4:6], for_date=day, source=FortuneResult.Source.ON_DEMAND)
+    fortunes_create(users=eligible[6:7], for_date=day, source=FortuneResult.Source.FALLBACK)
     fortunes_create(users=eligible, for_date=day + dt.timedelta(days=1))  # another night: not counted
 
     [coverage] = ops_coverage_many(dates=[day])
@@ -204,7 +205,8 @@ def test_coverage_numbers_match_the_database():
     assert coverage.eligible == len(expected_eligible)
     assert coverage.with_fortune == len(with_fortune)
     assert coverage.gap == len(expected_eligible - with_fortune)
-    assert coverage.on_demand == FortuneResult.objects.filter(for_date=day, source="on_demand").count()
+    assert coverage.on_demand == FortuneResult.objects.filter(for_date=day, source="on_demand").count() == 2
+    assert coverage.fallback == FortuneResult.objects.filter(for_date=day, source="fallback").count() == 1
     assert coverage.label == "tomorrow" and not coverage.ok
     assert coverage.command == f"python manage.py generate_daily_fortunes --date {_today().isoformat()}"
 
@@ -228,6 +230,7 @@ def test_history_sums_the_runs_of_each_night(staff_client):
                        llm_requests=2, tokens_in=100, tokens_out=200, provider="local", started_at=later,
                        heartbeat_at=later + dt.timedelta(seconds=5))
     fortunes_create(users=users_create_many(count=3, seed=1), for_date=_today(), source="on_demand")
+    fortunes_create(users=users_create_many(count=2, seed=2), for_date=_today(), source="fallback")
 
     history = ops_history(days=30)
     nights = {n.target_date: n for n in history.nights}
@@ -239,6 +242,8 @@ def test_history_sums_the_runs_of_each_night(staff_client):
         assert night.failed == sum(r.failed for r in runs)
         assert night.estimated_cost == sum(r.estimated_cost for r in runs)
         assert night.on_demand == FortuneResult.objects.filter(for_date=day, source="on_demand").count()
+        assert night.fallback == FortuneResult.objects.filter(for_date=day, source="fallback").count()
+    assert nights[_today()].fallback == 2
     tomorrow = nights[_tomorrow()]
     assert tomorrow.status == "succeeded" and tomorrow.last_run_id == extra.pk
     assert tomorrow.cost_by_path["local"] == extra.estimated_cost and set(history.paths) == {"openai", "local"}
@@ -261,7 +266,8 @@ RUN_KEYS = {
     "workers_text", "hostname", "pid", "started_at", "heartbeat_at", "finished_at", "duration_seconds",
     "duration_text", "stale", "stop_reason", "failures", "missing", "command", "related", "cost_paths",
 }
-COVERAGE_KEYS = {"for_date", "label", "eligible", "with_fortune", "gap", "ok", "percent", "on_demand", "command"}
+COVERAGE_KEYS = {"for_date", "label", "eligible", "with_fortune", "gap", "ok", "percent", "on_demand", "fallback",
+                 "command"}
 
 
 def test_status_json_shape(staff_client):
