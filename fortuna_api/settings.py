@@ -225,6 +225,9 @@ if OPENAI_ON_DEMAND_RESERVE >= 1:
         f"OPENAI_ON_DEMAND_RESERVE must be a fraction below 1 (e.g. 0.1 keeps 10% for on-demand), "
         f"got {OPENAI_ON_DEMAND_RESERVE}."
     )
+# While the shared limiter's Redis does not answer, each process limits itself to 1/N of OPENAI_RPM and
+# OPENAI_TPM: N is the larger of this and the processes seen sharing the limiter in the last minute.
+OPENAI_LIMITER_FALLBACK_PROCESSES = env_int("OPENAI_LIMITER_FALLBACK_PROCESSES", 2, min_value=1, max_value=10000)
 FORTUNE_PROVIDER = env_choice("FORTUNE_PROVIDER", "openai" if OPENAI_API_KEY else "local", ("openai", "local"))
 FORTUNE_LANGUAGE = "ko"
 FORTUNE_MAX_RETRY_AFTER = env_int("FORTUNE_MAX_RETRY_AFTER", 60, min_value=0, max_value=3600)
