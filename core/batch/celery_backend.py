@@ -554,9 +554,12 @@ class _Coordinator:
         again at each poll, as a broker down for longer would make every send wait): never raised."""
         # heartbeat_at of a queued chunk: when it was last sent (the claim timeout counts from there).
         BatchChunk.objects.filter(pk=chunk_id).update(heartbeat_at=Now())
-        if self.unsent and chunk_id not in self.unsent:
-            self.unsent[chunk_id] = index  # the broker failed moments ago: after the older ones
+        if self.unsent:
+            self.unsent.setdefault(chunk_id, index)  # the broker failed moments ago: behind the older ones
             return False
+        return self._send(chunk_id, index)
+
+    def _send(self, chunk_id: int, index: int) -> bool:
         task = _chunk_task()
         try:
             # kombu's own retry off (it waits seconds before giving up): core.resilience retries.
@@ -568,7 +571,7 @@ class _Coordinator:
                 raise
             if chunk_id not in self.unsent:
                 logger.warning("fortune batch: %s", CHUNK_SEND_FAILED.format(index=index, error=exc))
-            self.unsent[chunk_id] = index
+            self.unsent.setdefault(chunk_id, index)
             return False
         self.unsent.pop(chunk_id, None)
         BatchChunk.objects.filter(pk=chunk_id).update(dispatches=F("dispatches") + 1)
@@ -577,11 +580,10 @@ class _Coordinator:
     def _send_unsent(self) -> None:
         """The sends that failed, oldest first, while the broker takes them."""
         for chunk_id, index in list(self.unsent.items()):
-            self.unsent.pop(chunk_id)  # so _dispatch tries it rather than queue it behind itself
-            if not BatchChunk.objects.filter(pk=chunk_id, state=BatchChunk.State.QUEUED).exists():
-                continue  # cancelled meanwhile
-            if not self._dispatch(chunk_id, index):
-                self.unsent = {chunk_id: index, **self.unsent}
+            if not BatchChunk.objects.filter(pk=chunk_id, state=BatchChunk.State.QUEUED).update(heartbeat_at=Now()):
+                self.unsent.pop(chunk_id)  # cancelled meanwhile
+                continue
+            if not self._send(chunk_id, index):
                 return
 
     def _resend_unclaimed(self) -> None:
