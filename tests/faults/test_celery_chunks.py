@@ -8,6 +8,7 @@ broker (no persistence), PostgreSQL, and the stub over real HTTP.
   is re-sent or abandoned.
 """
 
+import os
 import shutil
 import threading
 import time
@@ -44,6 +45,12 @@ def own_broker_workers(uses_postgres, own_redis, openai_settings, settings, tmp_
     yield pool
     pool.stop_all()
     _use_broker("", "fortuna")
+
+
+@pytest.fixture
+def shared_broker(redis_url) -> str:
+    """The machine's broker (this test's own database on it): the fault here is the limiter's Redis."""
+    return os.environ.get("TEST_CELERY_BROKER_URL") or redis_url.rsplit("/", 1)[0] + "/9"
 
 
 def _assert_nothing_lost(*, run: BatchRun, stub) -> None:
@@ -120,3 +127,44 @@ def test_a_worker_whose_clock_is_90_s_behind_loses_no_chunk(own_broker_workers, 
     _assert_nothing_lost(run=run, stub=openai_settings)
     # Nothing re-sent or taken over needlessly: each chunk sent once, claimed once.
     assert set(BatchChunk.objects.filter(run=run).values_list("dispatches", "attempts")) == {(1, 1)}
+
+
+def test_the_limiters_redis_killed_mid_run_workers_carry_on_under_the_account_limit(
+        uses_postgres, own_redis, shared_broker, openai_settings, settings, tmp_path):
+    """Issue 17.4 on the workers' side: each worker process limits itself to its share; no chunk fails."""
+    if not uses_postgres:
+        pytest.skip("real Celery workers write concurrently with the coordinator: run with DATABASE_URL=postgres://…")
+    rpm, window = 600, 2  # 20 requests per 2 s window, configured and the stub's account
+    openai_settings.configure(latency_ms=80, account_rpm=rpm, account_window_s=window)
+    queue = f"fortuna-fault-{uuid.uuid4().hex[:8]}"
+    settings.CELERY_BROKER_URL = shared_broker
+    settings.REDIS_URL = own_redis.url()
+    _use_broker(shared_broker, queue)
+    env = {**openai_settings.env(), "DATABASE_URL": _database_url(), "DJANGO_SETTINGS_MODULE": "tests.settings",
+           "REDIS_URL": own_redis.url(), "PYTHONUNBUFFERED": "1", "OPENAI_RPM": str(rpm)}
+    workers = Workers(tmp_path=tmp_path, broker=shared_broker, queue=queue, env=env)
+    users_create_many(count=20, seed=84)
+    killed: list[int] = []
+
+    def kill_mid_run():
+        deadline = time.monotonic() + 30
+        while openai_settings.counters()["requests"] < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        killed.append(openai_settings.counters()["requests"])
+        own_redis.kill()
+
+    try:
+        for name in ("one", "two"):
+            workers.start(name, concurrency=1, inflight=INFLIGHT)
+        killer = threading.Thread(target=kill_mid_run)
+        killer.start()
+        run = celery_run(chunk_size=5, provider_name="openai", runtime=45.0)
+        killer.join(timeout=30)
+    finally:
+        workers.stop_all()
+        _use_broker("", "fortuna")
+    assert killed and killed[0] < 20, "Redis was killed after the run"
+    _assert_nothing_lost(run=run, stub=openai_settings)
+    account = openai_settings.counters()["account"]
+    assert account["rejected_429"] == 0
+    assert account["max_requests_in_window"] <= rpm * window / 60
