@@ -489,6 +489,8 @@ class RedisRateLimiter(_Limiter):
     def _fallback(self) -> RateLimiter | None:
         """The in-process limiter to use instead of Redis now, or None to ask Redis (one caller per
         probe period asks while it is down)."""
+        if self._down_since is None:
+            return None
         with self._state:
             if self._down_since is None:
                 return None

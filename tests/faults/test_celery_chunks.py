@@ -168,3 +168,46 @@ def test_the_limiters_redis_killed_mid_run_workers_carry_on_under_the_account_li
     account = openai_settings.counters()["account"]
     assert account["rejected_429"] == 0
     assert account["max_requests_in_window"] <= rpm * window / 60
+
+
+def test_rabbitmq_connections_closed_mid_run_lose_no_chunk(uses_postgres, own_rabbit_vhost, openai_settings, settings,
+                                                            tmp_path):
+    """The same night on RabbitMQ, every connection of its vhost closed (coordinator's and workers')
+    while chunks are queued and one runs."""
+    if not uses_postgres:
+        pytest.skip("real Celery workers write concurrently with the coordinator: run with DATABASE_URL=postgres://…")
+    broker = own_rabbit_vhost.url()
+    queue = f"fortuna-fault-{uuid.uuid4().hex[:8]}"
+    settings.CELERY_BROKER_URL = broker
+    settings.REDIS_URL = ""
+    settings.FORTUNE_CELERY_CLAIM_TIMEOUT = CLAIM_TIMEOUT
+    _use_broker(broker, queue)
+    openai_settings.configure(latency_ms=250)
+    users_create_many(count=24, seed=85)
+    env = {**openai_settings.env(), "DATABASE_URL": _database_url(), "DJANGO_SETTINGS_MODULE": "tests.settings",
+           "REDIS_URL": "", "PYTHONUNBUFFERED": "1"}
+    workers = Workers(tmp_path=tmp_path, broker=broker, queue=queue, env=env)
+    closed: list[int] = []
+
+    def close_once_a_chunk_runs():
+        deadline = time.monotonic() + 30
+        while not (BatchChunk.objects.filter(state=BatchChunk.State.RUNNING).exists()
+                   and BatchChunk.objects.filter(state=BatchChunk.State.QUEUED).count() >= 3):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        closed.append(1)
+        own_rabbit_vhost.close_connections()
+        connection.close()
+
+    try:
+        workers.start("rabbit", concurrency=1, inflight=INFLIGHT)
+        closer = threading.Thread(target=close_once_a_chunk_runs)
+        closer.start()
+        run = celery_run(chunk_size=4, provider_name="openai", runtime=45.0)
+        closer.join(timeout=30)
+    finally:
+        workers.stop_all()
+        _use_broker("", "fortuna")
+    assert closed, "the connections were never closed mid-run"
+    _assert_nothing_lost(run=run, stub=openai_settings)
