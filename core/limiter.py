@@ -20,12 +20,22 @@ Why hand-written rather than PyrateLimiter: its Redis buckets each check one rat
 tokens cannot be reserved together atomically, it has no way to give back the part of a token
 reservation the answer did not use, and the reserved on-demand share and the shared 429 pause would
 be extra state outside it anyway. One Lua script does all of it in one round trip.
+
+Redis is optional at run time. The Redis client gives up after REDIS_CONNECT_TIMEOUT /
+REDIS_SOCKET_TIMEOUT (not redis-py's waits), and on any RedisError the shared limiter carries on
+in-process at a conservative share of the account: 1/N of its limits, N the larger of the
+processes seen using the limiter in the last minute (counted in Redis while it answered) and
+OPENAI_LIMITER_FALLBACK_PROCESSES (what a process that never reached Redis assumes). It says so once,
+asks Redis again at most every REDIS_PROBE_SECONDS, and when Redis answers keeps honouring the
+in-process share too for a while (REJOIN_SECONDS, longer than a probe period), so processes that
+come back at different moments never add the whole shared pace to the others' share.
 """
 
 import logging
 import math
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -47,12 +57,20 @@ LEARN_SECONDS = 600.0  # how long limits learned from x-ratelimit-limit-* header
 DEFAULT_PAUSE = 1.0  # seconds everyone waits after a 429 that says nothing about when to retry
 MAX_PAUSE = 60.0  # a longer wait is a quota problem, for the retry policy to fail, not to sleep through
 REDIS_KEY = "fortuna:limiter:openai"
+REDIS_PROBE_SECONDS = 3.0  # while Redis is down, one caller asks it again at most this often
+REJOIN_SECONDS = 2 * REDIS_PROBE_SECONDS  # after Redis is back, its slots also respect the in-process share
+PEER_WINDOW = 60  # seconds: a process that reserved a slot within this is one of the account's sharers
 
 RPM_INVALID = "rpm must be a positive whole number or None/0 for no limit, got {rpm!r}."
 TPM_INVALID = "tpm must be a positive whole number or None/0 for no limit, got {tpm!r}."
 BURST_INVALID = "burst must be at least 1, got {burst!r}."
 RESERVE_INVALID = "reserve must be a fraction within 0 ≤ reserve < 1, got {reserve!r}."
 LANE_INVALID = "lane must be one of {lanes}, got {lane!r}."
+LIMITER_REDIS_DOWN = (
+    "the account limiter's Redis does not answer ({error}); limiting in-process at 1/{share} of the account's "
+    "limits ({rpm} RPM, {tpm} TPM) until it does"
+)
+LIMITER_REDIS_BACK = "the account limiter's Redis answers again after {seconds:.1f} s: back to the shared limit"
 ON_DEMAND_NO_SLOT = "no slot under the account's rate limit within the request's time budget"
 LIMITER_NEEDS_REDIS = (
     "A limit shared by several processes needs Redis: set REDIS_URL (the shared cache's server), "
@@ -161,6 +179,7 @@ class _Limiter:
             max_wait = None if deadline is None else deadline - self._clock()
             if max_wait is not None and max_wait < 0:
                 return None
+            epoch = self._epoch()
             granted = self._reserve(lane=lane, tokens=tokens, max_wait=max_wait)
             if granted is None:
                 return None
@@ -172,10 +191,11 @@ class _Limiter:
                     return None
             else:
                 self._sleep(wait)
-            if self._pause_left() <= 0:
+            if self._pause_left() <= 0 and self._epoch() == epoch:
                 return charged
-            # A 429 seen by anyone while we waited: our slot was planned at the old pace. Take a new one
-            # after the pause, at the pace learned since, or every waiter would hit the account at once.
+            # A 429 seen by anyone while we waited, or the limiter moved between Redis and in-process: our
+            # slot was planned at the old pace. Take a new one after the pause, at the pace in force now,
+            # or every waiter would hit the account at once.
 
     def reconcile(self, *, lane: str, reserved: int, used: int) -> None:
         """Correct a lane's token account once the answer reports what the request really used."""
@@ -193,6 +213,10 @@ class _Limiter:
         return learned
 
     # --- the backend's part -----------------------------------------------------------------
+    def _epoch(self) -> int:
+        """Changes when the backend's pace changes under a waiter (the shared limiter's fallback)."""
+        return 0
+
     def _reserve(self, *, lane: str, tokens: int, max_wait: float | None) -> tuple[str, float] | None:
         raise NotImplementedError
 
@@ -305,6 +329,11 @@ local rpm, tpm, burst, reserve = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(
 local ttl = tonumber(ARGV[8])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+-- The processes sharing the account (what each takes a share of if Redis goes away).
+redis.call('ZADD', KEYS[2], now, ARGV[9])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[10]))
+redis.call('EXPIRE', KEYS[2], ttl)
+local peers = redis.call('ZCARD', KEYS[2])
 local s = redis.call('HMGET', key, 'rb', 'tb', 'ro', 'to', 'pause', 'lrpm', 'ltpm', 'luntil')
 local pause = tonumber(s[5]) or 0
 if (tonumber(s[8]) or 0) > now then
@@ -315,8 +344,8 @@ end
 local function fmt(x) return string.format('%.6f', x) end
 if rpm == 0 and tpm == 0 then
   local start = math.max(now, pause)
-  if max_wait >= 0 and start - now > max_wait then return {'', '-1'} end
-  return {lane, fmt(start - now)}
+  if max_wait >= 0 and start - now > max_wait then return {'', '-1', peers} end
+  return {lane, fmt(start - now), peers}
 end
 local function intervals(l)
   local share = reserve
@@ -342,14 +371,14 @@ if lane == 'o' and start > now then
   local borrowed = slot('b')
   if borrowed <= now then lane, start = 'b', borrowed end
 end
-if max_wait >= 0 and start - now > max_wait then return {'', '-1'} end
+if max_wait >= 0 and start - now > max_wait then return {'', '-1', peers} end
 local ri, ti = intervals(lane)
 local rt, tt = tats(lane)
 local fields = {}
 if lane == 'b' then fields = {'rb', 'tb'} else fields = {'ro', 'to'} end
 redis.call('HSET', key, fields[1], fmt(math.max(rt, start) + ri), fields[2], fmt(math.max(tt, start) + tokens * ti))
 redis.call('EXPIRE', key, ttl)
-return {lane, fmt(start - now)}
+return {lane, fmt(start - now), peers}
 """
 
 _ADJUST_LUA = """
@@ -400,7 +429,8 @@ return string.format('%.6f', math.max(0, pause - now))
 
 
 class RedisRateLimiter(_Limiter):
-    """The shared backend: RateLimiter's algorithm in Redis, one Lua call per acquisition."""
+    """The shared backend: RateLimiter's algorithm in Redis, one Lua call per acquisition; in-process at
+    a share of the limits while Redis does not answer (the module's docstring says which and why)."""
 
     STATE_TTL = 3600  # seconds: an idle limiter's state expires (nothing to remember after a minute)
 
@@ -413,6 +443,8 @@ class RedisRateLimiter(_Limiter):
         burst: int = 1,
         reserve: float = 0.0,
         key: str = REDIS_KEY,
+        fallback_processes: int | None = None,
+        probe_seconds: float = REDIS_PROBE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] = time.sleep,
     ) -> None:
@@ -420,38 +452,159 @@ class RedisRateLimiter(_Limiter):
 
         super().__init__(rpm, tpm=tpm, burst=burst, reserve=reserve, clock=clock, sleep=sleep)
         self.key = key
+        self.peers_key = f"{key}:peers"
+        self.peer = f"{socket.gethostname()}:{os.getpid()}"
+        connect, read = settings.REDIS_CONNECT_TIMEOUT, settings.REDIS_SOCKET_TIMEOUT
         # Hundreds of threads share one limiter and each call is one short script: a thread waits for a
-        # free connection (a blocking pool) rather than fail at redis-py's default cap of 100.
-        pool = redis.BlockingConnectionPool.from_url(url, max_connections=REDIS_POOL_SIZE, timeout=5, socket_timeout=5,
-                                                     socket_connect_timeout=5, health_check_interval=30)
+        # free connection (a blocking pool) rather than fail at redis-py's default cap of 100, but no
+        # longer than a call to a frozen Redis may take. No retry inside redis-py: the fallback is ours.
+        pool = redis.BlockingConnectionPool.from_url(url, max_connections=REDIS_POOL_SIZE, timeout=connect + read,
+                                                     socket_timeout=read, socket_connect_timeout=connect,
+                                                     health_check_interval=30)
         self.redis = redis.Redis(connection_pool=pool)
         self._reserve_script = self.redis.register_script(_RESERVE_LUA)
         self._adjust_script = self.redis.register_script(_ADJUST_LUA)
         self._learn_script = self.redis.register_script(_LEARN_LUA)
         self._pause_script = self.redis.register_script(_PAUSE_LUA)
+        self.fallback_processes = max(1, int(
+            settings.OPENAI_LIMITER_FALLBACK_PROCESSES if fallback_processes is None else fallback_processes))
+        self.probe_seconds = probe_seconds
+        self._state = threading.Lock()
+        self._local: RateLimiter | None = None  # while Redis is down, and for REJOIN_SECONDS after
+        self._down_since: float | None = None
+        self._probe_at = 0.0
+        self._rejoin_until = 0.0
+        self._peers = 1  # processes that shared the account at the last answer
+        self._switches = 0
+
+    # --- Redis, or the in-process share while it does not answer ------------------------------
+    @property
+    def degraded(self) -> bool:
+        """True while this process limits itself in-process because Redis did not answer."""
+        return self._down_since is not None
+
+    def _epoch(self) -> int:
+        return self._switches
+
+    def _fallback(self) -> RateLimiter | None:
+        """The in-process limiter to use instead of Redis now, or None to ask Redis (one caller per
+        probe period asks while it is down)."""
+        if self._down_since is None:
+            return None
+        with self._state:
+            if self._down_since is None:
+                return None
+            now = self._clock()
+            if now < self._probe_at:
+                return self._local
+            self._probe_at = now + self.probe_seconds
+            return None
+
+    def _went_down(self, error: Exception) -> RateLimiter:
+        with self._state:
+            now = self._clock()
+            self._probe_at = now + self.probe_seconds
+            if self._down_since is None:
+                share = max(self._peers, self.fallback_processes)
+                rpm = max(1, self.rpm // share) if self.rpm else None
+                tpm = max(1, self.tpm // share) if self.tpm else None
+                self._local = RateLimiter(rpm, tpm=tpm, burst=self.burst, reserve=self.reserve, clock=self._clock,
+                                          sleep=self._sleep)
+                self._down_since = now
+                self._switches += 1
+                logger.warning("fortune limiter: %s", LIMITER_REDIS_DOWN.format(
+                    error=str(error) or type(error).__name__, share=share, rpm=rpm or "no", tpm=tpm or "no"))
+            return self._local
+
+    def _answered(self) -> RateLimiter | None:
+        """Redis answered: back to it if it was down. The in-process limiter while rejoining, else None."""
+        if self._down_since is None and self._local is None:
+            return None
+        with self._state:
+            now = self._clock()
+            if self._down_since is not None:
+                logger.warning("fortune limiter: %s", LIMITER_REDIS_BACK.format(seconds=now - self._down_since))
+                self._down_since = None
+                self._rejoin_until = now + REJOIN_SECONDS
+                self._switches += 1
+            if now >= self._rejoin_until:
+                self._local = None
+            return self._local
 
     def _reserve(self, *, lane: str, tokens: int, max_wait: float | None) -> tuple[str, float] | None:
-        charged, wait = self._reserve_script(keys=[self.key], args=[
-            lane, tokens, -1 if max_wait is None else f"{max_wait:.6f}", self.rpm or 0, self.tpm or 0, self.burst,
-            f"{self.reserve:.6f}", self.STATE_TTL,
-        ])
+        from redis.exceptions import RedisError
+
+        local = self._fallback()
+        if local is not None:
+            return local._reserve(lane=lane, tokens=tokens, max_wait=max_wait)
+        try:
+            charged, wait, peers = self._reserve_script(keys=[self.key, self.peers_key], args=[
+                lane, tokens, -1 if max_wait is None else f"{max_wait:.6f}", self.rpm or 0, self.tpm or 0,
+                self.burst, f"{self.reserve:.6f}", self.STATE_TTL, self.peer, PEER_WINDOW,
+            ])
+        except RedisError as exc:
+            return self._went_down(exc)._reserve(lane=lane, tokens=tokens, max_wait=max_wait)
+        self._peers = int(peers)
         wait = float(wait)
         if wait < 0:
             return None
-        return charged.decode() if isinstance(charged, bytes) else charged, wait
+        charged = charged.decode() if isinstance(charged, bytes) else charged
+        rejoining = self._answered()
+        if rejoining is not None:
+            # Peers may still be in-process: this process keeps to its share as well for a while.
+            local = rejoining._reserve(lane=charged, tokens=tokens, max_wait=max_wait)
+            if local is None:
+                return None
+            wait = max(wait, local[1])
+        return charged, wait
 
     def _pause_left(self) -> float:
-        return float(self._pause_script(keys=[self.key]))
+        from redis.exceptions import RedisError
+
+        local = self._fallback()
+        if local is not None:
+            return local._pause_left()
+        try:
+            left = float(self._pause_script(keys=[self.key]))
+        except RedisError as exc:
+            return self._went_down(exc)._pause_left()
+        rejoining = self._answered()
+        return left if rejoining is None else max(left, rejoining._pause_left())
 
     def _adjust(self, *, lane: str, tokens: int) -> None:
-        self._adjust_script(keys=[self.key], args=[lane, tokens, self.tpm or 0, f"{self.reserve:.6f}"])
+        from redis.exceptions import RedisError
+
+        local = self._fallback()
+        if local is not None:
+            local._adjust(lane=lane, tokens=tokens)
+            return
+        try:
+            self._adjust_script(keys=[self.key], args=[lane, tokens, self.tpm or 0, f"{self.reserve:.6f}"])
+        except RedisError as exc:
+            self._went_down(exc)  # a reservation Redis held is gone with it: nothing to correct
+            return
+        self._answered()
 
     def _learn(self, *, pause: float, rpm: int | None, tpm: int | None) -> None:
-        self._learn_script(keys=[self.key], args=[f"{pause:.6f}", rpm or 0, tpm or 0, LEARN_SECONDS, self.STATE_TTL])
+        from redis.exceptions import RedisError
+
+        local = self._fallback()
+        if local is not None:
+            local._learn(pause=pause, rpm=rpm, tpm=tpm)
+            return
+        try:
+            self._learn_script(keys=[self.key],
+                               args=[f"{pause:.6f}", rpm or 0, tpm or 0, LEARN_SECONDS, self.STATE_TTL])
+        except RedisError as exc:
+            self._went_down(exc)._learn(pause=pause, rpm=rpm, tpm=tpm)
+            return
+        rejoining = self._answered()
+        if rejoining is not None:
+            rejoining._learn(pause=pause, rpm=rpm, tpm=tpm)
 
     def clear(self) -> None:
         """Forget the shared state (tests, or after changing the account's limits)."""
-        self.redis.delete(self.key)
+        self.redis.delete(self.key, self.peers_key)
 
     def close(self) -> None:
         self.redis.close()
@@ -487,7 +640,7 @@ def account_limiter_cached(*, rpm: int | None = None, tpm: int | None = None) ->
     worker's chunks, the web's on-demand requests) share, so a process keeps one Redis connection pool
     and one in-process schedule. Made again after a fork and when the settings change (tests)."""
     key = (os.getpid(), rpm, tpm, settings.OPENAI_RPM, settings.OPENAI_TPM, settings.REDIS_URL,
-           settings.OPENAI_ON_DEMAND_RESERVE)
+           settings.OPENAI_ON_DEMAND_RESERVE, settings.OPENAI_LIMITER_FALLBACK_PROCESSES)
     with _cached_lock:
         limiter = _cached.get(key)
         if limiter is None:

@@ -425,3 +425,25 @@ def account_generate(
     tokens = estimated_tokens(inp) if limiter.tpm is not None or isinstance(limiter, RedisRateLimiter) else 0
     call = AccountCall(limiter=limiter, provider=provider, lane=lane, tokens=tokens)
     return generate_with_retries(provider=call, inp=inp, policy=policy, limiter=call, stop=stop, deadline=deadline)
+
+
+# --- messages to a broker -----------------------------------------------------------------------
+
+SEND_POLICY = RetryPolicy(max_attempts=3, max_retry_after=0.0, base_delay=0.2, max_delay=1.0)
+
+
+def send_with_retries(
+    send: Callable[[], object],
+    *,
+    retryable: Callable[[BaseException], bool],
+    policy: RetryPolicy = SEND_POLICY,
+    sleep: Callable[[float], object] = time.sleep,
+) -> object:
+    """One message to a broker: a few quick attempts with full-jitter backoff while `retryable(exc)`
+    (a broker restarting answers within a second or two); the last exception is raised, for the caller
+    to leave the message for a later re-send rather than wait here."""
+    loop = retrying(policy=policy, retryable=retryable, retry_after=lambda exc: None, sleep=sleep,
+                    describe=lambda exc: f"{type(exc).__name__}: {exc}",
+                    on_retry=lambda attempt, exc, delay: logger.info(
+                        "broker send: attempt %d failed (%s), retrying in %.2f s", attempt, exc, delay))
+    return loop(send)

@@ -265,6 +265,9 @@ if OPENAI_ON_DEMAND_RESERVE >= 1:
         f"OPENAI_ON_DEMAND_RESERVE must be a fraction below 1 (e.g. 0.1 keeps 10% for on-demand), "
         f"got {OPENAI_ON_DEMAND_RESERVE}."
     )
+# While the shared limiter's Redis does not answer, each process limits itself to 1/N of OPENAI_RPM and
+# OPENAI_TPM: N is the larger of this and the processes seen sharing the limiter in the last minute.
+OPENAI_LIMITER_FALLBACK_PROCESSES = env_int("OPENAI_LIMITER_FALLBACK_PROCESSES", 2, min_value=1, max_value=10000)
 FORTUNE_PROVIDER = env_choice("FORTUNE_PROVIDER", "openai" if OPENAI_API_KEY else "local", ("openai", "local"))
 FORTUNE_LANGUAGE = "ko"
 FORTUNE_MAX_RETRY_AFTER = env_int("FORTUNE_MAX_RETRY_AFTER", 60, min_value=0, max_value=3600)
@@ -331,7 +334,17 @@ FORTUNE_CELERY_INFLIGHT = env_int("FORTUNE_CELERY_INFLIGHT", 64, min_value=1, ma
 # Redis re-delivers a message unacknowledged for this long. Longer than a chunk takes (chunk size /
 # in flight × latency × attempts); a re-delivered chunk whose worker still heartbeats is skipped.
 FORTUNE_CELERY_VISIBILITY_TIMEOUT = env_int("FORTUNE_CELERY_VISIBILITY_TIMEOUT", 900, min_value=60, max_value=43200)
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": FORTUNE_CELERY_VISIBILITY_TIMEOUT}
+# A dead or frozen Redis broker fails a send (or a connect) after REDIS_*_TIMEOUT, not kombu's default
+# wait forever; the coordinator retries it and re-sends what no worker claimed (FORTUNE_CELERY_CLAIM_TIMEOUT).
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": FORTUNE_CELERY_VISIBILITY_TIMEOUT,
+    "socket_timeout": REDIS_SOCKET_TIMEOUT,
+    "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+}
+# A chunk no worker claimed this many seconds after it was sent is sent again (its message was lost:
+# a broker restarted without persistence, a send that failed); then after twice as long, and so on, so
+# chunks that only wait behind busy workers are not sent over and over.
+FORTUNE_CELERY_CLAIM_TIMEOUT = env_int("FORTUNE_CELERY_CLAIM_TIMEOUT", 60, min_value=1, max_value=3600)
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()

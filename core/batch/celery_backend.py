@@ -14,6 +14,13 @@ generate and store them, and the database says what is done.
   on the task's thread, so DB connections scale with chunk slots, not with calls in flight.
   Threads rather than AsyncOpenAI: the sync provider and retry module serve both backends, and
   threads cost less client CPU per request at 256 in flight (bench/scale.py --clients-only).
+
+Every time compared across processes (heartbeats, claims, stale cut-offs, the chunks' deadline) is
+the database's clock (Now() in the queries), never a process's: a worker whose clock is off by
+minutes still heartbeats "now". A chunk nobody claimed within FORTUNE_CELERY_CLAIM_TIMEOUT of its
+send is sent again (its message was lost), backing off for chunks that merely wait behind busy
+workers; a send that fails is retried (core.resilience) and otherwise left for the next poll, never
+raised. A chunk whose task fails stops its own calls still queued or waiting for a slot.
 """
 
 import datetime as dt
@@ -29,8 +36,10 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, Count, F, Q, Value, When
+from django.db.models import Case, Count, DurationField, ExpressionWrapper, F, Q, Value, When
+from django.db.models.functions import Now
 from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerOperationalError
 
 from core.batch.dates import BatchTarget
 from core.batch.guards import StopGuards, StopToken
@@ -45,7 +54,7 @@ from core.fortunes.pricing import PathUsage, Tier, cost_estimate
 from core.fortunes.providers import Provider, ProviderError, get_provider
 from core.limiter import LIMITER_NEEDS_REDIS, account_limiter_cached
 from core.models import BatchChunk, BatchRun
-from core.resilience import Attempted, RetryPolicy, account_generate, is_transient
+from core.resilience import Attempted, RetryPolicy, account_generate, is_transient, send_with_retries
 from fortuna_api.celery import BROKER_NOT_CONFIGURED, app
 
 logger = logging.getLogger("fortuna.batch")
@@ -65,8 +74,21 @@ BROKER_UNAVAILABLE = (
 NO_WORKER_NOTE = "no celery worker answered a ping at the start: chunks wait in the queue until one starts"
 CHUNK_REDISPATCHED = "chunk {index} re-dispatched: its worker's heartbeat is {age:.0f} s old"
 CHUNK_ABANDONED = "chunk {index} abandoned after {attempts} workers took it and went silent"
+CHUNK_RESENT = "chunk {index} sent again: no worker claimed it {age:.0f} s after it was sent (its message was lost?)"
+CHUNK_SEND_FAILED = "chunk {index} could not be sent to the broker ({error}); it is sent again at the next poll"
+MAX_RESEND_BACKOFF = 5  # a chunk still unclaimed is sent again after the claim timeout × 2^(sends − 1), up to 2^this
 MAX_CHUNK_ATTEMPTS = 5
 PAYLOAD_HASH_MISMATCH = "chunk {chunk_id}: an input's hash changed since planning ({expected} != {actual})"
+
+
+def _seconds_since(field: str) -> ExpressionWrapper:
+    """Seconds (a timedelta) from a datetime column to the database's now."""
+    return ExpressionWrapper(Now() - F(field), output_field=DurationField())
+
+
+def _ago(seconds: float):
+    """The database's now, less `seconds`: a cut-off on the same clock as every heartbeat."""
+    return Now() - dt.timedelta(seconds=seconds)
 
 
 def _redacted(url: str) -> str:
@@ -102,6 +124,12 @@ def celery_backend_check(*, rpm: int | None = None, tpm: int | None = None, time
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, timeout=timeout)
     except Exception as exc:  # kombu raises the transport's own errors (redis, amqp, socket)
         raise CeleryBackendUnavailable(BROKER_UNAVAILABLE.format(url=_redacted(url), error=exc)) from exc
+
+
+def _broker_error(exc: BaseException) -> bool:
+    """A broker that is down, restarting or not answering (kombu wraps the transport's errors)."""
+    return isinstance(exc, (BrokerOperationalError, ConnectionError, TimeoutError, OSError)) or isinstance(
+        exc, app.connection_for_write().connection_errors)
 
 
 def chunk_size_check(value: int) -> int:
@@ -191,11 +219,10 @@ def _worker_name() -> str:
 
 def batch_chunk_claim(*, chunk_id: int, worker: str, stale_seconds: float) -> bool:
     """Take the chunk if it is queued, or running with a stale heartbeat (its worker died)."""
-    now = timezone.now()
-    stale = now - dt.timedelta(seconds=stale_seconds)
     return bool(BatchChunk.objects.filter(
-        Q(state=BatchChunk.State.QUEUED) | Q(state=BatchChunk.State.RUNNING, heartbeat_at__lt=stale), pk=chunk_id,
-    ).update(state=BatchChunk.State.RUNNING, worker=worker, heartbeat_at=now, attempts=F("attempts") + 1))
+        Q(state=BatchChunk.State.QUEUED) | Q(state=BatchChunk.State.RUNNING, heartbeat_at__lt=_ago(stale_seconds)),
+        pk=chunk_id,
+    ).update(state=BatchChunk.State.RUNNING, worker=worker, heartbeat_at=Now(), attempts=F("attempts") + 1))
 
 
 class _ChunkWorker:
@@ -210,8 +237,10 @@ class _ChunkWorker:
         self.policy = RetryPolicy.from_settings(max_attempts=max_attempts)
         self.stop = threading.Event()
         self.report = ChunkReport(chunk_id=chunk.pk)
-        remaining = (chunk.deadline_at - timezone.now()).total_seconds() if chunk.deadline_at else None
-        self.deadline = None if remaining is None else time.monotonic() + remaining
+        left = BatchChunk.objects.filter(pk=chunk.pk).annotate(
+            left=ExpressionWrapper(F("deadline_at") - Now(), output_field=DurationField()))
+        remaining = left.values_list("left", flat=True).get() if chunk.deadline_at else None
+        self.deadline = None if remaining is None else time.monotonic() + remaining.total_seconds()
         # Counted into the run when the chunk finishes, so a dead worker's failures are not counted
         # twice when its chunk is re-dispatched (the inputs are asked again).
         self.failures: list[dict] = []
@@ -220,6 +249,15 @@ class _ChunkWorker:
         self.last_heartbeat = time.monotonic()
 
     def execute(self) -> ChunkReport:
+        try:
+            return self._execute()
+        except BaseException:
+            # The task fails (and is re-dispatched later): its calls still queued or waiting for a slot
+            # must not go on spending requests whose answers nobody will store.
+            self.stop.set()
+            raise
+
+    def _execute(self) -> ChunkReport:
         chunk = self.chunk
         jobs: dict[str, tuple[GenerationInput, list[int]]] = {}
         for row in chunk.payload["inputs"]:
@@ -337,13 +375,13 @@ class _ChunkWorker:
         self.report.stored_users += stored
         self.report.requests += requests
         BatchChunk.objects.filter(pk=self.chunk.pk, worker=self.worker).update(
-            stored_inputs=F("stored_inputs") + len(items), heartbeat_at=timezone.now())
+            stored_inputs=F("stored_inputs") + len(items), heartbeat_at=Now())
 
     def _heartbeat(self) -> None:
         """Tell the coordinator we live; stop if the chunk was cancelled or taken over."""
         self.last_heartbeat = time.monotonic()
         alive = BatchChunk.objects.filter(pk=self.chunk.pk, worker=self.worker, state=BatchChunk.State.RUNNING).update(
-            heartbeat_at=timezone.now())
+            heartbeat_at=Now())
         if not alive and not self.stop.is_set():
             logger.warning("fortune chunk %s: cancelled or taken over; stopping", self.chunk.pk)
             self.stop.set()
@@ -359,7 +397,7 @@ class _ChunkWorker:
             mine = BatchChunk.objects.filter(pk=self.chunk.pk, worker=self.worker).update(
                 state=Case(When(state=BatchChunk.State.CANCELLED, then=Value(BatchChunk.State.CANCELLED)),
                            default=Value(state)),
-                finished_at=timezone.now(), heartbeat_at=timezone.now(), failed_users=self.failed_users,
+                finished_at=Now(), heartbeat_at=Now(), failed_users=self.failed_users,
                 failure_sample=self.failures, retry_inputs=self.retry_rows)
             if mine and self.failed_users:
                 BatchRun.objects.filter(pk=self.run.pk).update(failed=F("failed") + self.failed_users)
@@ -430,7 +468,11 @@ class _Coordinator:
         # database) and the provider-down streak (from the finished chunks' failures).
         self.guards = StopGuards(stop=stop, deadline=deadline, max_runtime_minutes=options.max_runtime_minutes,
                                  budget=Decimal(budget or 0), model=provider.model)
-        self.deadline_at = timezone.now() + dt.timedelta(seconds=max(0.0, deadline - time.monotonic()))
+        # On the database's clock, which the workers compare it with.
+        db_now = BatchRun.objects.filter(pk=run.pk).annotate(db_now=Now()).values_list("db_now", flat=True).get()
+        self.deadline_at = db_now + dt.timedelta(seconds=max(0.0, deadline - time.monotonic()))
+        self.claim_timeout = float(settings.FORTUNE_CELERY_CLAIM_TIMEOUT)
+        self.unsent: dict[int, int] = {}  # chunk id -> index: sends that failed, tried again at each poll
         self.task_kwargs = {"stale_seconds": stale_seconds, "rpm": options.rpm, "tpm": options.tpm,
                             "max_attempts": options.max_attempts}
         self.progress: ProgressReporter | None = None
@@ -441,7 +483,7 @@ class _Coordinator:
         counts = batch_plan_counts(target_date=target.target_date, user_id=self.options.user_id)
         total = counts.eligible if self.replace else counts.eligible - counts.already_present
         BatchRun.objects.filter(pk=run.pk).update(eligible=counts.eligible, already_present=counts.already_present,
-                                                  heartbeat_at=timezone.now())
+                                                  heartbeat_at=Now())
         run.eligible, run.already_present = counts.eligible, counts.already_present
         self.progress = ProgressReporter(
             total=total, stream=self.options.progress_stream, is_tty=self.options.progress_is_tty,
@@ -509,12 +551,58 @@ class _Coordinator:
         plan.inputs += len(plan.buffer)
         plan.chunks += 1
         plan.buffer, plan.buffer_users = [], 0
-        self._dispatch(chunk.pk)
+        self._dispatch(chunk.pk, chunk.index)
 
-    def _dispatch(self, chunk_id: int) -> None:
+    def _dispatch(self, chunk_id: int, index: int) -> bool:
+        """Send the chunk's task. A broker that fails past the retries leaves it in self.unsent (tried
+        again at each poll, as a broker down for longer would make every send wait): never raised."""
+        # heartbeat_at of a queued chunk: when it was last sent (the claim timeout counts from there).
+        BatchChunk.objects.filter(pk=chunk_id).update(heartbeat_at=Now())
+        if self.unsent:
+            self.unsent.setdefault(chunk_id, index)  # the broker failed moments ago: behind the older ones
+            return False
+        return self._send(chunk_id, index)
 
+    def _send(self, chunk_id: int, index: int) -> bool:
+        task = _chunk_task()
+        try:
+            # kombu's own retry off (it waits seconds before giving up): core.resilience retries.
+            send_with_retries(lambda: task.apply_async(kwargs={"chunk_id": chunk_id, **self.task_kwargs},
+                                                       retry=True, retry_policy={"max_retries": 0}),
+                              retryable=_broker_error)
+        except Exception as exc:
+            if not _broker_error(exc):
+                raise
+            if chunk_id not in self.unsent:
+                logger.warning("fortune batch: %s", CHUNK_SEND_FAILED.format(index=index, error=exc))
+            self.unsent.setdefault(chunk_id, index)
+            return False
+        self.unsent.pop(chunk_id, None)
         BatchChunk.objects.filter(pk=chunk_id).update(dispatches=F("dispatches") + 1)
-        _chunk_task().apply_async(kwargs={"chunk_id": chunk_id, **self.task_kwargs})
+        return True
+
+    def _send_unsent(self) -> None:
+        """The sends that failed, oldest first, while the broker takes them."""
+        for chunk_id, index in list(self.unsent.items()):
+            if not BatchChunk.objects.filter(pk=chunk_id, state=BatchChunk.State.QUEUED).update(heartbeat_at=Now()):
+                self.unsent.pop(chunk_id)  # cancelled meanwhile
+                continue
+            if not self._send(chunk_id, index):
+                return
+
+    def _resend_unclaimed(self) -> None:
+        """Queued chunks no worker claimed within the claim timeout of their send: sent again, the next
+        time after twice as long (a chunk waiting behind busy workers is not sent over and over)."""
+        overdue = (BatchChunk.objects.filter(run=self.run, state=BatchChunk.State.QUEUED,
+                                             heartbeat_at__lt=_ago(self.claim_timeout))
+                   .exclude(pk__in=list(self.unsent)).annotate(age=_seconds_since("heartbeat_at"))
+                   .values_list("pk", "index", "dispatches", "age"))
+        for chunk_id, index, dispatches, age in overdue:
+            wait = self.claim_timeout * 2 ** min(max(dispatches - 1, 0), MAX_RESEND_BACKOFF)
+            if age.total_seconds() < wait:
+                continue
+            logger.warning("fortune batch: %s", CHUNK_RESENT.format(index=index, age=age.total_seconds()))
+            self._dispatch(chunk_id, index)
 
     def _workers_answer(self) -> bool:
 
@@ -578,25 +666,27 @@ class _Coordinator:
         if not force and now - self.last_poll < self.poll_seconds:
             return True
         self.last_poll = now
-        cutoff = timezone.now() - dt.timedelta(seconds=self.stale_seconds)
-        stale = list(BatchChunk.objects.filter(run=self.run, state=BatchChunk.State.RUNNING, heartbeat_at__lt=cutoff)
-                     .values_list("pk", "index", "heartbeat_at", "attempts"))
-        for chunk_id, index, heartbeat_at, attempts in stale:
+        self._send_unsent()
+        stale = list(BatchChunk.objects.filter(run=self.run, state=BatchChunk.State.RUNNING,
+                                               heartbeat_at__lt=_ago(self.stale_seconds))
+                     .annotate(age=_seconds_since("heartbeat_at"))
+                     .values_list("pk", "index", "heartbeat_at", "attempts", "age"))
+        for chunk_id, index, heartbeat_at, attempts, age in stale:
             if attempts >= MAX_CHUNK_ATTEMPTS:
                 # A chunk that kills or crashes every worker that takes it: give up on it, not on the night.
                 BatchChunk.objects.filter(pk=chunk_id, state=BatchChunk.State.RUNNING).update(
-                    state=BatchChunk.State.CANCELLED, finished_at=timezone.now())
+                    state=BatchChunk.State.CANCELLED, finished_at=Now())
                 self._note(CHUNK_ABANDONED.format(index=index, attempts=attempts))
                 logger.error("fortune batch: %s", CHUNK_ABANDONED.format(index=index, attempts=attempts))
                 continue
             requeued = BatchChunk.objects.filter(pk=chunk_id, state=BatchChunk.State.RUNNING,
                                                  heartbeat_at=heartbeat_at).update(state=BatchChunk.State.QUEUED)
             if requeued:
-                age = (timezone.now() - heartbeat_at).total_seconds()
-                logger.warning("fortune batch: %s", CHUNK_REDISPATCHED.format(index=index, age=age))
-                self._dispatch(chunk_id)
+                logger.warning("fortune batch: %s", CHUNK_REDISPATCHED.format(index=index, age=age.total_seconds()))
+                self._dispatch(chunk_id, index)
+        self._resend_unclaimed()
         self._check_provider()
-        BatchRun.objects.filter(pk=self.run.pk).update(heartbeat_at=timezone.now())
+        BatchRun.objects.filter(pk=self.run.pk).update(heartbeat_at=Now())
         done, failed = BatchRun.objects.filter(pk=self.run.pk).values_list("generated", "failed").get()
         self.progress.update(done=done, failed=failed)
         return BatchChunk.objects.filter(run=self.run).exclude(
@@ -622,12 +712,12 @@ class _Coordinator:
         """Stop the run's open chunks: queued ones are never started, running ones stop at their next
         heartbeat (what they generated is stored). Waits up to CANCEL_GRACE_SECONDS for them."""
         BatchChunk.objects.filter(run=self.run, state__in=[BatchChunk.State.QUEUED, BatchChunk.State.RUNNING]).update(
-            state=BatchChunk.State.CANCELLED, finished_at=timezone.now())
+            state=BatchChunk.State.CANCELLED, finished_at=Now())
+        self.unsent.clear()
         grace_end = time.monotonic() + min(CANCEL_GRACE_SECONDS, self.options.grace_seconds)
         while time.monotonic() < grace_end:
-            cutoff = timezone.now() - dt.timedelta(seconds=FLUSH_SECONDS * 2)
             if not BatchChunk.objects.filter(run=self.run, state=BatchChunk.State.CANCELLED,
-                                             heartbeat_at__gt=cutoff).exists():
+                                             heartbeat_at__gt=_ago(FLUSH_SECONDS * 2)).exists():
                 break
             time.sleep(0.2)
 

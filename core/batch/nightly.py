@@ -18,7 +18,6 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.utils import timezone
-from redis.exceptions import RedisError
 
 from core.batch.batch_ahead import batch_ahead_check, batch_ahead_plan, night_hooks
 from core.batch.dates import BatchTarget, batch_lock_dates, batch_targets, batch_today, database_today
@@ -40,7 +39,7 @@ from core.fortunes.inputs import GenerationInput
 from core.fortunes.pricing import PriceUnknown, Tier, cost_estimate, price_get
 from core.fortunes.prompt import estimate_tokens
 from core.fortunes.providers import Provider, ProviderConfigError, get_provider
-from core.limiter import RedisRateLimiter, account_limiter
+from core.limiter import account_limiter
 from core.models import BatchRun
 from core.resilience import RetryPolicy, account_generate
 from core.services.natal import users_refresh_natal
@@ -49,7 +48,6 @@ logger = logging.getLogger("fortuna.batch")
 
 NOTE_CATCH_UP = "catch-up: no successful run for {target_date} (missed night or a start after KST midnight)"
 NOTE_INLINE = "local provider: generated inline on the main thread (no network, so no thread pool)"
-LIMITER_NOT_SHARED = "the account limiter's Redis does not answer ({error}): this run limits itself in-process"
 NOTE_NATAL_FAILED = "natal refresh failed ({error}); users without pillars are counted failed"
 
 BackendFactory = Callable[..., GenerationBackend]  # (*, provider, options, guards) -> backend
@@ -63,13 +61,8 @@ def generation_backend(*, provider: Provider, options: BatchOptions, guards: Sto
     if provider.name == "local":
         return InlineBackend(provider=provider)
     policy = RetryPolicy.from_settings(max_attempts=options.max_attempts)
+    # A Redis down at the start or later: the limiter carries on in-process at its share of the account.
     limiter = account_limiter(rpm=options.rpm, tpm=options.tpm)
-    if isinstance(limiter, RedisRateLimiter):
-        try:
-            limiter.redis.ping()
-        except RedisError as exc:  # the night must not depend on the cache's server being up
-            logger.warning("fortune batch: %s", LIMITER_NOT_SHARED.format(error=exc))
-            limiter = account_limiter(rpm=options.rpm, tpm=options.tpm, shared=False)
 
     def call(inp: GenerationInput):
         return account_generate(provider=provider, inp=inp, policy=policy, limiter=limiter,

@@ -75,10 +75,12 @@ class Workers:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, *, pool: str = "threads", concurrency: int = 1, inflight: int = 4,
-              **env: str) -> subprocess.Popen:
+              prefix: tuple[str, ...] = (), **env: str) -> subprocess.Popen:
+        """`prefix`: a command the worker runs under (e.g. faketime)."""
         node = f"{name}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
-        argv = [sys.executable, "-m", "celery", "-A", "fortuna_api", "worker", "-P", pool, "-c", str(concurrency),
-                "--without-heartbeat", "--without-gossip", "--without-mingle", "-n", node, "--loglevel", "INFO"]
+        argv = [*prefix, sys.executable, "-m", "celery", "-A", "fortuna_api", "worker", "-P", pool,
+                "-c", str(concurrency), "--without-heartbeat", "--without-gossip", "--without-mingle", "-n", node,
+                "--loglevel", "INFO"]
         full_env = {**os.environ, **self.env, "CELERY_BROKER_URL": self.broker, "FORTUNE_CELERY_QUEUE": self.queue,
                     "FORTUNE_CELERY_INFLIGHT": str(inflight), **env}
         log = open(self.tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed with the process

@@ -193,13 +193,15 @@ def test_the_generator_threads_never_open_a_database_connection(openai_settings)
 def test_a_limiter_redis_that_does_not_answer_leaves_the_run_limited_in_process(openai_settings, settings, caplog):
     import socket
 
-    from core.batch.nightly import LIMITER_NOT_SHARED
+    from core.limiter import LIMITER_REDIS_DOWN
 
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         settings.REDIS_URL = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
     users_create_many(count=6, seed=15)
-    with caplog.at_level("WARNING", logger="fortuna.batch"):
+    with caplog.at_level("WARNING", logger="fortuna.limiter"):
         run_batch(*FAST, "--rpm", "6000")
     assert _last_run().status == "succeeded" and set(fortune_map()) == eligible_ids()
-    assert any(r.getMessage().startswith("fortune batch: " + LIMITER_NOT_SHARED.split("(")[0]) for r in caplog.records)
+    head = "fortune limiter: " + LIMITER_REDIS_DOWN.split("(")[0]
+    down = [r for r in caplog.records if r.getMessage().startswith(head)]
+    assert len(down) == 1  # said once, not per call
