@@ -1,6 +1,7 @@
 """The scheduler and its job table without a database: fake pages, lookup, backend and writer."""
 
 from decimal import Decimal
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,9 +18,15 @@ from tests.fakes import FakeClock
 NOW = 1000.0
 
 
+def fake_input(digest: str) -> SimpleNamespace:
+    """An input with just the natal fields the scheduler reads (its year is the hash, for the natal key)."""
+    return SimpleNamespace(year=digest, month="", day="", hour=None, gender="")
+
+
 def page(**groups: list[int]) -> PlanPage:
-    """A page whose input hashes are the keyword names (the "input" is the hash itself)."""
-    return PlanPage(groups={digest: InputGroup(inp=digest, user_ids=list(users)) for digest, users in groups.items()},
+    """A page whose input hashes are the keyword names."""
+    return PlanPage(groups={digest: InputGroup(inp=fake_input(digest), user_ids=list(users))
+                            for digest, users in groups.items()},
                     users=sum(len(users) for users in groups.values()), already_present=0, unplannable=[])
 
 
@@ -85,7 +92,7 @@ class FakeWriter:
             for item in flush.items:
                 flush.ids[item.hash] = self.ids.setdefault(item.hash, len(self.ids) + 1)
             pairs = list(flush.reused) + [(u, flush.ids[d]) for d, users in flush.waiting.items() for u in users]
-            self.rows.update(pairs)
+            self.rows.update((row[0], row[1]) for row in pairs)
             flush.stored = len(pairs)
         self.outstanding -= len(finished)
         self.written += finished

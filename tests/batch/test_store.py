@@ -104,7 +104,7 @@ def test_a_writer_failure_is_raised_to_the_caller_and_never_hangs(monkeypatch, t
     def broken(**kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(store, "batch_output_store", broken)
+    monkeypatch.setattr(store, "batch_output_write", broken)
     writer = BatchWriter(for_date=TARGET, provider="local", model="", replace=False, threaded=threaded)
     try:
         with pytest.raises(RuntimeError, match="disk on fire"):
