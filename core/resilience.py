@@ -14,6 +14,7 @@ Retry-After exactly or for a stop event. What is ours is only the policy: full j
 server's Retry-After, the Retry-After cap, the stop event and the deadline.
 """
 
+import functools
 import logging
 import math
 import random
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 import tenacity
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections, transaction
 
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers.base import FailureReason, Generated, Provider, ProviderError
@@ -485,3 +486,23 @@ def db_call(
         raise DatabaseUnavailable(DB_GAVE_UP.format(
             seconds=round(clock() - started, 1), what=what, error=f"{type(exc).__name__}: {str(exc).strip()}",
         )) from exc
+
+
+def db_retried(what: str, *, atomic: bool = False):
+    """Decorator: every call through db_call. atomic=True runs the function in one transaction, so
+    that a retry never repeats half of it (counters added with F(), then a failure, then again)."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            def once():
+                if not atomic:
+                    return fn(*args, **kwargs)
+                with transaction.atomic():
+                    return fn(*args, **kwargs)
+
+            return db_call(once, what=what)
+
+        return call
+
+    return decorate
