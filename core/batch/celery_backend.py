@@ -35,6 +35,7 @@ from django.utils import timezone
 from core.batch.dates import BatchTarget
 from core.batch.guards import StopGuards, StopToken
 from core.batch.lifecycle import FAILURE_SAMPLE_SIZE, batch_run_outcome, failure_entry, unplannable_entry
+from core.batch.lock import batch_lock_verify
 from core.batch.options import CHUNK_SIZE, INVALID_CHUNK_SIZE, MAX_CHUNK_SIZE, BatchOptions, CeleryBackendUnavailable
 from core.batch.plan import batch_plan_counts, batch_plan_pages
 from core.batch.progress import ProgressReporter
@@ -579,6 +580,7 @@ class _Coordinator:
         if not force and now - self.last_poll < self.poll_seconds:
             return True
         self.last_poll = now
+        batch_lock_verify(target_date=self.target.target_date)  # a run that lost its lock stops (BatchLockLost)
         cutoff = timezone.now() - dt.timedelta(seconds=self.stale_seconds)
         stale = list(BatchChunk.objects.filter(run=self.run, state=BatchChunk.State.RUNNING, heartbeat_at__lt=cutoff)
                      .values_list("pk", "index", "heartbeat_at", "attempts"))
