@@ -1,5 +1,6 @@
 """Fortuna settings, read from the environment (see .env.example and docs/CONFIGURATION.md)."""
 
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -97,6 +98,10 @@ DB_RETRY_WINDOW = env_int("DB_RETRY_WINDOW_SECONDS", 60, min_value=0, max_value=
 # transaction gives a clear error instead of a hang. The batch's own statements (a 10,000-row flush,
 # counts over every user, retention deletes) are allowed longer than a web request's.
 DB_STATEMENT_TIMEOUT_MS = env_int("DB_STATEMENT_TIMEOUT_MS", 15000, min_value=0, max_value=3600000)
+if sys.argv[1:2] == ["migrate"]:
+    # A migration may rewrite or index a whole table for minutes (Railway's preDeployCommand runs it
+    # with the web's variables): no statement timeout there.
+    DB_STATEMENT_TIMEOUT_MS = 0
 DB_BATCH_STATEMENT_TIMEOUT_MS = env_int("DB_BATCH_STATEMENT_TIMEOUT_MS", 300000, min_value=0, max_value=86400000)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Django's backend, its health check skipping the round trip while the socket is quiet
