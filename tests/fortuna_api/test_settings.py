@@ -89,7 +89,8 @@ def test_celery_broker_url_wins_over_redis_url():
 
 DB_PROBE = ("import django; django.setup(); from django.conf import settings; "
             "o = settings.DATABASES['default']['OPTIONS']; "
-            "print(o['connect_timeout'], o['keepalives'], o['keepalives_idle'], o['options'], settings.DB_RETRY_WINDOW, settings.DB_BATCH_STATEMENT_TIMEOUT_MS)")
+            "print(o['connect_timeout'], o['keepalives'], o['keepalives_idle'], o['options'], "
+            "settings.DB_RETRY_WINDOW, settings.DB_BATCH_STATEMENT_TIMEOUT_MS)")
 
 
 def test_postgresql_connections_get_a_connect_timeout_keepalives_and_a_statement_timeout():
