@@ -19,7 +19,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PG_BIN_MISSING = "PostgreSQL's server binaries (initdb, pg_ctl) were not found under /usr/lib/postgresql/*/bin or on PATH."
+PG_BIN_MISSING = (
+    "PostgreSQL's server binaries (initdb, pg_ctl) were not found under /usr/lib/postgresql/*/bin or on PATH."
+)
 REDIS_MISSING = "redis-server is not on PATH."
 SERVER_NOT_READY = "{what} did not accept connections on port {port} within {seconds} s. Its log:\n{log}"
 
