@@ -53,7 +53,8 @@ class PlanCounts:
 
 def batch_user_check(*, user_id: int) -> None:
     """Raise UserNotEligible saying why this user cannot get a batch fortune."""
-    row = User.objects.filter(pk=user_id).values("is_active", "birth_date_solar").first()
+    row = db_call(lambda: User.objects.filter(pk=user_id).values("is_active", "birth_date_solar").first(),
+                  what="checking the user")
     if row is None:
         raise UserNotEligible(USER_NOT_FOUND.format(user_id=user_id))
     if not row["is_active"]:
