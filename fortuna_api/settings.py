@@ -1,5 +1,6 @@
 """Fortuna settings, read from the environment (see .env.example and docs/CONFIGURATION.md)."""
 
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -109,10 +110,36 @@ except ValueError as exc:
         f"DATABASE_URL is not a database URL Fortuna understands ({exc}). "
         "Use postgres://user:password@host:5432/name or sqlite:////absolute/path.sqlite3."
     ) from None
+# A database that restarts or fails over within this many seconds costs the batch a pause, not the
+# night: every database step of the night reconnects and retries for this long (core/resilience.py).
+DB_RETRY_WINDOW = env_int("DB_RETRY_WINDOW_SECONDS", 60, min_value=0, max_value=3600)
+# The longest a statement may run before PostgreSQL cancels it: a lock held by a migration or a stuck
+# transaction gives a clear error instead of a hang. The batch's own statements (a 10,000-row flush,
+# counts over every user, retention deletes) are allowed longer than a web request's.
+DB_STATEMENT_TIMEOUT_MS = env_int("DB_STATEMENT_TIMEOUT_MS", 15000, min_value=0, max_value=3600000)
+if sys.argv[1:2] == ["migrate"]:
+    # A migration may rewrite or index a whole table for minutes (Railway's preDeployCommand runs it
+    # with the web's variables): no statement timeout there.
+    DB_STATEMENT_TIMEOUT_MS = 0
+DB_BATCH_STATEMENT_TIMEOUT_MS = env_int("DB_BATCH_STATEMENT_TIMEOUT_MS", 300000, min_value=0, max_value=86400000)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Django's backend, its health check skipping the round trip while the socket is quiet
     # (fortuna_api/postgresql/base.py says why and how).
     DATABASES["default"]["ENGINE"] = "fortuna_api.postgresql"
+    # libpq connection parameters (https://www.postgresql.org/docs/current/libpq-connect.html): a
+    # server that does not answer fails the connect in seconds, and TCP keepalives find a peer that
+    # vanished without a word (a partition) in about idle + interval x count seconds instead of the
+    # kernel's two hours.
+    _db_options = DATABASES["default"].setdefault("OPTIONS", {})
+    _db_options.update({
+        "connect_timeout": env_int("DB_CONNECT_TIMEOUT_SECONDS", 5, min_value=1, max_value=600),
+        "keepalives": 1,
+        "keepalives_idle": env_int("DB_KEEPALIVES_IDLE_SECONDS", 30, min_value=1, max_value=7200),
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        # After any options the URL gave (?options=...): the later -c wins.
+        "options": f"{_db_options.get('options', '')} -c statement_timeout={DB_STATEMENT_TIMEOUT_MS}".strip(),
+    })
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # One writer, concurrent readers: WAL plus IMMEDIATE transactions so a writer waits for the
     # lock (busy timeout) instead of failing with "database is locked" on lock upgrade.

@@ -8,16 +8,22 @@ staging table and one INSERT … SELECT … ON CONFLICT moves them (building the
 VALUES list client-side cost more than the database's whole insert); one array parameter
 (= ANY) takes a page of hashes where the ORM binds one parameter per hash; a flush commits without
 waiting for the WAL flush. tests/batch/test_bulk.py runs both on the same data and compares.
+
+A result row is written only for a user who still exists, is still eligible and, when the row
+carries the natal key it was planned from, still has that key: a user deleted or whose birth data
+changed while the run was generating is skipped and reported (ResultsWritten), never a foreign-key
+failure that costs the whole flush, never a fortune from birth data the user no longer has.
 """
 
 import datetime as dt
 import io
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 from django.db import connection
 from django.utils import timezone
 
-from core.models import FortuneGeneration, FortuneResult
+from core.models import FortuneGeneration, FortuneResult, User
 
 INSERT_BATCH = 2000
 LOOKUP_BATCH = 2000
@@ -28,10 +34,35 @@ _RESULT_STAGE = "fortune_result_stage"
 # an outer transaction (tests, or a caller's atomic block) where no commit happens in between.
 _STAGE_DDL = {
     _GEN_STAGE: "input_hash varchar(64), for_date date, content jsonb, tokens_in integer, tokens_out integer",
-    _RESULT_STAGE: "user_id bigint, generation_id bigint",
+    _RESULT_STAGE: "user_id bigint, generation_id bigint, natal_key text",
 }
 # COPY text format: backslash first, then the characters that would end a field or a row.
 _COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
+
+
+NATAL_KEY_FIELDS = ("saju_year", "saju_month", "saju_day", "saju_hour", "gender")
+NATAL_KEY_SEPARATOR = "|"
+
+# A result row: (user_id, generation_id), or (user_id, generation_id, natal key planned from).
+ResultRow = tuple[int, int] | tuple[int, int, str | None]
+
+
+def natal_key(*values: str | None) -> str:
+    """The user fields a generation input is built from (NATAL_KEY_FIELDS' values, in that order),
+    as one string: what a result row is checked against before it is written."""
+    return NATAL_KEY_SEPARATOR.join(value or "" for value in values)
+
+
+def natal_key_of_input(inp) -> str:
+    """The natal key of the users a GenerationInput was built for (GenerationInput.for_user)."""
+    return natal_key(inp.year, inp.month, inp.day, inp.hour, inp.gender)
+
+
+@dataclass(slots=True)
+class ResultsWritten:
+    stored: int = 0  # rows written
+    gone: list[int] = field(default_factory=list)  # users deleted (or no longer eligible) since planning
+    changed: list[int] = field(default_factory=list)  # users whose natal key changed since planning
 
 
 def _chunks(values: Sequence, size: int) -> Iterator[Sequence]:
@@ -68,26 +99,44 @@ class OrmBulk:
         )
         return {}
 
-    def results_insert(self, *, pairs: Sequence[tuple[int, int]], for_date: dt.date, replace: bool, source: str
-                       ) -> int:
-        """Insert (user_id, generation_id) results; replace=True repoints existing ones. Returns rows written."""
+    def results_insert(self, *, pairs: Sequence[ResultRow], for_date: dt.date, replace: bool, source: str
+                       ) -> ResultsWritten:
+        """Insert result rows; replace=True repoints existing ones. Rows of users gone or changed since
+        planning are skipped and reported."""
+        written = ResultsWritten()
+        current: dict[int, str] = {}
+        for chunk in _chunks([row[0] for row in pairs], LOOKUP_BATCH):
+            eligible = User.objects.filter(pk__in=chunk, is_active=True, birth_date_solar__isnull=False)
+            for pk, *values in eligible.values_list("pk", *NATAL_KEY_FIELDS):
+                current[pk] = natal_key(*values)
+        checked = []
+        for row in pairs:
+            key = current.get(row[0])
+            if key is None:
+                written.gone.append(row[0])
+            elif len(row) > 2 and row[2] is not None and row[2] != key:
+                written.changed.append(row[0])
+            else:
+                checked.append(row)
         now = timezone.now()
-        rows = [FortuneResult(user_id=user_id, for_date=for_date, generation_id=generation_id, source=source,
-                              created_at=now, updated_at=now) for user_id, generation_id in pairs]
+        rows = [FortuneResult(user_id=row[0], for_date=for_date, generation_id=row[1], source=source,
+                              created_at=now, updated_at=now) for row in checked]
         if replace:
             FortuneResult.objects.bulk_create(
                 rows, batch_size=INSERT_BATCH, update_conflicts=True, unique_fields=["user", "for_date"],
                 update_fields=["generation", "source", "updated_at"],
             )
-            return len(rows)
+            written.stored = len(rows)
+            return written
         present: set[int] = set()
-        for chunk in _chunks([user_id for user_id, _ in pairs], LOOKUP_BATCH):
+        for chunk in _chunks([row.user_id for row in rows], LOOKUP_BATCH):
             present.update(FortuneResult.objects.filter(for_date=for_date, user_id__in=chunk)
                            .values_list("user_id", flat=True))
         new = [row for row in rows if row.user_id not in present]
         # ignore_conflicts still: a concurrent on-demand answer may land between the look-up and the insert.
         FortuneResult.objects.bulk_create(new, batch_size=INSERT_BATCH, ignore_conflicts=True)
-        return len(new)
+        written.stored = len(new)
+        return written
 
     def flush_begin(self) -> None:
         """Called first inside each flush's transaction."""
@@ -126,22 +175,33 @@ class PostgresBulk(OrmBulk):
             )
             return dict(cursor.fetchall())
 
-    def results_insert(self, *, pairs: Sequence[tuple[int, int]], for_date: dt.date, replace: bool, source: str
-                       ) -> int:
+    def results_insert(self, *, pairs: Sequence[ResultRow], for_date: dt.date, replace: bool, source: str
+                       ) -> ResultsWritten:
         now = _db_value(FortuneResult, "created_at", timezone.now())
         if replace:
             conflict = ("ON CONFLICT (user_id, for_date) DO UPDATE SET generation_id = EXCLUDED.generation_id, "
                         "source = EXCLUDED.source, updated_at = EXCLUDED.updated_at")
         else:
             conflict = "ON CONFLICT (user_id, for_date) DO NOTHING"
+        key = ", ".join(f"u.{connection.ops.quote_name(name)}" for name in NATAL_KEY_FIELDS)
         with connection.cursor() as cursor:
-            _copy_into_stage(cursor, stage=_RESULT_STAGE, text=_copy_text(pairs))
+            _copy_into_stage(cursor, stage=_RESULT_STAGE,
+                             text=_copy_text(row if len(row) > 2 else (*row, None) for row in pairs))
+            # One statement: the users' check, the insert, and who was skipped and why.
             cursor.execute(
-                f"INSERT INTO {_table(FortuneResult)} (user_id, for_date, generation_id, source, created_at, "
-                f"updated_at) SELECT user_id, %s, generation_id, %s, %s, %s FROM {_RESULT_STAGE} {conflict}",
-                [_db_value(FortuneResult, "for_date", for_date), str(source), now, now],
+                f"WITH checked AS (SELECT s.user_id, s.generation_id, u.id IS NOT NULL AS present, "
+                f"s.natal_key IS NULL OR s.natal_key = concat_ws(%s, {key}) AS same FROM {_RESULT_STAGE} s "
+                f"LEFT JOIN {_table(User)} u ON u.id = s.user_id AND u.is_active AND u.birth_date_solar IS NOT NULL"
+                f"), written AS (INSERT INTO {_table(FortuneResult)} (user_id, for_date, generation_id, source, "
+                f"created_at, updated_at) SELECT user_id, %s, generation_id, %s, %s, %s FROM checked "
+                f"WHERE present AND same {conflict} RETURNING 1) "
+                f"SELECT (SELECT count(*) FROM written), "
+                f"coalesce(array_agg(user_id) FILTER (WHERE NOT present), '{{}}'), "
+                f"coalesce(array_agg(user_id) FILTER (WHERE present AND NOT same), '{{}}') FROM checked",
+                [NATAL_KEY_SEPARATOR, _db_value(FortuneResult, "for_date", for_date), str(source), now, now],
             )
-            return max(cursor.rowcount, 0)
+            stored, gone, changed = cursor.fetchone()
+            return ResultsWritten(stored=stored, gone=list(gone), changed=list(changed))
 
     def flush_begin(self) -> None:
         # A batch flush need not wait for the WAL flush: if the database server itself crashes, the

@@ -44,6 +44,7 @@ from kombu.exceptions import OperationalError as BrokerOperationalError
 from core.batch.dates import BatchTarget
 from core.batch.guards import StopGuards, StopToken
 from core.batch.lifecycle import FAILURE_SAMPLE_SIZE, batch_run_outcome, failure_entry, unplannable_entry
+from core.batch.lock import batch_lock_verify
 from core.batch.options import CHUNK_SIZE, INVALID_CHUNK_SIZE, MAX_CHUNK_SIZE, BatchOptions, CeleryBackendUnavailable
 from core.batch.plan import batch_plan_counts, batch_plan_pages
 from core.batch.progress import ProgressReporter
@@ -54,7 +55,7 @@ from core.fortunes.pricing import PathUsage, Tier, cost_estimate
 from core.fortunes.providers import Provider, ProviderError, get_provider
 from core.limiter import LIMITER_NEEDS_REDIS, account_limiter_cached
 from core.models import BatchChunk, BatchRun
-from core.resilience import Attempted, RetryPolicy, account_generate, is_transient, send_with_retries
+from core.resilience import Attempted, RetryPolicy, account_generate, db_retried, is_transient, send_with_retries
 from fortuna_api.celery import BROKER_NOT_CONFIGURED, app
 
 logger = logging.getLogger("fortuna.batch")
@@ -217,6 +218,7 @@ def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"[:255]
 
 
+@db_retried("claiming a chunk")
 def batch_chunk_claim(*, chunk_id: int, worker: str, stale_seconds: float) -> bool:
     """Take the chunk if it is queued, or running with a stale heartbeat (its worker died)."""
     return bool(BatchChunk.objects.filter(
@@ -352,6 +354,7 @@ class _ChunkWorker:
         if items or requests:
             self._store(items=items, reused=[], waiting=waiting, requests=requests, billed=billed)
 
+    @db_retried("storing a chunk's fortunes", atomic=True)
     def _store(self, *, items: list, reused: list, waiting: dict, requests: int,
                billed: tuple[int, int] | list[int] = (0, 0)) -> None:
 
@@ -377,6 +380,7 @@ class _ChunkWorker:
         BatchChunk.objects.filter(pk=self.chunk.pk, worker=self.worker).update(
             stored_inputs=F("stored_inputs") + len(items), heartbeat_at=Now())
 
+    @db_retried("a chunk's heartbeat")
     def _heartbeat(self) -> None:
         """Tell the coordinator we live; stop if the chunk was cancelled or taken over."""
         self.last_heartbeat = time.monotonic()
@@ -391,6 +395,7 @@ class _ChunkWorker:
             self.stop.set()
         return self.stop.is_set()
 
+    @db_retried("finishing a chunk", atomic=True)
     def _finish(self) -> None:
         state = BatchChunk.State.CANCELLED if self.report.stopped_inputs else BatchChunk.State.DONE
         with transaction.atomic():
@@ -660,6 +665,7 @@ class _Coordinator:
             self.guards.spent(usage={"standard": PathUsage(tokens_in=tokens_in, tokens_out=tokens_out)})
         return self.guards.stopped
 
+    @db_retried("polling the run's chunks")
     def _poll(self, *, force: bool = False) -> bool:
         """Heartbeat the run, draw progress, re-dispatch stale chunks; True while chunks are open."""
         now = time.monotonic()
@@ -667,6 +673,7 @@ class _Coordinator:
             return True
         self.last_poll = now
         self._send_unsent()
+        batch_lock_verify(target_date=self.target.target_date)  # a run that lost its lock stops (BatchLockLost)
         stale = list(BatchChunk.objects.filter(run=self.run, state=BatchChunk.State.RUNNING,
                                                heartbeat_at__lt=_ago(self.stale_seconds))
                      .annotate(age=_seconds_since("heartbeat_at"))
@@ -747,10 +754,12 @@ class _Coordinator:
             sample.extend(entries)
         return sample
 
+    @db_retried("saving the run's notes")
     def _note(self, text: str) -> None:
         self.run.notes = f"{self.run.notes}\n{text}".strip()
         BatchRun.objects.filter(pk=self.run.pk).update(notes=self.run.notes)
 
+    @db_retried("finishing the run's BatchRun row")
     def _complete(self) -> BatchRun:
 
         run = self.run

@@ -1,5 +1,10 @@
 """A BatchRun row's life: created when a target's run starts, its counters saved as a heartbeat
-while it runs, finished with a status (or marked failed on a crash, or stale when its process died)."""
+while it runs, finished with a status (or marked failed on a crash, or stale when its process died).
+
+Every step here goes through the database retry policy (core.resilience.db_call): a database that
+restarts mid-run costs a pause. Each heartbeat also verifies the night lock (core.batch.lock): a run
+that lost it to another stops with BatchLockLost.
+"""
 
 import datetime as dt
 import logging
@@ -12,6 +17,7 @@ from django.utils import timezone
 
 from core.batch.dates import BatchTarget
 from core.batch.jobs import JobState
+from core.batch.lock import batch_lock_verify
 from core.batch.options import BatchOptions
 from core.batch.plan import REASON_NO_NATAL, batch_eligible_users
 from core.batch.progress import ProgressReporter
@@ -20,6 +26,7 @@ from core.batch.summary import batch_run_summary
 from core.fortunes.pricing import PATH_TIERS, PathUsage, cost_by_path, cost_paid, path_usage_from
 from core.fortunes.providers import Provider
 from core.models import BatchChunk, BatchRun, FortuneResult
+from core.resilience import db_call
 
 logger = logging.getLogger("fortuna.batch")
 
@@ -28,6 +35,11 @@ FAILURE_SAMPLE_SIZE = 20
 STILL_MISSING = "{count} eligible users still have no fortune for {target_date}"
 STALE = "stale: its process died without finishing (the lock was free)"
 CRASHED = "crashed: {error}"
+REASON_USER_DELETED = "user_deleted"
+REASON_INPUT_CHANGED = "input_changed"
+USER_DELETED = "the user was deleted (or is no longer eligible) before the fortune was stored: skipped"
+INPUT_CHANGED = ("the user's birth data changed during the run, twice or after a stop: not stored from the old "
+                 "data, left to the on-demand path")
 _COUNTER_FIELDS = ["eligible", "already_present", "generated", "generations", "failed", "llm_requests",
                    "tokens_in", "tokens_out", "estimated_cost", "heartbeat_at", "failure_sample", "notes",
                    "cost_by_path"]
@@ -36,6 +48,10 @@ _COUNTER_FIELDS = ["eligible", "already_present", "generated", "generations", "f
 def batch_runs_mark_stale(*, target_date: dt.date) -> int:
     """Mark `running` rows for target_date interrupted. Call only while holding its lock: then no
     live process can own them (a killed run never got to finish its row)."""
+    return db_call(lambda: _runs_mark_stale(target_date=target_date), what="marking stale runs")
+
+
+def _runs_mark_stale(*, target_date: dt.date) -> int:
     stale = BatchRun.objects.filter(target_date=target_date, status=BatchRun.Status.RUNNING)
     # A dead celery coordinator's open chunks: cancelled, so a worker that still gets one from the
     # queue skips it and one running it stops at its next heartbeat (this run plans those inputs again).
@@ -48,12 +64,19 @@ def batch_runs_mark_stale(*, target_date: dt.date) -> int:
 
 
 def batch_run_create(*, target: BatchTarget, options: BatchOptions, provider: Provider, notes: list[str]) -> BatchRun:
-    return BatchRun.objects.create(
+    run = BatchRun(
         base_date=target.base_date, target_date=target.target_date, catch_up=target.catch_up,
         forced=options.force, user_id_filter=options.user_id, workers=options.workers,
         provider=provider.name, model=provider.model, pid=os.getpid(), hostname=socket.gethostname()[:255],
         notes="\n".join(notes),
     )
+
+    def create() -> None:
+        run.pk = None  # an attempt whose commit was lost is simply made again
+        run.save(force_insert=True)
+
+    db_call(create, what="creating the run's BatchRun row")
+    return run
 
 
 def batch_run_status(*, failed: int, stored: int, stop_reason: str, interrupted: bool, missing: int) -> str:
@@ -86,9 +109,14 @@ def failure_sample(*, scheduler: Scheduler, limit: int = FAILURE_SAMPLE_SIZE) ->
             break
         if job.state is JobState.FAILED:
             sample.append(failure_entry(error=job.error, digest=job.hash, user_ids=job.user_ids))
-    unplannable = scheduler.tally.unplannable
-    if unplannable and len(sample) < limit:
-        sample.append(unplannable_entry(unplannable))
+    tally = scheduler.tally
+    if tally.unplannable and len(sample) < limit:
+        sample.append(unplannable_entry(tally.unplannable))
+    for reason, error, user_ids in ((REASON_USER_DELETED, USER_DELETED, tally.gone),
+                                    (REASON_INPUT_CHANGED, INPUT_CHANGED, tally.changed)):
+        if user_ids and len(sample) < limit:
+            sample.append({"reason": reason, "error": error, "input": "", "count": len(user_ids),
+                           "user_ids": user_ids[:5]})
     return sample
 
 
@@ -106,10 +134,11 @@ def batch_run_outcome(
 ) -> tuple[str, str]:
     """(status, stop_reason) of a finished run, whichever backend made its generations: users still
     without a fortune, when nothing failed or stopped, are the stop reason (STILL_MISSING)."""
-    missing = (
-        batch_eligible_users(user_id=user_id)
+    missing = db_call(
+        lambda: batch_eligible_users(user_id=user_id)
         .filter(~Exists(FortuneResult.objects.filter(user=OuterRef("pk"), for_date=target.target_date)))
-        .count()
+        .count(),
+        what="counting the users still without a fortune",
     )
     status = batch_run_status(failed=failed, stored=stored, stop_reason=stop_reason, interrupted=interrupted,
                               missing=missing)
@@ -132,6 +161,7 @@ class RunRecorder:
 
     def tick(self, force: bool = False) -> None:
         if force or time.monotonic() - self.last_heartbeat >= HEARTBEAT_SECONDS:
+            batch_lock_verify(target_date=self.run.target_date)
             self.save()
         if self.progress is not None and self.scheduler is not None:
             self.progress.update(done=self.scheduler.tally.stored_users, failed=self.scheduler.failed_users)
@@ -144,8 +174,13 @@ class RunRecorder:
             run.llm_requests, run.tokens_in, run.tokens_out = tally.requests, tally.tokens_in, tally.tokens_out
             run_cost_paths_set(run=run, usage=tally.paths)
             run.failure_sample = failure_sample(scheduler=scheduler)
-        run.heartbeat_at = timezone.now()
-        run.save(update_fields=_COUNTER_FIELDS + (["status", "stop_reason", "finished_at"] if final else []))
+        fields = _COUNTER_FIELDS + (["status", "stop_reason", "finished_at"] if final else [])
+
+        def save() -> None:
+            run.heartbeat_at = timezone.now()
+            run.save(update_fields=fields)
+
+        db_call(save, what="saving the run's progress" if not final else "finishing the run's BatchRun row")
         self.last_heartbeat = time.monotonic()
 
     def close_progress(self) -> None:
@@ -164,9 +199,15 @@ class RunRecorder:
         logger.info("fortune batch %s finished: %s", target.target_date, batch_run_summary(run=run))
 
     def crash(self, exc: BaseException) -> None:
+        """Mark the run failed; never raises (the crash's own error is the caller's to raise): with the
+        database gone past the retry window the row stays `running`, and the next run marks it stale."""
         run = self.run
         run.status = BatchRun.Status.FAILED
         run.stop_reason = CRASHED.format(error=f"{type(exc).__name__}: {exc}")[:255]
         run.finished_at = timezone.now()
-        self.save(final=True)
-        logger.exception("fortune batch %s: %s", run.target_date, run.stop_reason)
+        logger.error("fortune batch %s: %s", run.target_date, run.stop_reason, exc_info=exc)
+        try:
+            self.save(final=True)
+        except Exception:
+            logger.exception("fortune batch %s: could not mark the run failed; the next run marks it stale",
+                             run.target_date)

@@ -5,6 +5,12 @@ PostgreSQL: a session-level advisory lock. SQLite (and anything else): flock() o
 the database file. Both are taken on a connection / file description of their own, so the lock
 survives the run closing or replacing its ORM connection, and a second attempt from the same
 process is refused like one from another process.
+
+A PostgreSQL session can end under a live run (a server restart, pg_terminate_backend, a network
+drop), and its advisory lock with it. batch_lock_verify(), called with every heartbeat and before
+every flush, notices (for free while the lock's socket is quiet) and takes the lock again on a new
+session, but only when nobody else took it meanwhile: no other holder now, and no run for the date
+started since this one locked it. Otherwise it raises BatchLockLost, and the run writes nothing more.
 """
 
 import datetime as dt
@@ -12,12 +18,20 @@ import fcntl
 import hashlib
 import logging
 import os
+import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.db import DEFAULT_DB_ALIAS, connections
+from django.utils import timezone
+
+from core.models import BatchRun
+from core.resilience import db_call, db_retryable
+from fortuna_api.postgresql.base import connection_is_quiet
 
 logger = logging.getLogger("fortuna.batch")
 
@@ -28,9 +42,25 @@ BATCH_LOCKED = (
 )
 
 
+BATCH_LOCK_LOST = (
+    "The batch lock for target date {target_date} was lost (its database session ended) and {why}: "
+    "this run stopped and writes nothing more. Run the command again once no other run is active."
+)
+LOCK_TAKEN = "another run holds it now"
+LOCK_RUN_SINCE = "another run for that date started since"
+
+
 class BatchLocked(Exception):
     def __init__(self, target_date: dt.date) -> None:
         super().__init__(BATCH_LOCKED.format(target_date=target_date.isoformat()))
+        self.target_date = target_date
+
+
+class BatchLockLost(BatchLocked):
+    """The run's lock ended under it and another run may have taken over: stop, write nothing more."""
+
+    def __init__(self, target_date: dt.date, *, why: str) -> None:
+        Exception.__init__(self, BATCH_LOCK_LOST.format(target_date=target_date.isoformat(), why=why))
         self.target_date = target_date
 
 
@@ -61,27 +91,118 @@ def _new_connection(alias: str):
     return base.__class__(dict(base.settings_dict), alias)
 
 
+def _quiet(conn) -> bool:
+    """The lock's session is open and the server has said nothing on it (PostgreSQL writes to an idle
+    session only to end it, or for a notice): no round trip needed to know the lock is still held."""
+    return conn.connection is not None and connection_is_quiet(conn.connection)
+
+
+def _try_lock(conn, key: int) -> bool:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+        (acquired,) = cursor.fetchone()
+    return bool(acquired)
+
+
+@dataclass(eq=False)
+class _PgLock:
+    """A held advisory lock: its own session, and what verify() needs to take it again safely."""
+
+    target_date: dt.date
+    alias: str
+    key: int
+    conn: object
+    acquired_at: dt.datetime = field(default_factory=timezone.now)
+    guard: threading.Lock = field(default_factory=threading.Lock)
+    lost: str = ""
+
+    def verify(self) -> None:
+        # The writer thread and the main thread both verify: one at a time, on the shared session.
+        with self.guard:
+            if self.lost:
+                raise BatchLockLost(self.target_date, why=self.lost)
+            if _quiet(self.conn):
+                return
+            session = self.conn.connection
+            try:
+                with self.conn.cursor() as cursor:
+                    cursor.execute("SELECT 1")
+                if self.conn.connection is session:
+                    return  # the server only sent a notice: the session, and the lock, are still there
+            except Exception as exc:
+                if not db_retryable(exc):
+                    raise
+                logger.warning("fortune batch lock for %s: its session ended (%s); taking it again",
+                               self.target_date, str(exc).strip())
+            self._take_again()
+
+    def _take_again(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # noqa: BLE001 - the session is gone already
+            self.conn.connection = None
+
+        def take() -> bool:
+            try:
+                return _try_lock(self.conn, self.key)
+            except Exception:
+                self.conn.close()
+                raise
+
+        if not db_call(take, what="taking the batch lock again"):
+            self.lost = LOCK_TAKEN
+        elif _run_started_since(target_date=self.target_date, since=self.acquired_at):
+            self.lost = LOCK_RUN_SINCE
+        if self.lost:
+            logger.error("fortune batch lock for %s lost: %s", self.target_date, self.lost)
+            raise BatchLockLost(self.target_date, why=self.lost)
+        logger.warning("fortune batch lock for %s taken again on a new session", self.target_date)
+
+
+def _run_started_since(*, target_date: dt.date, since: dt.datetime) -> bool:
+    """Another process started a run for target_date after `since` (it must have held the lock)."""
+    me = dict(pid=os.getpid(), hostname=socket.gethostname()[:255])
+    return db_call(lambda: BatchRun.objects.filter(target_date=target_date, started_at__gte=since)
+                   .exclude(**me).exists(), what="checking the runs started while the lock was lost")
+
+
+_held: dict[tuple[str, dt.date], _PgLock] = {}
+
+
 @contextmanager
 def _pg_lock(*, target_date: dt.date, alias: str) -> Iterator[None]:
     key = lock_key(target_date=target_date)
     conn = _new_connection(alias)
+    conn.inc_thread_sharing()  # verified from the writer thread too, under _PgLock.guard
     try:
-        with conn.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
-            (acquired,) = cursor.fetchone()
-        if not acquired:
+        if not _try_lock(conn, key):
             raise BatchLocked(target_date)
+        held = _held[(alias, target_date)] = _PgLock(target_date=target_date, alias=alias, key=key, conn=conn)
         try:
             yield
         finally:
-            try:
-                with conn.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
-            except Exception:
-                # Closing the session below releases it anyway.
-                logger.warning("fortune batch lock: explicit unlock failed for %s", target_date, exc_info=True)
+            del _held[(alias, target_date)]
+            if not held.lost:
+                try:
+                    with conn.cursor() as cursor:
+                        cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+                except Exception:
+                    # Closing the session below releases it anyway.
+                    logger.warning("fortune batch lock: explicit unlock failed for %s", target_date, exc_info=True)
     finally:
-        conn.close()
+        try:
+            conn.close()
+        finally:
+            conn.dec_thread_sharing()
+
+
+def batch_lock_verify(*, target_date: dt.date, using: str = DEFAULT_DB_ALIAS) -> None:
+    """Raise BatchLockLost if this process held the lock for target_date and lost it to someone else
+    (see the module docstring). No-op where no PostgreSQL lock is held here: a file lock cannot be
+    lost while the process lives."""
+    held = _held.get((using, target_date))
+    if held is not None:
+        held.verify()
 
 
 @contextmanager

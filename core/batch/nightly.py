@@ -9,6 +9,7 @@ made by Celery workers instead (core.batch.celery_backend), under the same lock,
 """
 
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +30,13 @@ from core.batch.notify import run_report_send
 from core.batch.options import BACKEND_CELERY, BatchOptions
 from core.batch.plan import UserNotEligible, batch_plan_counts, batch_plan_pages, batch_user_check
 from core.batch.pool import GenerationBackend, InlineBackend, ThreadBackend
-from core.batch.process import connections_close, gc_paused, gc_skip_at_exit, stop_on_signals
+from core.batch.process import (
+    batch_statement_timeout,
+    connections_close,
+    gc_paused,
+    gc_skip_at_exit,
+    stop_on_signals,
+)
 from core.batch.progress import ProgressReporter
 from core.batch.retention import fortunes_prune
 from core.batch.scheduler import Scheduler
@@ -189,7 +196,8 @@ def batch_generate_night(
         _celery_check(options=options)
     # --max-runtime bounds the whole night, catch-up included.
     deadline = time.monotonic() + options.max_runtime_minutes * 60
-    with batch_locks(base_date=options.base_date, ahead=options.ahead):
+    with (batch_statement_timeout(settings.DB_BATCH_STATEMENT_TIMEOUT_MS),
+          batch_locks(base_date=options.base_date, ahead=options.ahead)):
         if options.user_id is not None:
             batch_user_check(user_id=options.user_id)
         # The deadline also ends flex early (OPENAI_SERVICE_TIER=flex; only this batch path asks for it).
@@ -288,13 +296,14 @@ def batch_run_target(
                 for_date=target.target_date, provider=provider.name, model=provider.model, replace=options.force,
                 threaded=writer_threaded(),
             )
-            pages = batch_plan_pages(
-                target_date=target.target_date, generator=provider.generator, force=options.force,
+            plan = functools.partial(
+                batch_plan_pages, target_date=target.target_date, generator=provider.generator, force=options.force,
                 nonce=f"force-run-{run.pk}" if options.force else "", user_id=options.user_id,
                 page_size=options.page_size, language=settings.FORTUNE_LANGUAGE,
             )
             scheduler = recorder.scheduler = Scheduler(
-                pages=pages, lookup=_stored_ids, guards=guards, backend=generations, writer=writer,
+                pages=plan(), replan=lambda user_ids: plan(user_ids=user_ids), lookup=_stored_ids, guards=guards,
+                backend=generations, writer=writer,
                 max_in_flight=options.page_size, retry_cooldown=options.retry_cooldown,
                 grace_seconds=options.grace_seconds, on_tick=recorder.tick, on_note=recorder.note,
             )

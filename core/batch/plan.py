@@ -7,6 +7,7 @@ generation.
 
 import dataclasses
 import datetime as dt
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from django.db.models import Exists, OuterRef, QuerySet
 
 from core.fortunes.inputs import GenerationInput
 from core.models import FortuneResult, User
+from core.resilience import db_call
 from core.services.natal import natal_fields, user_list_natal_stale
 
 PAGE_SIZE = 5000
@@ -51,7 +53,8 @@ class PlanCounts:
 
 def batch_user_check(*, user_id: int) -> None:
     """Raise UserNotEligible saying why this user cannot get a batch fortune."""
-    row = User.objects.filter(pk=user_id).values("is_active", "birth_date_solar").first()
+    row = db_call(lambda: User.objects.filter(pk=user_id).values("is_active", "birth_date_solar").first(),
+                  what="checking the user")
     if row is None:
         raise UserNotEligible(USER_NOT_FOUND.format(user_id=user_id))
     if not row["is_active"]:
@@ -68,7 +71,8 @@ def batch_eligible_users(*, user_id: int | None = None) -> QuerySet:
 def batch_plan_counts(*, target_date: dt.date, user_id: int | None = None) -> PlanCounts:
     users = batch_eligible_users(user_id=user_id)
     present = users.filter(Exists(FortuneResult.objects.filter(user=OuterRef("pk"), for_date=target_date)))
-    return PlanCounts(eligible=users.count(), already_present=present.count())
+    return db_call(lambda: PlanCounts(eligible=users.count(), already_present=present.count()),
+                   what="counting eligible users")
 
 
 def batch_plan_pages(
@@ -81,32 +85,34 @@ def batch_plan_pages(
     page_size: int = PAGE_SIZE,
     compute_stale_natal: bool = False,
     language: str = "ko",
+    user_ids: list[int] | None = None,
 ) -> Iterator[PlanPage]:
     """Yield the eligible users page by page, grouped by generation input.
 
     Users who already have a fortune for target_date are left out unless force. compute_stale_natal
     (for --dry-run, which must not write) computes missing or stale pillars in memory instead of
-    relying on users_refresh_natal() having stored them.
+    relying on users_refresh_natal() having stored them. user_ids: only these users (planned again).
+    Each page is read through the database retry policy: a restart mid-plan re-reads that page.
     """
     last_pk = 0
     users = batch_eligible_users(user_id=user_id).order_by("pk")
+    if user_ids is not None:
+        users = users.filter(pk__in=user_ids)
     while True:
-        rows = list(users.filter(pk__gt=last_pk).values_list(*_ROW_FIELDS, named=True)[:page_size])
+        rows, present, stale_rows = db_call(
+            functools.partial(_page_read, users=users, after=last_pk, target_date=target_date, page_size=page_size,
+                              compute_stale_natal=compute_stale_natal),
+            what="reading a page of the plan",
+        )
         if not rows:
             return
-        first, last_pk = rows[0].pk, rows[-1].pk
-        present = set(
-            FortuneResult.objects.filter(for_date=target_date, user_id__gte=first, user_id__lte=last_pk)
-            .values_list("user_id", flat=True)
-        )
+        last_pk = rows[-1].pk
         stale: dict[int, dict] = {}
-        if compute_stale_natal:
-            stale_rows = user_list_natal_stale().filter(pk__gte=first, pk__lte=last_pk)
-            for pk, birth_date, birth_time in stale_rows.values_list("pk", "birth_date_solar", "birth_time"):
-                try:
-                    stale[pk] = natal_fields(birth_date=birth_date, birth_time=birth_time)
-                except Exception:  # noqa: BLE001 - an invalid row is reported as unplannable below
-                    stale[pk] = {"saju_day": ""}
+        for pk, birth_date, birth_time in stale_rows:
+            try:
+                stale[pk] = natal_fields(birth_date=birth_date, birth_time=birth_time)
+            except Exception:  # noqa: BLE001 - an invalid row is reported as unplannable below
+                stale[pk] = {"saju_day": ""}
         groups: dict[str, InputGroup] = {}
         # Users in one page often share an input; building and hashing it once per distinct key is
         # most of the planning cost.
@@ -135,3 +141,21 @@ def batch_plan_pages(
                 hit = by_key[key] = (digest, group)
             hit[1].user_ids.append(row.pk)
         yield PlanPage(groups=groups, users=needed, already_present=len(present), unplannable=unplannable)
+
+
+def _page_read(*, users: QuerySet, after: int, target_date: dt.date, page_size: int, compute_stale_natal: bool
+               ) -> tuple[list, set[int], list[tuple]]:
+    """One page's queries: its users, those with a fortune already, and (dry run) those with stale pillars."""
+    rows = list(users.filter(pk__gt=after).values_list(*_ROW_FIELDS, named=True)[:page_size])
+    if not rows:
+        return [], set(), []
+    first, last = rows[0].pk, rows[-1].pk
+    present = set(
+        FortuneResult.objects.filter(for_date=target_date, user_id__gte=first, user_id__lte=last)
+        .values_list("user_id", flat=True)
+    )
+    stale_rows = []
+    if compute_stale_natal:
+        stale_rows = list(user_list_natal_stale().filter(pk__gte=first, pk__lte=last)
+                          .values_list("pk", "birth_date_solar", "birth_time"))
+    return rows, present, stale_rows

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from django.db import connections
+from django.db.backends.signals import connection_created
 
 from core.batch.guards import STOP_SIGNAL, StopToken
 
@@ -59,3 +60,27 @@ def connections_close() -> None:
     for conn in connections.all(initialized_only=True):
         if not conn.in_atomic_block:
             conn.close()
+
+
+@contextmanager
+def batch_statement_timeout(milliseconds: int) -> Iterator[None]:
+    """The batch's statements may take longer than a web request's (DB_BATCH_STATEMENT_TIMEOUT_MS over
+    DB_STATEMENT_TIMEOUT_MS): every PostgreSQL connection of this process, open now or opened meanwhile
+    (the writer thread's, a reconnect after a restart), gets this timeout; 0 means none."""
+
+    def apply(conn) -> None:
+        if conn.vendor == "postgresql" and conn.connection is not None:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT set_config('statement_timeout', %s, false)", [str(milliseconds)])
+
+    def on_created(sender, connection, **kwargs) -> None:
+        apply(connection)
+
+    uid = f"fortuna-batch-statement-timeout-{id(on_created)}"
+    connection_created.connect(on_created, weak=False, dispatch_uid=uid)
+    try:
+        for conn in connections.all(initialized_only=True):
+            apply(conn)
+        yield
+    finally:
+        connection_created.disconnect(dispatch_uid=uid)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from core.batch.bulk import ResultRow, natal_key_of_input
 from core.batch.guards import StopGuards
 from core.batch.jobs import JobState, JobTable
 from core.batch.plan import InputGroup, PlanPage
@@ -42,6 +43,7 @@ class Writer(Protocol):
 
 
 Lookup = Callable[[Iterable[str]], dict[str, int]]  # hashes -> {hash: generation id} of the stored ones
+Replan = Callable[[list[int]], Iterable[PlanPage]]  # user ids -> their plan pages, as they are now
 Estimate = Callable[[GenerationInput], tuple[int, int]]  # (tokens in, tokens out) a generation would cost
 
 
@@ -60,6 +62,11 @@ class Tally:
     paths: dict[str, PathUsage] = field(default_factory=lambda: {"flex": PathUsage(), "standard": PathUsage()})
     unplannable: list[int] = field(default_factory=list)
     sample_user_ids: list[int] = field(default_factory=list)
+    gone: list[int] = field(default_factory=list)  # users deleted (or no longer eligible) before their row was written
+    # Users whose birth data changed before their row was written: planned again from the new data
+    # once (replanned counts them), else left to the on-demand path.
+    changed: list[int] = field(default_factory=list)
+    replanned: int = 0
 
 
 def _noop(*args, **kwargs) -> None:
@@ -72,9 +79,10 @@ class Scheduler:
         backend: GenerationBackend | None = None, writer: Writer | None = None, max_in_flight: int = 0,
         retry_cooldown: float = 0.0, grace_seconds: float = 2.0, estimate: Estimate | None = None,
         on_tick: Callable[[bool], None] = _noop, on_note: Callable[[str], None] = _noop,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, replan: Replan | None = None,
     ) -> None:
         self.pages = pages
+        self.replan = replan
         self.lookup = lookup
         self.guards = guards
         self.backend = backend
@@ -88,7 +96,7 @@ class Scheduler:
         self._clock = clock
         self.table = JobTable()
         self.tally = Tally()
-        self.outbox: list[tuple[int, int]] = []  # (user_id, generation_id) result rows for the next flush
+        self.outbox: list[ResultRow] = []  # (user_id, generation_id, natal key) result rows for the next flush
         self.plan_only = backend is None
         self.inline = backend is not None and backend.inline
         # The cost budget is checked per result, so results are taken at once, never gathered.
@@ -120,7 +128,24 @@ class Scheduler:
         self.finish_in_flight()
         self.retry_round()
         self.flush_all()
+        self.replan_changed()
         return self.tally
+
+    def replan_changed(self) -> None:
+        """Users whose birth data changed during the run: plan them once more from what they have now
+        (a second change during that round leaves them to the on-demand path)."""
+        users, self.tally.changed = self.tally.changed, []
+        if not users or self.replan is None or self.guards.should_stop():
+            self.tally.changed = users
+            return
+        logger.info("fortune batch: %d users changed their birth data during the run; planning them again",
+                    len(users))
+        self.on_note(f"planned {len(users)} users again: their birth data changed during the run")
+        self.tally.replanned += len(users)
+        for page in self.replan(users):
+            self.take_page(page)
+        self.finish_in_flight()
+        self.flush_all()
 
     def take_page(self, page: PlanPage) -> None:
         tally, table = self.tally, self.table
@@ -140,10 +165,11 @@ class Scheduler:
                 tally.sample_user_ids.append(group.user_ids[0])
         if fresh:
             for digest, generation_id in self.lookup(fresh).items():
-                user_ids = fresh.pop(digest).user_ids
-                tally.reused_users += len(user_ids)
+                group = fresh.pop(digest)
+                tally.reused_users += len(group.user_ids)
                 if not self.plan_only:
-                    self.outbox.extend((user_id, generation_id) for user_id in user_ids)
+                    key = natal_key_of_input(group.inp)
+                    self.outbox.extend((user_id, generation_id, key) for user_id in group.user_ids)
         for digest, group in fresh.items():
             if self.plan_only:
                 table.add(digest=digest, inp=None, user_ids=group.user_ids)
@@ -276,13 +302,16 @@ class Scheduler:
 
     def collect(self, flushes: list[Flush]) -> None:
         for flush in flushes:
+            keys = {item.hash: natal_key_of_input(item.inp) for item in flush.items}
             for digest in flush.waiting:
                 late = self.table.stored(digest).late
                 if late:
-                    generation_id = flush.ids[digest]
-                    self.outbox.extend((user_id, generation_id) for user_id in late)
+                    generation_id, key = flush.ids[digest], keys.get(digest)
+                    self.outbox.extend((user_id, generation_id, key) for user_id in late)
             self.tally.generations += len(flush.items)
             self.tally.stored_users += flush.stored
+            self.tally.gone.extend(flush.gone)
+            self.tally.changed.extend(flush.changed)
             logger.debug("fortune batch: stored %d generations and %d results", len(flush.items), flush.stored)
 
     def flush_all(self) -> None:

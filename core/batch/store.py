@@ -5,7 +5,9 @@ duplicates a row, and neither issues a query per user. How the rows travel is co
 business (PostgreSQL's COPY path, or the plain ORM elsewhere).
 
 BatchWriter runs those flushes on a thread of its own, so the batch keeps generating while the
-database writes.
+database writes. Each flush is one transaction, retried after a reconnect (core.resilience.db_call)
+while the database restarts, and written only while the run still holds its lock: a flush that
+fails past the retry window stops the run with every earlier flush kept.
 """
 
 import datetime as dt
@@ -15,12 +17,20 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 
-from core.batch.bulk import bulk_for_connection, concurrent_writer_supported
+from core.batch.bulk import (
+    ResultRow,
+    ResultsWritten,
+    bulk_for_connection,
+    concurrent_writer_supported,
+    natal_key_of_input,
+)
+from core.batch.lock import batch_lock_verify
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers import Generated
 from core.models import FortuneResult
+from core.resilience import db_call
 
 logger = logging.getLogger("fortuna.batch")
 
@@ -37,7 +47,8 @@ class GeneratedItem:
 
 def generation_ids_by_hash(*, hashes: Iterable[str]) -> dict[str, int]:
     """hash -> id of the stored generations among hashes."""
-    return bulk_for_connection().generation_ids(hashes=list(hashes))
+    hashes = list(hashes)
+    return db_call(lambda: bulk_for_connection().generation_ids(hashes=hashes), what="looking up stored generations")
 
 
 def generations_store_many(
@@ -56,38 +67,65 @@ def generations_store_many(
     return ids
 
 
-def fortune_results_store_many(
-    *, pairs: Sequence[tuple[int, int]], for_date: dt.date, replace: bool = False,
+def fortune_results_write_many(
+    *, pairs: Sequence[ResultRow], for_date: dt.date, replace: bool = False,
     source: str = FortuneResult.Source.BATCH,
-) -> int:
-    """Insert (user_id, generation_id) results for for_date; returns how many rows were written.
+) -> ResultsWritten:
+    """Insert result rows for for_date: (user_id, generation_id), or with the natal key the user was
+    planned with as a third element. Users deleted, no longer eligible or (given a key) whose birth
+    data changed since are skipped and listed in the answer.
 
     replace=False never touches an existing row (a user may already have read it); replace=True
     (--force) points existing rows at the new generation.
     """
     if not pairs:
-        return 0
+        return ResultsWritten()
     return bulk_for_connection().results_insert(pairs=pairs, for_date=for_date, replace=replace, source=str(source))
 
 
-def batch_output_store(
-    *, items: Sequence[GeneratedItem], reused: Sequence[tuple[int, int]], waiting: dict[str, list[int]],
+def fortune_results_store_many(
+    *, pairs: Sequence[ResultRow], for_date: dt.date, replace: bool = False,
+    source: str = FortuneResult.Source.BATCH,
+) -> int:
+    """fortune_results_write_many, answering only how many rows were written."""
+    return fortune_results_write_many(pairs=pairs, for_date=for_date, replace=replace, source=source).stored
+
+
+@dataclass(slots=True)
+class FlushWritten:
+    ids: dict[str, int]  # hash -> id of the stored generations
+    results: ResultsWritten
+
+
+def batch_output_write(
+    *, items: Sequence[GeneratedItem], reused: Sequence[ResultRow], waiting: dict[str, list[int]],
     for_date: dt.date, provider: str, model: str, replace: bool = False, copy_text: str | None = None,
-) -> tuple[dict[str, int], int]:
+) -> FlushWritten:
     """One flush, in one transaction: new generations, then the results pointing at them.
 
-    reused: (user_id, generation_id) pairs whose generation is already stored; waiting: hash -> user
-    ids whose generation is among items. Returns (hash -> id of the stored generations, results sent).
+    reused: result rows whose generation is already stored (ResultRow); waiting: hash -> user ids
+    whose generation is among items (checked against that item's natal key).
     """
+    keys = {item.hash: natal_key_of_input(item.inp) for item in items}
     with transaction.atomic():
         bulk_for_connection().flush_begin()
         ids = generations_store_many(items=items, provider=provider, model=model, copy_text=copy_text)
         pairs = list(reused)
         for digest, user_ids in waiting.items():
-            generation_id = ids[digest]
-            pairs.extend((user_id, generation_id) for user_id in user_ids)
-        stored = fortune_results_store_many(pairs=pairs, for_date=for_date, replace=replace)
-    return ids, stored
+            generation_id, key = ids[digest], keys.get(digest)
+            pairs.extend((user_id, generation_id, key) for user_id in user_ids)
+        results = fortune_results_write_many(pairs=pairs, for_date=for_date, replace=replace)
+    return FlushWritten(ids=ids, results=results)
+
+
+def batch_output_store(
+    *, items: Sequence[GeneratedItem], reused: Sequence[ResultRow], waiting: dict[str, list[int]],
+    for_date: dt.date, provider: str, model: str, replace: bool = False, copy_text: str | None = None,
+) -> tuple[dict[str, int], int]:
+    """batch_output_write, answering (hash -> id of the stored generations, results written)."""
+    written = batch_output_write(items=items, reused=reused, waiting=waiting, for_date=for_date, provider=provider,
+                                 model=model, replace=replace, copy_text=copy_text)
+    return written.ids, written.results.stored
 
 
 def writer_threaded() -> bool:
@@ -101,10 +139,12 @@ class Flush:
     """One batch_output_store call; ids and stored are filled in once it is written."""
 
     items: list[GeneratedItem]
-    reused: list[tuple[int, int]]
+    reused: list[ResultRow]
     waiting: dict[str, list[int]]
     ids: dict[str, int] = field(default_factory=dict)
     stored: int = 0
+    gone: list[int] = field(default_factory=list)  # users skipped: deleted or no longer eligible
+    changed: list[int] = field(default_factory=list)  # users skipped: birth data changed since planning
     copy_text: str | None = None
 
 
@@ -118,6 +158,7 @@ class BatchWriter:
     """
 
     def __init__(self, *, for_date: dt.date, provider: str, model: str, replace: bool, threaded: bool) -> None:
+        self.for_date = for_date
         self._store = dict(for_date=for_date, provider=provider, model=model, replace=replace)
         self._done: queue.SimpleQueue[Flush] = queue.SimpleQueue()
         self.error: BaseException | None = None
@@ -129,9 +170,17 @@ class BatchWriter:
             self._thread.start()
 
     def _write(self, flush: Flush) -> None:
-        flush.ids, flush.stored = batch_output_store(
-            items=flush.items, reused=flush.reused, waiting=flush.waiting, copy_text=flush.copy_text, **self._store
-        )
+        def write() -> FlushWritten:
+            # Checked before every attempt: once another run may own the date, nothing more is written.
+            batch_lock_verify(target_date=self.for_date)
+            return batch_output_write(items=flush.items, reused=flush.reused, waiting=flush.waiting,
+                                      copy_text=flush.copy_text, **self._store)
+
+        # IntegrityError too: a user deleted between the check and the commit fails the foreign key
+        # once; the next attempt's check skips them.
+        written = db_call(write, what="storing a flush of fortunes", also_retry=(IntegrityError,))
+        flush.ids, flush.stored = written.ids, written.results.stored
+        flush.gone, flush.changed = written.results.gone, written.results.changed
         flush.copy_text = None
         self._done.put(flush)
 

@@ -50,10 +50,19 @@ def scenario():
     other = FortuneGeneration.objects.create(input_hash="o" * 64, for_date=TARGET, content={}, provider="earlier")
     FortuneResult.objects.create(user_id=served_user, for_date=TARGET, generation=other, source="on_demand")
     pairs_by_hash = {digest: group.user_ids for digest, group in page.groups.items()}
-    return dict(items=items, pairs_by_hash=pairs_by_hash, served_user=served_user, stored_before=stored_before)
+    keys = {digest: bulk.natal_key_of_input(group.inp) for digest, group in page.groups.items()}
+    # A user planned with other birth data than they have now (changed since planning).
+    changed_user = page.groups[items[1].hash].user_ids[0]
+    keys_by_user = {user_id: "other|key" if user_id == changed_user else keys[digest]
+                    for digest, user_ids in pairs_by_hash.items() for user_id in user_ids}
+    return dict(items=items, pairs_by_hash=pairs_by_hash, served_user=served_user, stored_before=stored_before,
+                keys_by_user=keys_by_user, changed_user=changed_user)
 
 
-def _run(impl: bulk.OrmBulk, *, items, pairs_by_hash, served_user, stored_before) -> dict:
+GONE_USER = 987654  # planned, then deleted before the write
+
+
+def _run(impl: bulk.OrmBulk, *, items, pairs_by_hash, served_user, stored_before, keys_by_user, changed_user) -> dict:
     """Every operation on the scenario; the outcome, then everything rolled back."""
     hashes = [item.hash for item in items]
     with transaction.atomic():
@@ -63,7 +72,9 @@ def _run(impl: bulk.OrmBulk, *, items, pairs_by_hash, served_user, stored_before
                                            prepared=impl.generations_prepare(items=items))
         ids = impl.generation_ids(hashes=hashes)
         pairs = [(user_id, ids[digest]) for digest, user_ids in pairs_by_hash.items() for user_id in user_ids]
-        written = impl.results_insert(pairs=pairs, for_date=TARGET, replace=False, source="batch")
+        keyed = [(user_id, generation_id, keys_by_user[user_id]) for user_id, generation_id in pairs]
+        written = impl.results_insert(pairs=[*keyed, (GONE_USER, ids[items[0].hash], None)], for_date=TARGET,
+                                      replace=False, source="batch")
         after_insert = _results()
         replaced = impl.results_insert(pairs=pairs[:3] + [(served_user, ids[items[0].hash])], for_date=TARGET,
                                        replace=True, source="batch")
@@ -90,9 +101,12 @@ def test_each_implementation_does_what_the_store_promises(impl, scenario):
         assert generations[item.hash] == (TARGET, item.generated.content.as_json(), "local", "m",
                                           item.generated.tokens_in, item.generated.tokens_out)
     users = [user_id for user_ids in scenario["pairs_by_hash"].values() for user_id in user_ids]
-    assert outcome["written"] == len(users) - 1  # the served user's row is left alone
+    # The served user's row is left alone; the deleted and the changed user are skipped and named.
+    assert outcome["written"] == bulk.ResultsWritten(stored=len(users) - 2, gone=[GONE_USER],
+                                                     changed=[scenario["changed_user"]])
+    assert scenario["changed_user"] not in outcome["after_insert"]
     assert outcome["after_insert"][served] == ("o" * 64, "on_demand")
-    assert outcome["replaced"] == 4
+    assert outcome["replaced"].stored == 4  # without a natal key a row is checked for its user only
     assert outcome["after_replace"][served] == (items[0].hash, "batch")
 
 

@@ -12,7 +12,20 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from core.batch.lock import BATCH_LOCKED, BatchLocked, batch_lock, lock_file_path, lock_is_held, lock_key
+from core.batch.lock import (
+    BATCH_LOCK_LOST,
+    BATCH_LOCKED,
+    LOCK_RUN_SINCE,
+    LOCK_TAKEN,
+    BatchLocked,
+    BatchLockLost,
+    batch_lock,
+    batch_lock_verify,
+    lock_file_path,
+    lock_is_held,
+    lock_key,
+)
+from core.models import BatchRun
 
 pytestmark = pytest.mark.django_db
 # Tests with a second process: it must see a real, committed database.
@@ -199,3 +212,55 @@ def test_the_lock_is_a_postgres_advisory_lock_or_an_sqlite_lock_file():
         else:
             path = lock_file_path(settings_dict=connection.settings_dict, target_date=DATE)
             assert path.read_text().strip() == str(os.getpid())
+
+
+# --- a lock whose session ends under the run (PostgreSQL) ------------------------------------------
+
+on_postgresql = pytest.mark.skipif(connection.vendor != "postgresql", reason="advisory locks are PostgreSQL's")
+
+
+def _terminate_lock_session(target_date: dt.date) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                       "AND pid <> pg_backend_pid()")
+    time.sleep(0.1)  # the server ends the session and writes its goodbye
+
+
+@on_postgresql
+@in_two_processes
+def test_a_lock_whose_session_ended_is_taken_again_when_nobody_else_took_it():
+    with batch_lock(target_date=DATE):
+        batch_lock_verify(target_date=DATE)  # quiet session: nothing to do
+        _terminate_lock_session(DATE)
+        batch_lock_verify(target_date=DATE)
+        holder = spawn(DATE, "once")
+        assert holder.wait(timeout=60) == EXIT_LOCKED  # held again, on the new session
+    assert not lock_is_held(target_date=DATE)
+
+
+@on_postgresql
+@in_two_processes
+def test_a_lock_whose_session_ended_and_another_took_is_lost_for_good():
+    with batch_lock(target_date=DATE):
+        _terminate_lock_session(DATE)
+        holder = spawn(DATE, "hold")
+        try:
+            assert read_line(holder) == "locked"
+            message = BATCH_LOCK_LOST.format(target_date=DATE.isoformat(), why=LOCK_TAKEN)
+            for _ in range(2):  # and it stays lost
+                with pytest.raises(BatchLockLost) as lost:
+                    batch_lock_verify(target_date=DATE)
+                assert str(lost.value) == message
+        finally:
+            holder.stdin.close()
+            holder.wait(timeout=60)
+
+
+@on_postgresql
+@in_two_processes
+def test_a_lock_whose_session_ended_while_another_run_came_and_went_is_lost():
+    with batch_lock(target_date=DATE):
+        _terminate_lock_session(DATE)
+        BatchRun.objects.create(base_date=DATE - dt.timedelta(days=1), target_date=DATE, pid=os.getpid() + 1)
+        with pytest.raises(BatchLockLost, match=LOCK_RUN_SINCE):
+            batch_lock_verify(target_date=DATE)

@@ -1,6 +1,7 @@
 """The scheduler and its job table without a database: fake pages, lookup, backend and writer."""
 
 from decimal import Decimal
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,9 +18,15 @@ from tests.fakes import FakeClock
 NOW = 1000.0
 
 
+def fake_input(digest: str) -> SimpleNamespace:
+    """An input with just the natal fields the scheduler reads (its year is the hash, for the natal key)."""
+    return SimpleNamespace(year=digest, month="", day="", hour=None, gender="")
+
+
 def page(**groups: list[int]) -> PlanPage:
-    """A page whose input hashes are the keyword names (the "input" is the hash itself)."""
-    return PlanPage(groups={digest: InputGroup(inp=digest, user_ids=list(users)) for digest, users in groups.items()},
+    """A page whose input hashes are the keyword names."""
+    return PlanPage(groups={digest: InputGroup(inp=fake_input(digest), user_ids=list(users))
+                            for digest, users in groups.items()},
                     users=sum(len(users) for users in groups.values()), already_present=0, unplannable=[])
 
 
@@ -65,8 +72,10 @@ class FakeBackend:
 class FakeWriter:
     """Stores flushes, giving each new hash the next id; `hold` keeps them unwritten."""
 
-    def __init__(self, *, hold: bool = False) -> None:
+    def __init__(self, *, hold: bool = False, changed: set[int] = frozenset(), gone: set[int] = frozenset()) -> None:
         self.hold = hold
+        self.changed = set(changed)  # users whose birth data changed since planning (reported once)
+        self.gone = set(gone)  # users deleted since planning
         self.outstanding = 0
         self.queue: list[Flush] = []
         self.written: list[Flush] = []
@@ -85,7 +94,11 @@ class FakeWriter:
             for item in flush.items:
                 flush.ids[item.hash] = self.ids.setdefault(item.hash, len(self.ids) + 1)
             pairs = list(flush.reused) + [(u, flush.ids[d]) for d, users in flush.waiting.items() for u in users]
-            self.rows.update(pairs)
+            flush.gone = [row[0] for row in pairs if row[0] in self.gone]
+            flush.changed = [row[0] for row in pairs if row[0] in self.changed]
+            self.changed -= set(flush.changed)
+            pairs = [row for row in pairs if row[0] not in self.gone and row[0] not in flush.changed]
+            self.rows.update((row[0], row[1]) for row in pairs)
             flush.stored = len(pairs)
         self.outstanding -= len(finished)
         self.written += finished
@@ -228,3 +241,18 @@ def test_the_job_table_refuses_a_transition_that_is_not_one():
         table.add(digest="a", inp=None, user_ids=[2])
     table.requeue(job)
     assert (table.failed_users, table.queued) == (0, 1)
+
+
+def test_users_whose_birth_data_changed_mid_run_are_planned_again_and_deleted_ones_counted():
+    backend = FakeBackend(answer=lambda digest, n: ok())
+    writer = FakeWriter(changed={2}, gone={3})
+    replanned = []
+
+    def replan(user_ids):
+        replanned.append(list(user_ids))
+        return [page(new=user_ids)]  # their input as it is now
+
+    run = scheduler([page(a=[1, 2], b=[3])], backend=backend, writer=writer, replan=replan).run()
+    assert replanned == [[2]]
+    assert writer.rows == {1: writer.ids["a"], 2: writer.ids["new"]}  # never a row from the old input
+    assert (run.gone, run.changed, run.replanned, run.stored_users) == ([3], [], 1, 2)

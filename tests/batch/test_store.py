@@ -1,6 +1,9 @@
-import pytest
-from django.db import connection
+import datetime as dt
 
+import pytest
+from django.db import OperationalError, connection
+
+from core import resilience
 from core.batch import store
 from core.batch.plan import batch_plan_pages
 from core.batch.store import (
@@ -8,11 +11,13 @@ from core.batch.store import (
     Flush,
     GeneratedItem,
     batch_output_store,
+    batch_output_write,
     fortune_results_store_many,
     generations_store_many,
 )
 from core.fortunes.providers import Generated, get_provider
 from core.models import FortuneGeneration, FortuneResult
+from core.services.users import user_delete, user_update_birth_data
 from tests.batch.helpers import TARGET, fortune_map
 from tests.factories import user_create, users_create_many
 
@@ -104,7 +109,7 @@ def test_a_writer_failure_is_raised_to_the_caller_and_never_hangs(monkeypatch, t
     def broken(**kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(store, "batch_output_store", broken)
+    monkeypatch.setattr(store, "batch_output_write", broken)
     writer = BatchWriter(for_date=TARGET, provider="local", model="", replace=False, threaded=threaded)
     try:
         with pytest.raises(RuntimeError, match="disk on fire"):
@@ -138,3 +143,44 @@ def test_ids_come_back_without_insert_returning(monkeypatch):
     ids = generations_store_many(items=items, provider="local", model="")
     assert ids == dict(FortuneGeneration.objects.values_list("input_hash", "id"))
     assert set(ids) == {item.hash for item in items}
+
+
+def test_a_flush_skips_users_deleted_or_changed_since_planning_and_names_them():
+    users = users_create_many(count=6, seed=8)
+    (page,) = batch_plan_pages(target_date=TARGET, generator="local")
+    items = _items(page)
+    waiting = {digest: group.user_ids for digest, group in page.groups.items()}
+    gone, changed = users[0].pk, users[1]
+    user_delete(user=users[0])  # DELETE /me between planning and writing
+    user_update_birth_data(user=changed, data={"birth_date_solar": dt.date(1950, 1, 1)
+                                               if changed.birth_date_solar != dt.date(1950, 1, 1)
+                                               else dt.date(1960, 6, 6)})  # PATCH /me
+    written = batch_output_write(items=items, reused=[], waiting=waiting, for_date=TARGET, provider="local", model="")
+    assert (written.results.gone, written.results.changed) == ([gone], [changed.pk])
+    assert set(fortune_map()) == {user.pk for user in users[2:]}
+    assert written.results.stored == 4
+
+
+@pytest.mark.django_db(transaction=True)  # the retry needs the writer outside any transaction
+@pytest.mark.parametrize("threaded", [True, False])
+def test_a_flush_that_meets_a_broken_connection_is_written_on_the_next_attempt(monkeypatch, threaded):
+    users_create_many(count=4, seed=5)
+    (page,) = batch_plan_pages(target_date=TARGET, generator="local")
+    items = _items(page)
+    real, calls = store.batch_output_write, []
+
+    def once_broken(**kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(**kwargs)
+
+    monkeypatch.setattr(store, "batch_output_write", once_broken)
+    monkeypatch.setattr(resilience, "DB_BASE_DELAY", 0.01)
+    writer = BatchWriter(for_date=TARGET, provider="local", model="", replace=False, threaded=threaded)
+    try:
+        writer.submit(Flush(items=items, reused=[], waiting={i.hash: page.groups[i.hash].user_ids for i in items}))
+        (flush,) = writer.done(wait=True)
+    finally:
+        writer.close()
+    assert len(calls) == 2 and flush.stored == 4 and len(fortune_map()) == 4

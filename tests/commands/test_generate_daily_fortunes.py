@@ -274,7 +274,7 @@ def test_a_failing_write_fails_the_run_cleanly(monkeypatch):
         calls.append(1)
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(store_module, "batch_output_store", failing_store)
+    monkeypatch.setattr(store_module, "batch_output_write", failing_store)
     monkeypatch.setattr(scheduler_module, "FLUSH_GENERATIONS", 1)
     with pytest.raises(RuntimeError, match="database went away"):
         batch_nightly(options=BatchOptions(base_date=BASE, page_size=2))

@@ -4,8 +4,10 @@ import random
 import threading
 
 import pytest
+from django.db import IntegrityError, InterfaceError, OperationalError
 from django.utils import timezone
 
+from core import resilience
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers.base import FailureReason, Generated, ProviderError, retry_after_seconds
 from core.limiter import LANE_BATCH, LANE_ON_DEMAND, ON_DEMAND_NO_SLOT, RateLimiter
@@ -14,7 +16,9 @@ from core.resilience import (
     RETRY_AFTER_OVER_CAP,
     Budget,
     BudgetedProvider,
+    DatabaseUnavailable,
     RetryPolicy,
+    db_call,
     generate_with_retries,
     generate_within_budget,
     is_transient,
@@ -461,3 +465,58 @@ def test_the_usage_of_billed_failures_is_kept_whether_the_round_succeeds_or_not(
     assert ok.ok and ok.billed_failures == [("default", 100, 900)] * 2
     failed = run(ScriptedProvider(then=billed), max_attempts=3)
     assert not failed.ok and failed.billed_failures == [("default", 100, 900)] * 3
+
+
+# --- the database retry policy ------------------------------------------------------------------
+
+
+class _Broken:
+    """fn for db_call: fails `failures` times with `error`, then answers."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        self.failures, self.error, self.calls = failures, error, 0
+
+    def __call__(self):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return "answer"
+
+
+@pytest.mark.django_db(transaction=True)  # outside any transaction, as the batch is
+def test_a_database_step_is_retried_on_a_fresh_connection_until_it_succeeds(monkeypatch):
+    closed = []
+    monkeypatch.setattr(resilience, "db_connection_reset", lambda using="default": closed.append(using))
+    clock = FakeClock(0.0)
+    fn = _Broken(3, OperationalError("server closed the connection unexpectedly"))
+    assert db_call(fn, what="testing", window=60, sleep=clock.sleep, clock=clock) == "answer"
+    assert fn.calls == 4 and closed == ["default"] * 3  # each retry after the broken connection was dropped
+    assert 0 < clock() <= 3 * resilience.DB_MAX_DELAY
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_down_past_the_window_stops_with_a_clear_error(monkeypatch):
+    monkeypatch.setattr(resilience, "db_connection_reset", lambda using="default": None)
+    clock = FakeClock(0.0)
+    fn = _Broken(10**6, InterfaceError("connection already closed"))
+    with pytest.raises(DatabaseUnavailable, match="stayed unavailable for .* while testing: InterfaceError"):
+        db_call(fn, what="testing", window=30, sleep=clock.sleep, clock=clock)
+    assert clock() <= 30 and fn.calls > 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_only_connection_errors_are_retried_unless_asked():
+    fn = _Broken(1, IntegrityError("fk"))
+    with pytest.raises(IntegrityError):
+        db_call(fn, what="testing", window=30, sleep=lambda s: None)
+    assert fn.calls == 1
+    fn = _Broken(1, IntegrityError("fk"))
+    assert db_call(fn, what="testing", window=30, sleep=lambda s: None, also_retry=(IntegrityError,)) == "answer"
+
+
+@pytest.mark.django_db
+def test_inside_a_callers_transaction_nothing_is_retried():
+    fn = _Broken(1, OperationalError("gone"))
+    with pytest.raises(OperationalError):
+        db_call(fn, what="testing", window=30, sleep=lambda s: None)
+    assert fn.calls == 1

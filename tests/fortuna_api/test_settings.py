@@ -46,6 +46,13 @@ def test_openai_is_the_default_provider_when_a_key_is_set():
         ({"CELERY_BROKER_URL": "http://127.0.0.1:6379"}, "CELERY_BROKER_URL must be a redis://, rediss:// or amqp://"),
         ({"FORTUNE_CELERY_INFLIGHT": "0"}, "FORTUNE_CELERY_INFLIGHT must be between 1 and 4096"),
         ({"FORTUNE_CELERY_VISIBILITY_TIMEOUT": "10"}, "FORTUNE_CELERY_VISIBILITY_TIMEOUT must be between 60"),
+        ({"DB_RETRY_WINDOW_SECONDS": "a minute"}, "DB_RETRY_WINDOW_SECONDS must be a whole number"),
+        ({"DB_STATEMENT_TIMEOUT_MS": "-1"}, "DB_STATEMENT_TIMEOUT_MS must be between 0 and 3600000"),
+        ({"DB_BATCH_STATEMENT_TIMEOUT_MS": "slow"}, "DB_BATCH_STATEMENT_TIMEOUT_MS must be a whole number"),
+        ({"DATABASE_URL": "postgres://u@h/d", "DB_CONNECT_TIMEOUT_SECONDS": "0"},
+         "DB_CONNECT_TIMEOUT_SECONDS must be between 1 and 600"),
+        ({"DATABASE_URL": "postgres://u@h/d", "DB_KEEPALIVES_IDLE_SECONDS": "x"},
+         "DB_KEEPALIVES_IDLE_SECONDS must be a whole number"),
     ],
 )
 def test_bad_environment_refuses_to_start_with_a_clear_message(overrides, message):
@@ -135,3 +142,21 @@ def test_a_model_without_a_price_fails_manage_py_check_naming_openai_model():
     assert flex.returncode != 0 and "on the flex tier" in flex.stderr
     priced = manage_check(**openai, FORTUNE_PRICES="llama-3-8b:standard=0/0")
     assert priced.returncode == 0, priced.stderr
+
+
+DB_PROBE = ("import django; django.setup(); from django.conf import settings; "
+            "o = settings.DATABASES['default']['OPTIONS']; "
+            "print(o['connect_timeout'], o['keepalives'], o['keepalives_idle'], o['options'], "
+            "settings.DB_RETRY_WINDOW, settings.DB_BATCH_STATEMENT_TIMEOUT_MS)")
+
+
+def test_postgresql_connections_get_a_connect_timeout_keepalives_and_a_statement_timeout():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DB_")}
+    env |= {"DJANGO_SETTINGS_MODULE": "fortuna_api.settings", "DEBUG": "1", "SECRET_KEY": "",
+            "DATABASE_URL": "postgres://u@h:5432/d?options=-c%20search_path%3Dfortuna"}
+    result = subprocess.run([sys.executable, "-c", DB_PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    # Production defaults; the URL's own options kept, ours after them.
+    assert result.stdout.split() == ["5", "1", "30", "-c", "search_path=fortuna", "-c", "statement_timeout=15000",
+                                     "60", "300000"]

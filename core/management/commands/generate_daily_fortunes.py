@@ -16,6 +16,7 @@ from core.batch.options import BatchOptions, CeleryBackendUnavailable
 from core.batch.plan import UserNotEligible
 from core.fortunes.providers import ProviderConfigError
 from core.management.argtypes import EXIT_USAGE, finite_decimal, flag, iso_date, usage_error
+from core.resilience import DatabaseUnavailable
 from core.saju.terms import FIRST_YEAR, LAST_YEAR
 
 # Threads that only wait on HTTP; none touches the ORM, so DB connections do not grow with it (issue 9).
@@ -59,6 +60,8 @@ def _command_errors():
         raise CommandError(str(exc), returncode=EXIT_USAGE) from None
     except ProviderConfigError as exc:
         raise CommandError(PROVIDER_MISCONFIGURED.format(error=exc), returncode=EXIT_USAGE) from None
+    except DatabaseUnavailable as exc:  # the run stopped; what it stored stays, a rerun fills the gap
+        raise CommandError(str(exc), returncode=EXIT_INCOMPLETE) from None
 
 
 class Command(BaseCommand):
