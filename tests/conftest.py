@@ -16,3 +16,13 @@ def redis_url() -> str:
     if not url:
         pytest.skip("TEST_REDIS_URL is not set")
     return url
+
+
+@pytest.fixture
+def eager():
+    """Celery runs each task in the calling process, at once (no broker, no worker)."""
+    from fortuna_api.celery import app
+
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = False

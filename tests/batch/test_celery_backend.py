@@ -28,18 +28,11 @@ from core.batch.options import BatchOptions
 from core.batch.progress import ProgressReporter
 from core.fortunes.providers import get_provider
 from core.models import BatchChunk, BatchRun, FortuneGeneration, FortuneResult
-from fortuna_api.celery import BROKER_NOT_CONFIGURED, app
+from fortuna_api.celery import BROKER_NOT_CONFIGURED
 from tests.batch.celery_helpers import celery_run, duplicates, stored_triples, users_with_shared_inputs
 from tests.batch.helpers import BASE, TARGET, connections_opened, eligible_ids, run_batch, table_counts
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def eager():
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = False
 
 
 def test_the_celery_backend_stores_what_the_threads_backend_stores(eager):

@@ -25,13 +25,6 @@ from tests.batch.helpers import BASE, TARGET
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def eager():
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = False
-
-
 def _coordinator(run: BatchRun) -> _Coordinator:
     coordinator = _Coordinator(run=run, target=BatchTarget(base_date=BASE, target_date=TARGET),
                                options=BatchOptions(base_date=BASE), provider=get_provider(name="local"),
