@@ -25,7 +25,7 @@ from core.batch.dates import BatchTarget, batch_lock_dates, batch_targets, batch
 from core.batch.guards import StopGuards, StopToken
 from core.batch.hooks import NightHooks
 from core.batch.lifecycle import CRASHED, RunRecorder, batch_run_create, batch_runs_mark_stale
-from core.batch.lock import BatchLocked, batch_lock
+from core.batch.lock import BatchLocked, BatchLockLost, batch_lock
 from core.batch.notify import run_report_send
 from core.batch.options import BACKEND_CELERY, BatchOptions
 from core.batch.plan import UserNotEligible, batch_plan_counts, batch_plan_pages, batch_user_check
@@ -126,7 +126,7 @@ def batch_nightly(
         with stop_on_signals(stop) if options.handle_signals else nullcontext():
             batch_generate_night(options=options, stop=stop, backend=backend, hooks=hooks, night=night)
     except BaseException as exc:
-        if options.dry_run or isinstance(exc, NIGHT_REFUSALS):
+        if options.dry_run or _night_refused(exc):
             raise
         connections_close()  # a broken connection is replaced by a fresh one for what follows
         _night_crashed(night=night, options=options, error=exc)
@@ -145,6 +145,11 @@ def batch_nightly(
 
 # Refused before anything was written: not a bad night (another run is doing it, or a wrong --user-id).
 NIGHT_REFUSALS = (BatchLocked, UserNotEligible)
+
+
+def _night_refused(exc: BaseException) -> bool:
+    # A lost lock is a BatchLocked too, but its run had started and wrote: a bad night, to settle and report.
+    return isinstance(exc, NIGHT_REFUSALS) and not isinstance(exc, BatchLockLost)
 NIGHT_NOT_STARTED = "{reason} (before this date's run started)"
 
 

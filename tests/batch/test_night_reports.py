@@ -11,6 +11,7 @@ from django.utils import timezone
 from core.batch import lifecycle, nightly
 from core.batch.guards import STOP_SIGNAL, StopToken
 from core.batch.lifecycle import RunRecorder
+from core.batch.lock import LOCK_TAKEN, BatchLockLost
 from core.batch.nightly import batch_nightly, generation_backend
 from core.batch.options import BatchOptions
 from core.models import BatchRun, FortuneResult
@@ -19,10 +20,6 @@ from tests.factories import users_create_many
 
 # transaction=True: on PostgreSQL the run writes through its own writer connection, as in production.
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-class LockLost(Exception):
-    """Stands for whatever a lost night lock raises (core/batch/lock.py re-verifies it)."""
 
 
 class FailingBackend:
@@ -95,17 +92,17 @@ def test_a_lost_lock_raised_from_the_heartbeat_is_reported_and_the_run_finished(
     def tick(self, force=False):
         ticks.append(1)
         if len(ticks) == 3:
-            raise LockLost("the night lock's connection was terminated")
+            raise BatchLockLost(TARGET, why=LOCK_TAKEN)  # what core/batch/lock.py raises
         return original(self, force)
 
     monkeypatch.setattr(RunRecorder, "tick", tick)
-    with pytest.raises(LockLost):
+    with pytest.raises(BatchLockLost):
         batch_nightly(options=BatchOptions(base_date=BASE, page_size=5))
 
     _no_run_left_running()
-    assert BatchRun.objects.get().stop_reason.startswith("crashed: LockLost: the night lock's connection")
-    (slack,), _ = _reports(webhooks)
-    assert "failed" in slack and "LockLost" in slack
+    assert BatchRun.objects.get().stop_reason.startswith("crashed: BatchLockLost: The batch lock for target date")
+    (slack,), _ = _reports(webhooks)  # a BatchLocked, yet not a refusal: the run had started
+    assert "failed" in slack and "BatchLockLost" in slack
 
 
 def test_a_crash_whose_own_bookkeeping_fails_still_leaves_no_run_running(users, webhooks, monkeypatch):

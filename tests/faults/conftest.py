@@ -5,7 +5,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.faults.reports import SLACK_PATH
 from tests.faults.servers import PostgresServer, RabbitVhost, RedisServer, pg_bin_dir, port_open
+from tests.webhook_receiver import WebhookReceiver
 
 
 @pytest.fixture
@@ -39,3 +41,11 @@ def own_rabbit_vhost() -> Iterator[RabbitVhost]:
         yield vhost
     finally:
         vhost.stop()
+
+
+@pytest.fixture
+def slack_receiver(settings, webhook_receiver) -> WebhookReceiver:
+    """Where an in-process night's Slack reports go (tests/faults/reports.py assert_reported reads them)."""
+    settings.SLACK_WEBHOOK_URL = webhook_receiver.url(SLACK_PATH)
+    settings.DISCORD_WEBHOOK_URL = ""
+    return webhook_receiver

@@ -1,13 +1,13 @@
 """The night as a real process against a PostgreSQL cluster of the test's own (tests/faults/servers.py).
 
-`Night.create(server, stub, users=N)` makes a Fortuna database in `server` with N demo users (migrated
+`Night.create(server, stub, receiver, users=N)` makes a Fortuna database in `server` with N demo users (migrated
 and seeded once per session, then restored from that database's dump: far quicker than a migrate and
 a seed process per cluster), and `start()` runs `manage.py generate_daily_fortunes` against it with
-the stub as its model.
+the stub as its model and `receiver` (the `webhook_receiver` fixture) as its Slack webhook.
 `Night.sql()` reads the database from the test (psycopg2, a short connection each time, so a server
 restart never leaves the test holding a broken one). `Night.check()` makes the assertions every fault
 test makes: every eligible user stored, no duplicate, no run left `running`, LLM requests bounded by
-the distinct inputs plus what was in flight.
+the distinct inputs plus what was in flight, and every run's report sent.
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import psycopg2
 
 from tests.batch.helpers import BASE, TARGET
+from tests.faults.reports import assert_reported, slack_env
 from tests.faults.servers import PostgresServer
+from tests.webhook_receiver import WebhookReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
 DBNAME = "fortuna"
@@ -45,11 +48,13 @@ def _manage(*args: str, env: dict[str, str], timeout: float = MANAGE_TIMEOUT) ->
 class Night:
     server: PostgresServer
     stub: object  # tests.stub_openai.server.StubClient
+    receiver: WebhookReceiver  # the night's Slack webhook; the test's fixture stops it
     dbname: str = DBNAME
 
     @classmethod
-    def create(cls, server: PostgresServer, stub, *, users: int = USERS, seed: int = 7) -> Night:
-        night = cls(server=server, stub=stub)
+    def create(cls, server: PostgresServer, stub, receiver: WebhookReceiver, *, users: int = USERS,
+               seed: int = 7) -> Night:
+        night = cls(server=server, stub=stub, receiver=receiver)
         server.psql(f"CREATE DATABASE {night.dbname}")
         night._load(users=users, seed=seed)
         return night
@@ -79,7 +84,7 @@ class Night:
 
     def env(self, **extra: str) -> dict[str, str]:
         return {**os.environ, **self.stub.env(), "DATABASE_URL": self.url, "DJANGO_SETTINGS_MODULE": "tests.settings",
-                "PYTHONUNBUFFERED": "1", "REDIS_URL": "", **extra}
+                "PYTHONUNBUFFERED": "1", "REDIS_URL": "", **slack_env(self.receiver), **extra}
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         """generate_daily_fortunes for BASE (fortunes for TARGET) with args, as its own process."""
@@ -125,6 +130,13 @@ class Night:
         """(status, stop_reason, generated, failure_sample) of every BatchRun, oldest first."""
         return self.sql("SELECT status, stop_reason, generated, failure_sample FROM core_batchrun ORDER BY id")
 
+    def reported_runs(self) -> list[SimpleNamespace]:
+        """Every BatchRun, oldest first, with what its report must carry (tests/faults/reports.py)."""
+        columns = ("status", "stop_reason", "base_date", "target_date", "catch_up", "eligible", "generated", "failed",
+                   "failure_sample")
+        rows = self.sql(f"SELECT {', '.join(columns)} FROM core_batchrun ORDER BY id")
+        return [SimpleNamespace(**dict(zip(columns, row, strict=True))) for row in rows]
+
     def requested_not_stored(self) -> int:
         """After a run that stopped: the LLM requests it made whose generation it never stored (in
         flight, or generated but not yet flushed). A rerun may ask for those again, and only those."""
@@ -148,3 +160,4 @@ class Night:
         assert [run for run in self.runs() if run[0] == "running"] == []
         counters = self.stub.counters()
         assert counters["requests"] <= counters["distinct_inputs"] + in_flight, counters
+        assert_reported(self.receiver, self.reported_runs())

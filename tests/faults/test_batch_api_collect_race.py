@@ -13,19 +13,20 @@ import pytest
 
 from core.batch.batch_api import batch_api_submit_ahead
 from core.batch.dates import batch_today
-from core.models import OpenAIBatch
+from core.models import BatchRun, OpenAIBatch
 from tests.batch.helpers import eligible_ids, fortune_map
 from tests.commands.test_generate_daily_fortunes_process import ROOT, _database_url
 from tests.factories import users_create_many
+from tests.faults.reports import assert_reported, slack_env
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.django_db(transaction=True)]
 
 WAIT = 30.0
 
 
-def _command(stub, *args: str) -> subprocess.Popen:
+def _command(stub, receiver, *args: str) -> subprocess.Popen:
     env = {**os.environ, **stub.env(), "DATABASE_URL": _database_url(), "DJANGO_SETTINGS_MODULE": "tests.settings",
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", **slack_env(receiver)}
     return subprocess.Popen([sys.executable, "manage.py", "generate_daily_fortunes", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -41,7 +42,7 @@ def _wait_for(predicate, *, what: str, proc: subprocess.Popen) -> None:
     pytest.fail(f"timed out waiting for {what}")
 
 
-def test_collect_during_the_nights_submission_creates_one_batch_per_file(openai_settings):
+def test_collect_during_the_nights_submission_creates_one_batch_per_file(openai_settings, webhook_receiver):
     stub = openai_settings
     users_create_many(count=10, seed=17)
     base = batch_today()  # the collector resumes against today: the night's file would still qualify
@@ -50,12 +51,13 @@ def test_collect_during_the_nights_submission_creates_one_batch_per_file(openai_
     batch_api_submit_ahead(target_date=base, base_date=base - dt.timedelta(days=2))
     stub.batch_configure(hold_next_creates=1, holding=True)  # the night's create: held; any other: not
 
-    night = _command(stub, "--date", base.isoformat(), "--batch-ahead", "--workers", "2", "--retry-cooldown", "0")
+    night = _command(stub, webhook_receiver, "--date", base.isoformat(), "--batch-ahead", "--workers", "2",
+                     "--retry-cooldown", "0")
     try:
         _wait_for(lambda: stub.batch_state()["counters"].get("creates_held") == 1,
                   what="the night's batches.create to be under way", proc=night)
         assert OpenAIBatch.objects.get(target_date=ahead).state == "uploaded"
-        collect = _command(stub, "--collect-batches")
+        collect = _command(stub, webhook_receiver, "--collect-batches")
         collected_out, collected_err = collect.communicate(timeout=WAIT)
         stub.batch_configure(holding=False)
         night_out, night_err = night.communicate(timeout=WAIT)
@@ -77,3 +79,4 @@ def test_collect_during_the_nights_submission_creates_one_batch_per_file(openai_
     assert set(fortune_map(for_date=base)) == eligible_ids()
     assert f"{base}: batch api collect" in collected_out
     assert f"batch api collect {ahead}: skipped, a batch run holds its lock" in collected_out
+    assert_reported(webhook_receiver, BatchRun.objects.order_by("pk"))  # the night's run; the collector has none

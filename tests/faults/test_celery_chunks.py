@@ -22,11 +22,14 @@ from tests.batch.celery_helpers import celery_run, duplicates
 from tests.batch.helpers import BASE, TARGET, eligible_ids, run_batch
 from tests.batch.test_celery_workers import Workers, _database_url, _use_broker
 from tests.factories import users_create_many
+from tests.faults.reports import assert_reported
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.django_db(transaction=True)]
 
 INFLIGHT = 4
 CLAIM_TIMEOUT = 2  # seconds; production's default is 60
+# The command as the cron runs it (so the night reports); bounded, so that a lost chunk fails the test, not hangs it.
+NIGHT = ("--date", BASE.isoformat(), "--backend", "celery", "--max-runtime", "0.75", "--retry-cooldown", "0")
 
 
 @pytest.fixture
@@ -53,7 +56,8 @@ def shared_broker(redis_url) -> str:
     return os.environ.get("TEST_CELERY_BROKER_URL") or redis_url.rsplit("/", 1)[0] + "/9"
 
 
-def _assert_nothing_lost(*, run: BatchRun, stub) -> None:
+def _assert_nothing_lost(*, run: BatchRun, stub, reports) -> None:
+    """`reports`: the night's Slack receiver, or None for the coordinator alone (no night, so no report)."""
     counters = stub.counters()
     assert run.status == BatchRun.Status.SUCCEEDED, run.stop_reason
     assert set(FortuneResult.objects.filter(for_date=TARGET).values_list("user_id", flat=True)) == eligible_ids()
@@ -61,10 +65,12 @@ def _assert_nothing_lost(*, run: BatchRun, stub) -> None:
     assert not BatchChunk.objects.filter(run=run).exclude(state=BatchChunk.State.DONE).exists()  # none abandoned
     assert counters["requests"] <= counters["distinct_inputs"] + INFLIGHT
     assert not BatchRun.objects.filter(status=BatchRun.Status.RUNNING).exists()
+    if reports is not None:
+        assert_reported(reports, BatchRun.objects.order_by("pk"))
 
 
 def test_the_broker_restarted_after_the_chunks_were_sent_loses_no_chunk(own_broker_workers, own_redis,
-                                                                        openai_settings):
+                                                                        openai_settings, slack_receiver):
     openai_settings.configure(latency_ms=250)
     users_create_many(count=24, seed=81)
     own_broker_workers.start("w", concurrency=1, inflight=INFLIGHT)
@@ -84,14 +90,12 @@ def test_the_broker_restarted_after_the_chunks_were_sent_loses_no_chunk(own_brok
     restarter = threading.Thread(target=restart_once_a_chunk_runs)
     restarter.start()
     try:
-        # The command as the cron runs it; the run is bounded so that a lost chunk fails the test, not hangs it.
-        run_batch("--date", BASE.isoformat(), "--backend", "celery", "--chunk-size", "4", "--max-runtime", "0.75",
-                  "--retry-cooldown", "0")
+        run_batch(*NIGHT, "--chunk-size", "4")
     finally:
         restarter.join(timeout=30)
     run = BatchRun.objects.order_by("-pk").first()
     assert restarted and restarted[0] >= 1, "the broker was restarted before any chunk was left queued"
-    _assert_nothing_lost(run=run, stub=openai_settings)
+    _assert_nothing_lost(run=run, stub=openai_settings, reports=slack_receiver)
     assert BatchChunk.objects.filter(run=run, dispatches__gte=2).exists()  # the lost ones were sent again
 
 
@@ -112,25 +116,24 @@ def test_a_send_that_fails_is_retried_and_the_coordinator_survives(own_broker_wo
         run = celery_run(chunk_size=4, provider_name="openai", runtime=45.0)
     finally:
         healer.join(timeout=30)
-    _assert_nothing_lost(run=run, stub=openai_settings)
+    _assert_nothing_lost(run=run, stub=openai_settings, reports=None)
     assert set(BatchChunk.objects.filter(run=run).values_list("dispatches", flat=True)) >= {1}
 
 
 @pytest.mark.skipif(shutil.which("faketime") is None, reason="faketime (Debian package) is not installed")
-def test_a_worker_whose_clock_is_90_s_behind_loses_no_chunk(own_broker_workers, openai_settings):
+def test_a_worker_whose_clock_is_90_s_behind_loses_no_chunk(own_broker_workers, openai_settings, slack_receiver):
     openai_settings.configure(latency_ms=100)
     users_create_many(count=16, seed=83)
     own_broker_workers.start("late", concurrency=1, inflight=INFLIGHT, prefix=("faketime", "-f", "-90s"))
-    run_batch("--date", BASE.isoformat(), "--backend", "celery", "--chunk-size", "4", "--max-runtime", "0.75",
-              "--retry-cooldown", "0")
+    run_batch(*NIGHT, "--chunk-size", "4")
     run = BatchRun.objects.order_by("-pk").first()
-    _assert_nothing_lost(run=run, stub=openai_settings)
+    _assert_nothing_lost(run=run, stub=openai_settings, reports=slack_receiver)
     # Nothing re-sent or taken over needlessly: each chunk sent once, claimed once.
     assert set(BatchChunk.objects.filter(run=run).values_list("dispatches", "attempts")) == {(1, 1)}
 
 
 def test_the_limiters_redis_killed_mid_run_workers_carry_on_under_the_account_limit(
-        uses_postgres, own_redis, shared_broker, openai_settings, settings, tmp_path):
+        uses_postgres, own_redis, shared_broker, openai_settings, settings, slack_receiver, tmp_path):
     """Issue 17.4 on the workers' side: each worker process limits itself to its share; no chunk fails."""
     if not uses_postgres:
         pytest.skip("real Celery workers write concurrently with the coordinator: run with DATABASE_URL=postgres://…")
@@ -158,20 +161,20 @@ def test_the_limiters_redis_killed_mid_run_workers_carry_on_under_the_account_li
             workers.start(name, concurrency=1, inflight=INFLIGHT)
         killer = threading.Thread(target=kill_mid_run)
         killer.start()
-        run = celery_run(chunk_size=5, provider_name="openai", runtime=45.0)
+        run_batch(*NIGHT, "--chunk-size", "5")
         killer.join(timeout=30)
     finally:
         workers.stop_all()
         _use_broker("", "fortuna")
     assert killed and killed[0] < 20, "Redis was killed after the run"
-    _assert_nothing_lost(run=run, stub=openai_settings)
+    _assert_nothing_lost(run=BatchRun.objects.get(), stub=openai_settings, reports=slack_receiver)
     account = openai_settings.counters()["account"]
     assert account["rejected_429"] == 0
     assert account["max_requests_in_window"] <= rpm * window / 60
 
 
 def test_rabbitmq_connections_closed_mid_run_lose_no_chunk(uses_postgres, own_rabbit_vhost, openai_settings, settings,
-                                                            tmp_path):
+                                                            slack_receiver, tmp_path):
     """The same night on RabbitMQ, every connection of its vhost closed (coordinator's and workers')
     while chunks are queued and one runs."""
     if not uses_postgres:
@@ -204,10 +207,10 @@ def test_rabbitmq_connections_closed_mid_run_lose_no_chunk(uses_postgres, own_ra
         workers.start("rabbit", concurrency=1, inflight=INFLIGHT)
         closer = threading.Thread(target=close_once_a_chunk_runs)
         closer.start()
-        run = celery_run(chunk_size=4, provider_name="openai", runtime=45.0)
+        run_batch(*NIGHT, "--chunk-size", "4")
         closer.join(timeout=30)
     finally:
         workers.stop_all()
         _use_broker("", "fortuna")
     assert closed, "the connections were never closed mid-run"
-    _assert_nothing_lost(run=run, stub=openai_settings)
+    _assert_nothing_lost(run=BatchRun.objects.get(), stub=openai_settings, reports=slack_receiver)

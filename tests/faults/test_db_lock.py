@@ -19,9 +19,9 @@ DETECTION_SLACK = dt.timedelta(milliseconds=500)  # a flush that checked the loc
 
 
 def test_a_terminated_lock_session_taken_by_another_stops_the_run_and_nothing_is_written_after(
-        own_postgres, stub_openai):
+        own_postgres, stub_openai, webhook_receiver):
     stub_openai.configure(latency_ms=100)
-    night = Night.create(own_postgres, stub_openai)
+    night = Night.create(own_postgres, stub_openai, webhook_receiver)
     eligible = night.eligible()
     first = night.start("--workers", str(WORKERS))
     night.wait_for(lambda: night.stored() >= 0.2 * eligible, what="20% of the users stored")

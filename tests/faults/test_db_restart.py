@@ -10,9 +10,10 @@ pytestmark = pytest.mark.subprocess
 WORKERS = 2
 
 
-def test_a_postgresql_restart_at_40_percent_costs_a_pause_not_the_night(own_postgres, stub_openai):
+def test_a_postgresql_restart_at_40_percent_costs_a_pause_not_the_night(
+        own_postgres, stub_openai, webhook_receiver):
     stub_openai.configure(latency_ms=100)
-    night = Night.create(own_postgres, stub_openai)
+    night = Night.create(own_postgres, stub_openai, webhook_receiver)
     eligible = night.eligible()
     proc = night.start("--workers", str(WORKERS), env={"DB_RETRY_WINDOW_SECONDS": "30"})
     night.wait_for(lambda: night.stored() >= 0.4 * eligible, what="40% of the users stored")

@@ -46,9 +46,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def test_a_postgresql_restart_mid_run_on_celery_workers_costs_a_pause_not_the_night(
-        own_postgres, own_redis, stub_openai, tmp_path):
+        own_postgres, own_redis, stub_openai, webhook_receiver, tmp_path):
     stub_openai.configure(latency_ms=100)
-    night = Night.create(own_postgres, stub_openai)
+    night = Night.create(own_postgres, stub_openai, webhook_receiver)
     eligible = night.eligible()
     env = {"CELERY_BROKER_URL": own_redis.url(), "FORTUNE_CELERY_QUEUE": f"fault-{uuid.uuid4().hex[:8]}",
            "DB_RETRY_WINDOW_SECONDS": "30"}

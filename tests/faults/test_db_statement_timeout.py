@@ -18,9 +18,9 @@ STOPS_WITHIN = 15.0  # seconds from the lock to the exit: the window, a statemen
 
 
 def test_a_lock_held_past_the_statement_timeout_stops_the_run_with_a_clear_error_not_a_hang(
-        own_postgres, stub_openai):
+        own_postgres, stub_openai, webhook_receiver):
     stub_openai.configure(latency_ms=100)
-    night = Night.create(own_postgres, stub_openai)
+    night = Night.create(own_postgres, stub_openai, webhook_receiver)
     eligible = night.eligible()
     proc = night.start("--workers", str(WORKERS), env=TIMEOUTS)
     night.wait_for(lambda: night.stored() >= 0.2 * eligible, what="20% of the users stored")

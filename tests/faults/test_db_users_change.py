@@ -27,9 +27,10 @@ EDIT_USER = [
 ]
 
 
-def test_a_user_deleted_and_one_edited_mid_run_cost_nobody_else_and_no_stale_fortune(own_postgres, stub_openai):
+def test_a_user_deleted_and_one_edited_mid_run_cost_nobody_else_and_no_stale_fortune(
+        own_postgres, stub_openai, webhook_receiver):
     stub_openai.configure(latency_ms=60)
-    night = Night.create(own_postgres, stub_openai)
+    night = Night.create(own_postgres, stub_openai, webhook_receiver)
     proc = night.start("--workers", str(WORKERS))
     night.wait_for(lambda: night.stored() > 0, what="the first flush")
     # The last users the run will reach (the plan goes by id): planned already, not yet written.

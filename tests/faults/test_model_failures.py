@@ -14,6 +14,7 @@ from core.management.commands import generate_daily_fortunes as command
 from core.models import BatchRun, FortuneGeneration
 from tests.batch.helpers import BASE, eligible_ids, fortune_map, run_batch
 from tests.factories import users_create_many
+from tests.faults.reports import assert_reported
 
 pytestmark = pytest.mark.django_db
 WORKERS = 2
@@ -32,7 +33,7 @@ def _night_stopped() -> BatchRun:
     return _run()
 
 
-def test_a_server_answering_500_to_everything_stops_the_night_via_the_breaker(openai_settings):
+def test_a_server_answering_500_to_everything_stops_the_night_via_the_breaker(openai_settings, slack_receiver):
     """llama.cpp refusing response_format with a 500: before, every input was tried the maximum
     number of times, twice (main round and retry round), all night."""
     stub = openai_settings
@@ -49,9 +50,10 @@ def test_a_server_answering_500_to_everything_stops_the_night_via_the_breaker(op
     assert requests == run.llm_requests <= (STREAK + 2 * WORKERS) * 3
     assert requests < len(users)  # against 60 × 3 × 2 before: well under one request per input
     assert run.status == "failed" and fortune_map() == {}
+    assert_reported(slack_receiver, [run])
 
 
-def test_a_400_is_attempted_once_and_a_streak_of_them_stops_the_night(openai_settings):
+def test_a_400_is_attempted_once_and_a_streak_of_them_stops_the_night(openai_settings, slack_receiver):
     stub = openai_settings
     stub.configure(fail_when_contains=[""], fail_status=400)
     users_create_many(count=60, seed=22)
@@ -62,9 +64,11 @@ def test_a_400_is_attempted_once_and_a_streak_of_them_stops_the_night(openai_set
     assert STREAK <= len(attempts_per_input) < 40
     assert run.stop_reason.startswith(f"provider unusable: {STREAK} generations in a row failed the same way "
                                       f"(bad_request:400)")
+    assert_reported(slack_receiver, [run])
 
 
-def test_invalid_answers_are_billed_in_the_runs_tokens_and_cost_and_every_request_is_capped(openai_settings):
+def test_invalid_answers_are_billed_in_the_runs_tokens_and_cost_and_every_request_is_capped(openai_settings,
+                                                                                           slack_receiver):
     stub = openai_settings
     stub.configure(seed=3, faults={"malformed": 0.15, "length": 0.1, "runaway": 0.1})
     users_create_many(count=20, seed=23)
@@ -82,3 +86,4 @@ def test_invalid_answers_are_billed_in_the_runs_tokens_and_cost_and_every_reques
     assert sum(FortuneGeneration.objects.values_list("tokens_out", flat=True)) < run.tokens_out
     # The output cap went with every request, and no runaway answer billed past it.
     assert counters["by_output_cap"] == {str(output_token_cap()): counters["requests"]}
+    assert_reported(slack_receiver, [run])

@@ -15,6 +15,7 @@ from core.models import BatchRun, FortuneGeneration, FortuneResult
 from tests.batch.celery_helpers import duplicates
 from tests.batch.helpers import BASE, TARGET, eligible_ids, run_batch
 from tests.factories import users_create_many
+from tests.faults.reports import assert_reported
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -100,7 +101,7 @@ def _night_with_redis_fault(*, own_redis, openai_settings, settings, fault, heal
     return BatchRun.objects.order_by("-pk").first(), openai_settings.counters()
 
 
-def _assert_night_complete(run: BatchRun, counters: dict) -> None:
+def _assert_night_complete(run: BatchRun, counters: dict, slack_receiver) -> None:
     assert run.status == BatchRun.Status.SUCCEEDED, run.stop_reason
     assert set(FortuneResult.objects.filter(for_date=TARGET).values_list("user_id", flat=True)) == eligible_ids()
     assert duplicates(for_date=TARGET) == 0
@@ -111,15 +112,18 @@ def _assert_night_complete(run: BatchRun, counters: dict) -> None:
     # Never over the account's limit: no 429 for it, no window holding more than it admits.
     assert counters["account"]["rejected_429"] == 0
     assert counters["account"]["max_requests_in_window"] <= RPM * WINDOW_S / 60
+    assert_reported(slack_receiver, BatchRun.objects.order_by("pk"))
 
 
-def test_redis_killed_mid_run_the_night_completes_under_the_account_limit(own_redis, openai_settings, settings):
+def test_redis_killed_mid_run_the_night_completes_under_the_account_limit(own_redis, openai_settings, settings,
+                                                                         slack_receiver):
     run, counters = _night_with_redis_fault(own_redis=own_redis, openai_settings=openai_settings, settings=settings,
                                             fault=own_redis.kill)
-    _assert_night_complete(run, counters)
+    _assert_night_complete(run, counters, slack_receiver)
 
 
-def test_redis_frozen_mid_run_the_night_completes_under_the_account_limit(own_redis, openai_settings, settings):
+def test_redis_frozen_mid_run_the_night_completes_under_the_account_limit(own_redis, openai_settings, settings,
+                                                                         slack_receiver):
     run, counters = _night_with_redis_fault(own_redis=own_redis, openai_settings=openai_settings, settings=settings,
                                             fault=own_redis.pause)  # frozen to the end (the fixture kills it)
-    _assert_night_complete(run, counters)
+    _assert_night_complete(run, counters, slack_receiver)
