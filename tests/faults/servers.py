@@ -8,6 +8,7 @@ temp dir and stops it by pid. PostgreSQL refuses to run as root: as root the clu
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import shutil
@@ -62,6 +63,32 @@ def _as_cluster_owner() -> list[str]:
     return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
 
+def _owned_temp_dir(prefix: str) -> Path:
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    return root
+
+
+_templates: dict[tuple[Path, str], Path] = {}
+
+
+def _template_cluster(bin_dir: Path, user: str) -> Path:
+    """A fresh, never started cluster made by initdb once per session, for each test to copy."""
+    key = (bin_dir, user)
+    if key not in _templates:
+        root = _owned_temp_dir("fortuna-pg-template-")
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        data = root / "data"
+        subprocess.run(
+            [*_as_cluster_owner(), str(bin_dir / "initdb"), "-D", str(data), "-U", user, "-A", "trust",
+             "--no-sync", "-E", "UTF8", "--locale=C"],
+            check=True, capture_output=True, cwd=root,
+        )
+        _templates[key] = data
+    return _templates[key]
+
+
 @dataclass
 class PostgresServer:
     """One PostgreSQL cluster in a temp dir, trust auth, listening on 127.0.0.1:port."""
@@ -77,15 +104,11 @@ class PostgresServer:
         bin_dir = pg_bin_dir()
         if bin_dir is None:
             raise RuntimeError(PG_BIN_MISSING)
-        root = Path(tempfile.mkdtemp(prefix="fortuna-pg-"))
-        if os.geteuid() == 0:
-            shutil.chown(root, "postgres", "postgres")
+        root = _owned_temp_dir("fortuna-pg-")
         user = "postgres" if os.geteuid() == 0 else os.environ.get("USER", "postgres")
         server = cls(port=free_port(), root=root, bin_dir=bin_dir, user=user)
-        server._run(
-            str(bin_dir / "initdb"), "-D", str(server.data_dir), "-U", user, "-A", "trust",
-            "--no-sync", "-E", "UTF8", "--locale=C",
-        )
+        # initdb takes seconds; a copy of one cluster made once per session takes a fraction of that.
+        server._run("cp", "-a", str(_template_cluster(bin_dir, user)), str(server.data_dir))
         with open(server.data_dir / "postgresql.conf", "a") as conf:
             conf.write(
                 f"\nport = {server.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n"
