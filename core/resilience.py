@@ -309,8 +309,12 @@ def call_with_retries(
     seen = _Round()
 
     def attempt() -> Generated:
-        charged = _take_slot(limiter=limiter, lane=lane, tokens=tokens, deadline=deadline, stop=stop,
-                             min_attempt_seconds=policy.min_attempt_seconds, clock=clock)
+        try:
+            charged = _take_slot(limiter=limiter, lane=lane, tokens=tokens, deadline=deadline, stop=stop,
+                                 min_attempt_seconds=policy.min_attempt_seconds, clock=clock)
+        except ProviderError as exc:  # no on-demand slot in time: the round's last error so far
+            seen.last_error = exc
+            raise
         return _attempt(call, limiter=limiter, lane=charged, tokens=tokens, seen=seen)
 
     past_deadline = _Deadline(deadline=deadline, min_attempt_seconds=policy.min_attempt_seconds, clock=clock)

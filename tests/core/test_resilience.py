@@ -443,6 +443,20 @@ def test_on_demand_attempts_take_the_reserved_lane_that_a_saturated_batch_cannot
     assert second.error.reason == FailureReason.RATE_LIMITED and str(second.error) == ON_DEMAND_NO_SLOT
 
 
+def test_no_on_demand_slot_is_asked_again_while_the_budget_allows_and_is_no_http_attempt():
+    clock = FakeClock()
+    limiter = RateLimiter(1, reserve=0.1, clock=clock, sleep=clock.sleep)
+    assert limiter.acquire(lane=LANE_BATCH) and limiter.acquire(lane=LANE_ON_DEMAND)  # both lanes spent
+    provider = ScriptedProvider()
+    budget = Budget.start(4, clock=clock)
+    policy = RetryPolicy(max_attempts=3, max_retry_after=math.inf, min_attempt_seconds=1.0)
+    client = BudgetedClient(build=lambda timeout: provider, budget=budget, cap=10, floor=1)
+    result = within_budget(client, budget=budget, policy=policy, sleep=clock.sleep, limiter=limiter)
+    assert (result.ok, result.attempts, provider.calls) == (False, 0, 0)
+    assert str(result.error) == ON_DEMAND_NO_SLOT and result.error.retry_after == 1.0
+    assert clock.now == 102.0  # asked three times, a second apart, within the 4 s budget
+
+
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
 def test_a_4xx_no_retry_can_fix_is_attempted_once_whatever_the_provider_says(status):
     provider = ScriptedProvider(then=lambda: ProviderError(str(status), reason=FailureReason.SERVER_ERROR,
