@@ -3,10 +3,10 @@
 Every outbound model call takes one path, call_with_retries(): the batch's threads, the Celery chunk
 workers and the web's on-demand requests (under a Budget, whose BudgetedClient gives each attempt a
 timeout inside it). The account limiter is its collaborator: a slot in the caller's lane before each
-attempt, the answer's usage reconciled after it, a 429 pausing everyone. The broker sends and the
-database steps use the same policy through retrying(). Every provider.generate() is one HTTP attempt
-(the providers turn the SDK's own retries off), so the policy's max_attempts is the only retry
-budget: two retry loops never multiply.
+attempt, the answer's usage reconciled after it, a 429 pausing everyone. The run-report webhooks,
+the broker sends and the database steps use the same policy through retrying(). Every
+provider.generate() is one HTTP attempt (the providers turn the SDK's own retries off), so the
+policy's max_attempts is the only retry budget: two retry loops never multiply.
 
 The loop is tenacity's (https://tenacity.readthedocs.io), adopted rather than written: it already
 has what the three callers need as plug-in points (stop, wait, retry predicate, sleep), computes the
