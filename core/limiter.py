@@ -32,7 +32,6 @@ come back at different moments never add the whole shared pace to the others' sh
 """
 
 import logging
-import math
 import os
 import re
 import socket
@@ -45,7 +44,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from core.fortunes.prompt import estimate_tokens
-from core.fortunes.providers.base import FailureReason, Generated, ProviderError
+from core.fortunes.providers.base import ProviderError
 
 logger = logging.getLogger("fortuna.limiter")
 
@@ -71,7 +70,6 @@ LIMITER_REDIS_DOWN = (
     "limits ({rpm} RPM, {tpm} TPM) until it does"
 )
 LIMITER_REDIS_BACK = "the account limiter's Redis answers again after {seconds:.1f} s: back to the shared limit"
-ON_DEMAND_NO_SLOT = "no slot under the account's rate limit within the request's time budget"
 LIMITER_NEEDS_REDIS = (
     "A limit shared by several processes needs Redis: set REDIS_URL (the shared cache's server), "
     "or run the threads backend, whose limiter is per process."
@@ -652,58 +650,3 @@ def estimated_tokens(inp) -> int:
     """Prompt + expected completion tokens of one request for this input (core.fortunes.prompt)."""
     tokens_in, tokens_out = estimate_tokens(inp)
     return tokens_in + tokens_out
-
-
-class AccountCall:
-    """One input's view of the limiter: what generate_with_retries calls `limiter` and `provider`.
-
-    acquire() reserves the input's estimated tokens in the caller's lane; generate() corrects the
-    account with the usage the answer reports, and turns a 429 into a pause for everyone.
-    """
-
-    def __init__(self, *, limiter: _Limiter, provider, lane: str, tokens: int) -> None:
-        self.limiter = limiter
-        self.provider = provider
-        self.lane = lane
-        self.tokens = tokens
-        self.charged = lane
-        self.name = provider.name
-        self.model = provider.model
-
-    @property
-    def unlimited(self) -> bool:
-        return self.limiter.unlimited
-
-    @property
-    def generator(self) -> str:
-        return self.provider.generator
-
-    def acquire(self, deadline: float | None = None, *, stop: threading.Event | None = None) -> bool:
-        charged = self.limiter.acquire_lane(deadline, stop=stop, tokens=self.tokens, lane=self.lane)
-        if charged is None:
-            return False
-        self.charged = charged
-        return True
-
-    def generate(self, inp) -> Generated:
-        try:
-            generated = self.provider.generate(inp)
-        except ProviderError as exc:
-            if exc.reason == FailureReason.RATE_LIMITED:
-                self.limiter.backoff(error=exc)
-            elif exc.billed:  # an invalid answer used the account's tokens all the same
-                self.limiter.reconcile(lane=self.charged, reserved=self.tokens, used=exc.tokens_in + exc.tokens_out)
-            raise
-        self.limiter.reconcile(lane=self.charged, reserved=self.tokens, used=generated.tokens_in + generated.tokens_out)
-        return generated
-
-
-def account_call_once(*, provider, inp, limiter: _Limiter, deadline: float, lane: str = LANE_ON_DEMAND) -> Generated:
-    """One attempt under the account limiter for the on-demand path: waits for a slot in its lane
-    until `deadline` (this limiter's clock), else raises ProviderError(rate_limited)."""
-    call = AccountCall(limiter=limiter, provider=provider, lane=lane, tokens=estimated_tokens(inp))
-    if not call.acquire(deadline):
-        raise ProviderError(ON_DEMAND_NO_SLOT, reason=FailureReason.RATE_LIMITED, retryable=True,
-                            retry_after=float(math.ceil(max(1.0, DEFAULT_PAUSE))))
-    return call.generate(inp)
-

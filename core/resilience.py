@@ -1,9 +1,12 @@
 """Outbound calls that may fail for a while: one retry policy, one Retry-After parser, one loop.
 
-Used by the batch (generate_with_retries), the on-demand path (the same, under a Budget, through a
-BudgetedProvider) and the run-report webhooks (retrying()). Every provider.generate() is one HTTP
-attempt (the providers turn the SDK's own retries off), so the policy's max_attempts is the only
-retry budget: two retry loops never multiply.
+Every outbound model call takes one path, call_with_retries(): the batch's threads, the Celery chunk
+workers and the web's on-demand requests (under a Budget, whose BudgetedClient gives each attempt a
+timeout inside it). The account limiter is its collaborator: a slot in the caller's lane before each
+attempt, the answer's usage reconciled after it, a 429 pausing everyone. The run-report webhooks,
+the broker sends and the database steps use the same policy through retrying(). Every
+provider.generate() is one HTTP attempt (the providers turn the SDK's own retries off), so the
+policy's max_attempts is the only retry budget: two retry loops never multiply.
 
 The loop is tenacity's (https://tenacity.readthedocs.io), adopted rather than written: it already
 has what the three callers need as plug-in points (stop, wait, retry predicate, sleep), computes the
@@ -36,12 +39,11 @@ from core.fortunes.providers.base import (
     ProviderError,
 )
 from core.limiter import (
+    DEFAULT_PAUSE,
     LANE_BATCH,
     LANE_ON_DEMAND,
-    AccountCall,
     RateLimiter,
     RedisRateLimiter,
-    account_call_once,
     estimated_tokens,
 )
 
@@ -59,6 +61,7 @@ TRANSIENT_REASONS = frozenset(
 )
 RETRY_AFTER_OVER_CAP = "The server asked to wait {retry_after:.0f} s before retrying, over the {cap:.0f} s cap."
 MAX_ATTEMPTS_INVALID = "max_attempts must be at least 1, got {max_attempts}."
+ON_DEMAND_NO_SLOT = "no slot under the account's rate limit within the request's time budget"
 SLOT_NOW_SECONDS = 0.05  # the least an on-demand attempt may wait for the limiter's slot
 
 _rng = random.Random()
@@ -216,70 +219,132 @@ def _provider_describe(exc: BaseException) -> str:
     return str(getattr(exc, "reason", type(exc).__name__))
 
 
-def generate_with_retries(
+Limiter = RateLimiter | RedisRateLimiter
+
+
+def request_tokens(limiter: Limiter | None, inp: GenerationInput) -> int:
+    """The tokens to reserve for one request of `inp`: its estimate when the limiter counts tokens (a
+    TPM, or a shared limiter, whose script may have learned one), else 0 (estimating renders the prompt)."""
+    if limiter is None or (limiter.tpm is None and not isinstance(limiter, RedisRateLimiter)):
+        return 0
+    return estimated_tokens(inp)
+
+
+@dataclass
+class _Round:
+    """What one call_with_retries round has seen so far."""
+
+    attempts: int = 0
+    last_error: ProviderError | None = None
+    billed: list[tuple[str, int, int]] = field(default_factory=list)
+
+
+def _take_slot(*, limiter: Limiter | None, lane: str, tokens: int, deadline: float | None, stop: threading.Event,
+               min_attempt_seconds: float, clock: Callable[[], float]) -> str:
+    """Before an attempt: refuse to start past the deadline or once stopped, then wait for the
+    limiter's slot in `lane` no later than the deadline leaves an attempt's time (a slot free now is
+    always taken: the retry loop decides whether an attempt is worth starting). Returns the lane charged.
+
+    No slot in time ends a batch round as stopped (the next run asks again); in the on-demand lane it
+    is a retryable rate_limited failure, for the person waiting to be told when to come back."""
+    if stop.is_set() or (deadline is not None and clock() > deadline):
+        raise _Stopped
+    if limiter is None:
+        return lane
+    slot_by = None if deadline is None else max(clock() + SLOT_NOW_SECONDS, deadline - min_attempt_seconds)
+    charged = limiter.acquire_lane(slot_by, stop=stop, tokens=tokens, lane=lane)
+    if charged is not None:
+        return charged
+    if lane == LANE_ON_DEMAND and not stop.is_set():
+        raise ProviderError(ON_DEMAND_NO_SLOT, reason=FailureReason.RATE_LIMITED, retryable=True,
+                            retry_after=float(math.ceil(max(1.0, DEFAULT_PAUSE))))
+    raise _Stopped
+
+
+def _attempt(call: Callable[[], Generated], *, limiter: Limiter | None, lane: str, tokens: int,
+             seen: _Round) -> Generated:
+    """One HTTP attempt; the limiter learns what it cost: the answer's usage (a failed answer's too,
+    when the server billed it) replaces the estimate, and a 429 pauses every lane."""
+    seen.attempts += 1
+    try:
+        generated = call()
+    except ProviderError as exc:
+        seen.last_error = exc
+        if exc.billed:
+            seen.billed.append((exc.service_tier, exc.tokens_in, exc.tokens_out))
+        if limiter is not None and exc.reason == FailureReason.RATE_LIMITED:
+            limiter.backoff(error=exc)
+        elif limiter is not None and exc.billed:
+            limiter.reconcile(lane=lane, reserved=tokens, used=exc.tokens_in + exc.tokens_out)
+        raise
+    if limiter is not None:
+        limiter.reconcile(lane=lane, reserved=tokens, used=generated.tokens_in + generated.tokens_out)
+    return generated
+
+
+def call_with_retries(
+    call: Callable[[], Generated],
     *,
-    provider: Provider,
-    inp: GenerationInput,
     policy: RetryPolicy,
-    limiter: RateLimiter,
-    stop: threading.Event,
+    limiter: Limiter | None,
+    lane: str = LANE_BATCH,
+    tokens: int = 0,
+    deadline: float | None = None,
+    stop: threading.Event | None = None,
     sleep: Callable[[float], object] | None = None,
     rng: random.Random | None = None,
-    deadline: float | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Attempted:
-    """Generate one input: up to policy.max_attempts HTTP attempts, each after a rate-limiter slot.
+    """The one path of an outbound model call (batch threads, Celery chunks, on-demand): up to
+    policy.max_attempts calls of `call()` (one HTTP attempt each), each after a slot of `limiter`
+    in `lane` reserving `tokens` (request_tokens), never started past `deadline` or once `stop` is set.
 
-    Retries only retryable ProviderErrors. A Retry-After within policy.max_retry_after is waited
+    `deadline` is on `clock`, which must be the limiter's clock. Retries only retryable ProviderErrors
+    (a 4xx other than 408/409/429 never). A Retry-After within policy.max_retry_after is waited
     exactly; a longer one fails the round at once as quota_exhausted (still transient, so the
     end-of-run round may try it again). Other exceptions propagate: they are bugs, not outcomes.
+    The wait between attempts is `sleep` (default: the stop event's wait, so a stop cuts it short).
     """
-    attempts = 0
-    last_error: ProviderError | None = None
-    billed: list[tuple[str, int, int]] = []
+    stop = stop if stop is not None else threading.Event()
+    seen = _Round()
 
     def attempt() -> Generated:
-        nonlocal attempts, last_error
-        if stop.is_set() or not limiter.acquire(deadline, stop=stop):
-            raise _Stopped
-        attempts += 1
         try:
-            return provider.generate(inp)
-        except ProviderError as exc:
-            last_error = exc
-            if exc.billed:
-                billed.append((exc.service_tier, exc.tokens_in, exc.tokens_out))
+            charged = _take_slot(limiter=limiter, lane=lane, tokens=tokens, deadline=deadline, stop=stop,
+                                 min_attempt_seconds=policy.min_attempt_seconds, clock=clock)
+        except ProviderError as exc:  # no on-demand slot in time: the round's last error so far
+            seen.last_error = exc
             raise
+        return _attempt(call, limiter=limiter, lane=charged, tokens=tokens, seen=seen)
 
     past_deadline = _Deadline(deadline=deadline, min_attempt_seconds=policy.min_attempt_seconds, clock=clock)
-    loop = retrying(
-        policy=policy,
-        retryable=_provider_retryable,
-        retry_after=_provider_retry_after,
-        sleep=stop.wait if sleep is None else sleep,
-        rng=rng,
-        deadline=past_deadline,
-        describe=_provider_describe,
-    )
+    loop = retrying(policy=policy, retryable=_provider_retryable, retry_after=_provider_retry_after,
+                    sleep=stop.wait if sleep is None else sleep, rng=rng, deadline=past_deadline,
+                    describe=_provider_describe)
     try:
         generated = loop(attempt)
     except _Stopped:
-        return Attempted(generated=None, error=last_error, attempts=attempts, stopped=True, billed_failures=billed)
+        return Attempted(generated=None, error=seen.last_error, attempts=seen.attempts, stopped=True,
+                         billed_failures=seen.billed)
     except ProviderError as exc:
-        if past_deadline.hit:
-            return Attempted(generated=None, error=exc, attempts=attempts, stopped=True, billed_failures=billed)
-        if exc.retryable and policy.over_cap(exc.retry_after):
-            quota = ProviderError(
-                RETRY_AFTER_OVER_CAP.format(retry_after=exc.retry_after, cap=policy.max_retry_after),
-                reason=FailureReason.QUOTA,
-                retryable=False,
-                retry_after=exc.retry_after,
-                status_code=exc.status_code,
-            )
-            quota.__cause__ = exc
-            return Attempted(generated=None, error=quota, attempts=attempts, billed_failures=billed)
-        return Attempted(generated=None, error=exc, attempts=attempts, billed_failures=billed)
-    return Attempted(generated=generated, error=None, attempts=attempts, billed_failures=billed)
+        return _failed(exc, policy=policy, seen=seen, stopped=past_deadline.hit)
+    return Attempted(generated=generated, error=None, attempts=seen.attempts, billed_failures=seen.billed)
+
+
+def _failed(exc: ProviderError, *, policy: RetryPolicy, seen: _Round, stopped: bool) -> Attempted:
+    """The round's outcome after its last error: stopped at the deadline, quota over the Retry-After
+    cap, or failed with the error as it is."""
+    error = exc
+    if not stopped and exc.retryable and policy.over_cap(exc.retry_after):
+        error = ProviderError(
+            RETRY_AFTER_OVER_CAP.format(retry_after=exc.retry_after, cap=policy.max_retry_after),
+            reason=FailureReason.QUOTA,
+            retryable=False,
+            retry_after=exc.retry_after,
+            status_code=exc.status_code,
+        )
+        error.__cause__ = exc
+    return Attempted(generated=None, error=error, attempts=seen.attempts, stopped=stopped, billed_failures=seen.billed)
 
 
 # --- the on-demand path: one web request's time budget ------------------------------------------
@@ -306,28 +371,10 @@ class Budget:
         return float(max(floor, min(cap, math.floor(self.remaining() - 0.5))))
 
 
-class _ProviderInFront:
-    """A provider in front of another (self._provider): the same name, model and generator."""
-
-    _provider: Provider
-
-    @property
-    def name(self) -> str:
-        return self._provider.name
-
-    @property
-    def model(self) -> str:
-        return self._provider.model
-
-    @property
-    def generator(self) -> str:
-        return self._provider.generator
-
-
-class BudgetedProvider(_ProviderInFront):
-    """A provider whose every attempt gets a timeout that ends inside the budget: when less time is
-    left than the current client's timeout (the lock wait or an earlier attempt used some), it is
-    rebuilt through `build(timeout)` with a shorter one."""
+class BudgetedClient:
+    """The provider for each attempt of a budgeted request: built with a timeout that ends inside the
+    budget, and rebuilt through `build(timeout)` with a shorter one when less time is left than the
+    current client's timeout (the lock wait or an earlier attempt used some)."""
 
     def __init__(self, *, build: Callable[[float], Provider], budget: Budget, cap: float, floor: float) -> None:
         self._build = build
@@ -335,66 +382,15 @@ class BudgetedProvider(_ProviderInFront):
         self._cap = cap
         self._floor = floor
         self.timeout = budget.attempt_timeout(cap=cap, floor=floor)
-        self._provider = build(self.timeout)
+        self.provider = build(self.timeout)
 
     def generate(self, inp: GenerationInput) -> Generated:
+        """One attempt, on a client whose timeout the budget still allows."""
         timeout = self._budget.attempt_timeout(cap=self._cap, floor=self._floor)
         if timeout < self.timeout:
             self.timeout = timeout
-            self._provider = self._build(timeout)
-        return self._provider.generate(inp)
-
-
-class LanedProvider(_ProviderInFront):
-    """A provider whose every attempt first takes a slot in one lane of the account limiter
-    (account_call_once), waiting no later than the budget leaves an attempt's time: the web's
-    on-demand generations draw from the account's budget, in the reserved share the batch cannot take."""
-
-    def __init__(self, *, provider, limiter: RateLimiter | RedisRateLimiter, budget: Budget, lane: str,
-                 min_attempt_seconds: float) -> None:
-        self._provider = provider
-        self._limiter = limiter
-        self._budget = budget
-        self._lane = lane
-        self._min_attempt_seconds = min_attempt_seconds
-
-    def generate(self, inp: GenerationInput) -> Generated:
-        # The limiter runs on the monotonic clock (account_limiter's), the budget on its own: convert.
-        # A slot free now is always taken (the retry loop decides whether an attempt is worth starting).
-        wait = max(SLOT_NOW_SECONDS, self._budget.remaining() - self._min_attempt_seconds)
-        deadline = time.monotonic() + wait
-        return account_call_once(provider=self._provider, inp=inp, limiter=self._limiter, deadline=deadline,
-                                 lane=self._lane)
-
-
-def generate_within_budget(
-    *,
-    provider: BudgetedProvider,
-    inp: GenerationInput,
-    policy: RetryPolicy,
-    budget: Budget,
-    sleep: Callable[[float], object] = time.sleep,
-    rng: random.Random | None = None,
-    limiter: RateLimiter | RedisRateLimiter | None = None,
-    lane: str = LANE_ON_DEMAND,
-) -> Attempted:
-    """generate_with_retries under a web request's budget, no stop event; each attempt through
-    `limiter`'s `lane` when given (the account's limiter: a slot no later than the budget allows, else
-    a retryable rate_limited failure); a retry (or a wait for one) that would leave less than
-    policy.min_attempt_seconds is not started."""
-    caller = provider if limiter is None else LanedProvider(
-        provider=provider, limiter=limiter, budget=budget, lane=lane, min_attempt_seconds=policy.min_attempt_seconds)
-    return generate_with_retries(
-        provider=caller,
-        inp=inp,
-        policy=policy,
-        limiter=RateLimiter(None, clock=budget.clock),
-        stop=threading.Event(),
-        sleep=sleep,
-        rng=rng,
-        deadline=budget.deadline,
-        clock=budget.clock,
-    )
+            self.provider = self._build(timeout)
+        return self.provider.generate(inp)
 
 
 def wait_until(
@@ -416,17 +412,6 @@ def wait_until(
         retry_error_callback=lambda retry_state: False,
     )
     return bool(loop(condition))
-
-
-def account_generate(
-    *, provider, inp, policy, limiter: RateLimiter | RedisRateLimiter, stop: threading.Event, deadline: float | None,
-    lane: str = LANE_BATCH,
-):
-    """generate_with_retries under the account limiter: every attempt reserves a request and the
-    input's estimated tokens, reconciled with the answer's usage; a 429 pauses everyone."""
-    tokens = estimated_tokens(inp) if limiter.tpm is not None or isinstance(limiter, RedisRateLimiter) else 0
-    call = AccountCall(limiter=limiter, provider=provider, lane=lane, tokens=tokens)
-    return generate_with_retries(provider=call, inp=inp, policy=policy, limiter=call, stop=stop, deadline=deadline)
 
 
 # --- messages to a broker -----------------------------------------------------------------------

@@ -24,6 +24,7 @@ raised. A chunk whose task fails stops its own calls still queued or waiting for
 """
 
 import datetime as dt
+import functools
 import logging
 import os
 import queue
@@ -55,7 +56,15 @@ from core.fortunes.pricing import PathUsage, Tier, cost_estimate
 from core.fortunes.providers import Provider, ProviderError, get_provider
 from core.limiter import LIMITER_NEEDS_REDIS, account_limiter_cached
 from core.models import BatchChunk, BatchRun
-from core.resilience import Attempted, RetryPolicy, account_generate, db_retried, is_transient, send_with_retries
+from core.resilience import (
+    Attempted,
+    RetryPolicy,
+    call_with_retries,
+    db_retried,
+    is_transient,
+    request_tokens,
+    send_with_retries,
+)
 from fortuna_api.celery import BROKER_NOT_CONFIGURED, app
 
 logger = logging.getLogger("fortuna.batch")
@@ -280,9 +289,9 @@ class _ChunkWorker:
         return self.report
 
     def _call(self, inp: GenerationInput):
-
-        return lambda: account_generate(provider=self.provider, inp=inp, policy=self.policy, limiter=self.limiter,
-                                        stop=self.stop, deadline=self.deadline)
+        return lambda: call_with_retries(functools.partial(self.provider.generate, inp), policy=self.policy,
+                                         limiter=self.limiter, tokens=request_tokens(self.limiter, inp),
+                                         stop=self.stop, deadline=self.deadline)
 
     def _generate_inline(self, jobs: dict) -> None:
 

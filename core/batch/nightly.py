@@ -48,7 +48,7 @@ from core.fortunes.prompt import estimate_tokens
 from core.fortunes.providers import Provider, ProviderConfigError, get_provider
 from core.limiter import account_limiter
 from core.models import BatchRun
-from core.resilience import RetryPolicy, account_generate
+from core.resilience import RetryPolicy, call_with_retries, request_tokens
 from core.services.natal import users_refresh_natal
 
 logger = logging.getLogger("fortuna.batch")
@@ -72,8 +72,9 @@ def generation_backend(*, provider: Provider, options: BatchOptions, guards: Sto
     limiter = account_limiter(rpm=options.rpm, tpm=options.tpm)
 
     def call(inp: GenerationInput):
-        return account_generate(provider=provider, inp=inp, policy=policy, limiter=limiter,
-                                stop=guards.stop.event, deadline=guards.deadline)
+        return call_with_retries(functools.partial(provider.generate, inp), policy=policy, limiter=limiter,
+                                 tokens=request_tokens(limiter, inp), stop=guards.stop.event,
+                                 deadline=guards.deadline)
 
     return ThreadBackend(workers=options.workers, call=call)
 

@@ -1,9 +1,11 @@
 """Reading a user's fortune, and generating today's on demand when the batch has not made it."""
 
 import datetime as dt
+import functools
 import logging
 import math
 import threading
+import time
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -14,9 +16,9 @@ from django.utils import timezone
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers import Generated, Provider, ProviderError, get_provider
 from core.fortunes.providers.local import LocalProvider
-from core.limiter import account_limiter_cached
+from core.limiter import LANE_ON_DEMAND, account_limiter_cached
 from core.models import FortuneGeneration, FortuneResult, ServedFortune, User, user_sync_natal
-from core.resilience import Budget, BudgetedProvider, RetryPolicy, generate_within_budget
+from core.resilience import Budget, BudgetedClient, RetryPolicy, call_with_retries, request_tokens
 from core.services.on_demand_lock import OnDemandLockTimeout, on_demand_lock
 from core.throttles import on_demand_quota_consume, on_demand_quota_refund
 
@@ -155,13 +157,13 @@ def _on_demand_slots() -> _Slots:
 
 def _fortune_generate(*, user: User, for_date: dt.date, budget: Budget) -> StoredFortune:
     try:
-        provider = BudgetedProvider(
+        client = BudgetedClient(
             build=_provider_build, budget=budget, cap=settings.OPENAI_TIMEOUT, floor=MIN_ATTEMPT_SECONDS
         )
     except ProviderError as exc:  # e.g. FORTUNE_PROVIDER=openai without OPENAI_API_KEY
         logger.error("fortune on-demand provider unusable: %s", exc)
         raise OnDemandUnavailable(ON_DEMAND_UNAVAILABLE, reason=exc.reason) from exc
-    inp = GenerationInput.for_user(user=user, for_date=for_date, generator=provider.generator)
+    inp = GenerationInput.for_user(user=user, for_date=for_date, generator=client.provider.generator)
     try:
         # The lock is waited for while the budget leaves an attempt's time.
         with on_demand_lock(name=inp.hash, deadline=budget.deadline - MIN_ATTEMPT_SECONDS, clock=budget.clock):
@@ -172,12 +174,12 @@ def _fortune_generate(*, user: User, for_date: dt.date, budget: Budget) -> Store
             if generation is None:
                 on_demand_quota_consume(user_id=user.pk, day=for_date)
                 try:
-                    generated = _generate_within_budget(provider=provider, inp=inp, budget=budget)
+                    generated = _generate_within_budget(client=client, inp=inp, budget=budget)
                 except OnDemandUnavailable:
                     # Only a generation the model made counts: an outage must not lock the user out.
                     on_demand_quota_refund(user_id=user.pk, day=for_date)
                     raise
-                generation = _generation_store(inp=inp, provider=provider, generated=generated)
+                generation = _generation_store(inp=inp, provider=client.provider, generated=generated)
             return _result_store(user=user, for_date=for_date, generation=generation)
     except OnDemandLockTimeout:
         raise OnDemandUnavailable(ON_DEMAND_BUSY, reason="lock_timeout", retry_after=BUSY_RETRY_AFTER) from None
@@ -225,12 +227,16 @@ def _retry_after_from(exc: ProviderError | None) -> int:
     return DEFAULT_RETRY_AFTER
 
 
-def _generate_within_budget(*, provider: BudgetedProvider, inp: GenerationInput, budget: Budget) -> Generated:
+def _generate_within_budget(*, client: BudgetedClient, inp: GenerationInput, budget: Budget) -> Generated:
     try:
         # The account's limiter (shared with the batch in Redis), in the on-demand lane: its reserved
         # share (OPENAI_ON_DEMAND_RESERVE) is never taken by the night's run.
-        attempted = generate_within_budget(provider=provider, inp=inp, policy=ON_DEMAND_RETRY_POLICY, budget=budget,
-                                           limiter=account_limiter_cached())
+        limiter = account_limiter_cached()
+        attempted = call_with_retries(
+            functools.partial(client.generate, inp), policy=ON_DEMAND_RETRY_POLICY, limiter=limiter,
+            lane=LANE_ON_DEMAND, tokens=request_tokens(limiter, inp), deadline=budget.deadline, clock=budget.clock,
+            sleep=time.sleep,
+        )
     except Exception as exc:  # a provider bug must still answer 503, not a 500 page
         logger.exception("fortune on-demand provider crashed for %s", inp.for_date)
         raise OnDemandUnavailable(ON_DEMAND_UNAVAILABLE, reason="provider_crash") from exc

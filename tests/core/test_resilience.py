@@ -1,4 +1,5 @@
 import datetime as dt
+import functools
 import math
 import random
 import threading
@@ -10,17 +11,17 @@ from django.utils import timezone
 from core import resilience
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers.base import FailureReason, Generated, ProviderError, retry_after_seconds
-from core.limiter import LANE_BATCH, LANE_ON_DEMAND, ON_DEMAND_NO_SLOT, RateLimiter
+from core.limiter import LANE_BATCH, LANE_ON_DEMAND, RateLimiter
 from core.resilience import (
     MAX_ATTEMPTS_INVALID,
+    ON_DEMAND_NO_SLOT,
     RETRY_AFTER_OVER_CAP,
     Budget,
-    BudgetedProvider,
+    BudgetedClient,
     DatabaseUnavailable,
     RetryPolicy,
+    call_with_retries,
     db_call,
-    generate_with_retries,
-    generate_within_budget,
     is_transient,
     wait_until,
 )
@@ -82,11 +83,10 @@ class Sleeps(list):
 
 
 def run(provider, *, max_attempts=5, max_retry_after=60.0, sleep=None, stop=None, rng=None, limiter=None, **kw):
-    return generate_with_retries(
-        provider=provider,
-        inp=INPUT,
+    return call_with_retries(
+        functools.partial(provider.generate, INPUT),
         policy=RetryPolicy(max_attempts=max_attempts, max_retry_after=max_retry_after),
-        limiter=limiter or RateLimiter(None),
+        limiter=limiter,
         stop=stop or threading.Event(),
         sleep=sleep if sleep is not None else Sleeps(),
         rng=rng or random.Random(1),
@@ -185,11 +185,10 @@ def test_full_jitter_delays_stay_within_the_exponential_bounds():
     seen = [[] for _ in bounds]
     for seed in range(200):
         sleeps = Sleeps()
-        generate_with_retries(
-            provider=ScriptedProvider(then=server_error),
-            inp=INPUT,
+        call_with_retries(
+            functools.partial(ScriptedProvider(then=server_error).generate, INPUT),
             policy=policy,
-            limiter=RateLimiter(None),
+            limiter=None,
             stop=threading.Event(),
             sleep=sleeps,
             rng=random.Random(seed),
@@ -228,11 +227,10 @@ def test_the_default_sleep_is_interrupted_by_the_stop_event():
     stop = threading.Event()
     provider = ScriptedProvider(then=lambda: rate_limited(retry_after=30))
     threading.Timer(0.05, stop.set).start()
-    result = generate_with_retries(
-        provider=provider,
-        inp=INPUT,
+    result = call_with_retries(
+        functools.partial(provider.generate, INPUT),
         policy=RetryPolicy(max_attempts=5, max_retry_after=60),
-        limiter=RateLimiter(None),
+        limiter=None,
         stop=stop,
     )
     # Had it slept the 30 s Retry-After, the test would time out; it returns as soon as stop is set.
@@ -250,9 +248,9 @@ def test_every_attempt_waits_for_the_rate_limiter():
     class CountingLimiter(RateLimiter):
         acquired = 0
 
-        def acquire(self, deadline=None, *, stop=None):
+        def acquire_lane(self, deadline=None, *, stop=None, tokens=0, lane=LANE_BATCH):
             CountingLimiter.acquired += 1
-            return True
+            return lane
 
     provider = ScriptedProvider(timeout(), server_error(), None)
     result = run(provider, limiter=CountingLimiter(None))
@@ -261,8 +259,8 @@ def test_every_attempt_waits_for_the_rate_limiter():
 
 def test_a_limiter_refusal_stops_the_round():
     class Refusing(RateLimiter):
-        def acquire(self, deadline=None, *, stop=None):
-            return False
+        def acquire_lane(self, deadline=None, *, stop=None, tokens=0, lane=LANE_BATCH):
+            return None
 
     provider = ScriptedProvider()
     result = run(provider, limiter=Refusing(60))
@@ -332,7 +330,13 @@ def budgeted(clock, provider, *, seconds, cap=10.0, floor=1.0):
         return provider
 
     budget = Budget.start(seconds, clock=clock)
-    return BudgetedProvider(build=build, budget=budget, cap=cap, floor=floor), budget, built
+    return BudgetedClient(build=build, budget=budget, cap=cap, floor=floor), budget, built
+
+
+def within_budget(client, *, budget, policy, sleep, rng=None, limiter=None):
+    """One on-demand generation, as core.services.fortunes makes it."""
+    return call_with_retries(functools.partial(client.generate, INPUT), policy=policy, limiter=limiter,
+                             lane=LANE_ON_DEMAND, deadline=budget.deadline, clock=budget.clock, sleep=sleep, rng=rng)
 
 
 def test_the_attempt_timeout_is_what_the_budget_leaves_in_whole_seconds_between_floor_and_cap():
@@ -346,26 +350,24 @@ def test_the_attempt_timeout_is_what_the_budget_leaves_in_whole_seconds_between_
     assert budget.attempt_timeout(cap=15, floor=1) == 1.0
 
 
-def test_a_budgeted_provider_rebuilds_the_client_when_less_time_is_left():
+def test_a_budgeted_client_is_rebuilt_when_less_time_is_left():
     clock = FakeClock()
     provider = ClockedProvider(clock, server_error(), None, duration=4.0)
-    budgeted_provider, budget, built = budgeted(clock, provider, seconds=12, cap=10)
+    client, budget, built = budgeted(clock, provider, seconds=12, cap=10)
     sleeps = Sleeps()
     policy = RetryPolicy(max_attempts=3, max_retry_after=math.inf, min_attempt_seconds=1.0)
-    result = generate_within_budget(
-        provider=budgeted_provider, inp=INPUT, policy=policy, budget=budget, sleep=sleeps, rng=random.Random(1)
-    )
+    result = within_budget(client, budget=budget, policy=policy, sleep=sleeps, rng=random.Random(1))
     assert result.ok and result.attempts == 2
     assert built == [10.0, 7.0]  # 12 s left at first, about 8 s at the second attempt
-    assert budgeted_provider.timeout == 7.0
+    assert client.timeout == 7.0
 
 
 def test_the_first_attempt_is_made_even_with_less_than_the_minimum_left():
     clock = FakeClock()
     provider = ClockedProvider(clock, then=timeout, duration=0.5)
-    budgeted_provider, budget, _ = budgeted(clock, provider, seconds=0.8)
+    client, budget, _ = budgeted(clock, provider, seconds=0.8)
     policy = RetryPolicy(max_attempts=3, max_retry_after=math.inf, min_attempt_seconds=1.0)
-    result = generate_within_budget(provider=budgeted_provider, inp=INPUT, policy=policy, budget=budget, sleep=Sleeps())
+    result = within_budget(client, budget=budget, policy=policy, sleep=Sleeps())
     assert provider.calls == 1 and result.attempts == 1
     assert result.stopped and result.error.reason == FailureReason.TIMEOUT
 
@@ -374,10 +376,10 @@ def test_a_retry_that_would_leave_less_than_the_minimum_is_not_started():
     clock = FakeClock()
     # 5 s budget; the first attempt takes 3 s; a 1.5 s Retry-After would leave 0.5 s < 1 s.
     provider = ClockedProvider(clock, rate_limited(retry_after=1.5), None, duration=3.0)
-    budgeted_provider, budget, _ = budgeted(clock, provider, seconds=5)
+    client, budget, _ = budgeted(clock, provider, seconds=5)
     sleeps = Sleeps()
     policy = RetryPolicy(max_attempts=3, max_retry_after=math.inf, min_attempt_seconds=1.0)
-    result = generate_within_budget(provider=budgeted_provider, inp=INPUT, policy=policy, budget=budget, sleep=sleeps)
+    result = within_budget(client, budget=budget, policy=policy, sleep=sleeps)
     assert provider.calls == 1 and sleeps == []
     assert result.stopped and result.error.reason == FailureReason.RATE_LIMITED
 
@@ -385,10 +387,10 @@ def test_a_retry_that_would_leave_less_than_the_minimum_is_not_started():
 def test_a_retry_after_the_budget_allows_is_waited_even_above_the_batch_cap():
     clock = FakeClock()
     provider = ClockedProvider(clock, rate_limited(retry_after=2.0), None)
-    budgeted_provider, budget, _ = budgeted(clock, provider, seconds=10)
+    client, budget, _ = budgeted(clock, provider, seconds=10)
     sleeps = Sleeps()
     policy = RetryPolicy(max_attempts=3, max_retry_after=math.inf, min_attempt_seconds=1.0)
-    result = generate_within_budget(provider=budgeted_provider, inp=INPUT, policy=policy, budget=budget, sleep=sleeps)
+    result = within_budget(client, budget=budget, policy=policy, sleep=sleeps)
     assert result.ok and sleeps == [2.0]
 
 
@@ -424,20 +426,35 @@ def test_wait_until_always_tries_once():
 
 def test_on_demand_attempts_take_the_reserved_lane_that_a_saturated_batch_cannot_take():
     # 1 RPM, 10 % reserved: the batch's next slot is ~67 s away once taken, the on-demand lane's 600 s.
-    limiter = RateLimiter(1, reserve=0.1)
+    clock = FakeClock()  # the limiter's and the budgets' one clock
+    limiter = RateLimiter(1, reserve=0.1, clock=clock, sleep=clock.sleep)
     assert limiter.acquire(lane=LANE_BATCH)  # the batch holds every slot it may have
     provider = ScriptedProvider()
     policy = RetryPolicy(max_attempts=1, max_retry_after=math.inf, min_attempt_seconds=1.0)
 
     def on_demand():
-        budget = Budget.start(5, clock=FakeClock())
-        return generate_within_budget(provider=provider, inp=INPUT, policy=policy, budget=budget, sleep=Sleeps(),
-                                      limiter=limiter, lane=LANE_ON_DEMAND)
+        budget = Budget.start(5, clock=clock)
+        return within_budget(BudgetedClient(build=lambda timeout: provider, budget=budget, cap=10, floor=1),
+                             budget=budget, policy=policy, sleep=Sleeps(), limiter=limiter)
 
     first, second = on_demand(), on_demand()
     assert first.ok and provider.calls == 1  # the reserve: a user's request got through
     assert not second.ok and provider.calls == 1  # the reserve is spent and the batch's slots are not free
     assert second.error.reason == FailureReason.RATE_LIMITED and str(second.error) == ON_DEMAND_NO_SLOT
+
+
+def test_no_on_demand_slot_is_asked_again_while_the_budget_allows_and_is_no_http_attempt():
+    clock = FakeClock()
+    limiter = RateLimiter(1, reserve=0.1, clock=clock, sleep=clock.sleep)
+    assert limiter.acquire(lane=LANE_BATCH) and limiter.acquire(lane=LANE_ON_DEMAND)  # both lanes spent
+    provider = ScriptedProvider()
+    budget = Budget.start(4, clock=clock)
+    policy = RetryPolicy(max_attempts=3, max_retry_after=math.inf, min_attempt_seconds=1.0)
+    client = BudgetedClient(build=lambda timeout: provider, budget=budget, cap=10, floor=1)
+    result = within_budget(client, budget=budget, policy=policy, sleep=clock.sleep, limiter=limiter)
+    assert (result.ok, result.attempts, provider.calls) == (False, 0, 0)
+    assert str(result.error) == ON_DEMAND_NO_SLOT and result.error.retry_after == 1.0
+    assert clock.now == 102.0  # asked three times, a second apart, within the 4 s budget
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
@@ -465,6 +482,39 @@ def test_the_usage_of_billed_failures_is_kept_whether_the_round_succeeds_or_not(
     assert ok.ok and ok.billed_failures == [("default", 100, 900)] * 2
     failed = run(ScriptedProvider(then=billed), max_attempts=3)
     assert not failed.ok and failed.billed_failures == [("default", 100, 900)] * 3
+
+
+class RecordingLimiter(RateLimiter):
+    """An unlimited limiter that records what the call path tells it."""
+
+    def __init__(self):
+        super().__init__(None, tpm=None)
+        self.events = []
+
+    def acquire_lane(self, deadline=None, *, stop=None, tokens=0, lane=LANE_BATCH):
+        self.events.append(("slot", lane, tokens))
+        return lane
+
+    def reconcile(self, *, lane, reserved, used):
+        self.events.append(("reconcile", lane, reserved, used))
+
+    def backoff(self, *, error, max_pause=60.0):
+        self.events.append(("backoff", error.reason))
+
+
+def test_the_limiter_reserves_before_each_attempt_and_learns_each_answers_cost():
+    billed = ProviderError("cut off", reason=FailureReason.INVALID_OUTPUT, retryable=True, tokens_in=100,
+                           tokens_out=900, service_tier="default")
+    limiter = RecordingLimiter()
+    result = run(ScriptedProvider(rate_limited(retry_after=0), billed, server_error(), None), limiter=limiter,
+                 tokens=500)
+    assert result.ok and result.attempts == 4
+    assert limiter.events == [
+        ("slot", LANE_BATCH, 500), ("backoff", FailureReason.RATE_LIMITED),  # a 429 pauses everyone
+        ("slot", LANE_BATCH, 500), ("reconcile", LANE_BATCH, 500, 1000),  # a billed failure's usage
+        ("slot", LANE_BATCH, 500),  # an unbilled failure leaves the estimate
+        ("slot", LANE_BATCH, 500), ("reconcile", LANE_BATCH, 500, 30),  # the answer's usage
+    ]
 
 
 # --- the database retry policy ------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Flex processing on the batch's synchronous path, through the stub and the real SDK."""
 
 import datetime as dt
+import functools
 import json
 import threading
 import time
@@ -11,7 +12,7 @@ from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers import ProviderError, get_provider
 from core.fortunes.providers.base import FailureReason
 from core.limiter import RateLimiter
-from core.resilience import RetryPolicy, generate_with_retries
+from core.resilience import RetryPolicy, call_with_retries
 
 HOUR = 3600.0
 
@@ -75,7 +76,8 @@ def test_resource_unavailable_is_its_own_reason_and_the_retry_falls_back_to_defa
 def test_through_the_retry_loop_one_generation_costs_one_flex_refusal_and_one_default_request(flex, inp):
     flex.configure(fail_when_contains=["flex"], fail_status=429, fail_code="resource_unavailable")
     provider = get_provider(name="openai", flex_deadline=time.monotonic() + HOUR)
-    outcome = generate_with_retries(provider=provider, inp=inp, policy=RetryPolicy(max_attempts=3, max_retry_after=60),
-                                    limiter=RateLimiter(None), stop=threading.Event())
+    outcome = call_with_retries(functools.partial(provider.generate, inp),
+                                policy=RetryPolicy(max_attempts=3, max_retry_after=60), limiter=RateLimiter(None),
+                                stop=threading.Event())
     assert outcome.generated is not None and outcome.attempts == 2
     assert flex.counters()["by_status"] == {"429": 1, "200": 1}
