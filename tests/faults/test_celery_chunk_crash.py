@@ -10,7 +10,6 @@ import pytest
 from core.batch import celery_backend
 from core.batch.celery_backend import batch_chunk_generate
 from core.models import BatchChunk, FortuneGeneration, FortuneResult
-from fortuna_api.celery import app
 from tests.batch.celery_helpers import celery_run
 from tests.factories import users_create_many
 
@@ -19,13 +18,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 INPUTS = 40
 INFLIGHT = 4
 STORE_FAILED = "the store failed (a test's fault)"
-
-
-@pytest.fixture
-def eager():
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = False
 
 
 def test_a_chunk_that_fails_stops_its_calls_in_flight(eager, openai_settings, settings):

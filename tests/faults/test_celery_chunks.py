@@ -69,6 +69,18 @@ def _assert_nothing_lost(*, run: BatchRun, stub, reports) -> None:
         assert_reported(reports, BatchRun.objects.order_by("pk"))
 
 
+def _a_chunk_runs_and_three_wait(*, timeout: float = 30) -> bool:
+    """Wait (from a side thread) until one chunk runs and at least three are still queued: the moment
+    a broker fault loses messages that matter."""
+    deadline = time.monotonic() + timeout
+    while not (BatchChunk.objects.filter(state=BatchChunk.State.RUNNING).exists()
+               and BatchChunk.objects.filter(state=BatchChunk.State.QUEUED).count() >= 3):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_the_broker_restarted_after_the_chunks_were_sent_loses_no_chunk(own_broker_workers, own_redis,
                                                                         openai_settings, slack_receiver):
     openai_settings.configure(latency_ms=250)
@@ -77,12 +89,8 @@ def test_the_broker_restarted_after_the_chunks_were_sent_loses_no_chunk(own_brok
     restarted: list[int] = []
 
     def restart_once_a_chunk_runs():
-        deadline = time.monotonic() + 30
-        while not (BatchChunk.objects.filter(state=BatchChunk.State.RUNNING).exists()
-                   and BatchChunk.objects.filter(state=BatchChunk.State.QUEUED).count() >= 3):
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.02)
+        if not _a_chunk_runs_and_three_wait():
+            return
         restarted.append(BatchChunk.objects.filter(state=BatchChunk.State.QUEUED).count())
         own_redis.restart()  # empty: the queued chunks' messages are gone
         connection.close()  # this thread's own
@@ -193,12 +201,8 @@ def test_rabbitmq_connections_closed_mid_run_lose_no_chunk(uses_postgres, own_ra
     closed: list[int] = []
 
     def close_once_a_chunk_runs():
-        deadline = time.monotonic() + 30
-        while not (BatchChunk.objects.filter(state=BatchChunk.State.RUNNING).exists()
-                   and BatchChunk.objects.filter(state=BatchChunk.State.QUEUED).count() >= 3):
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.02)
+        if not _a_chunk_runs_and_three_wait():
+            return
         closed.append(1)
         own_rabbit_vhost.close_connections()
         connection.close()
