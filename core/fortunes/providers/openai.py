@@ -73,18 +73,6 @@ def openai_client_get(*, base_url: str | None, api_key: str, timeout: float) -> 
         return client
 
 
-def openai_clients_close() -> None:
-    """Close every cached client's connections (a batch run must exit with none open).
-
-    Call it at the end of a process or run: providers made before it keep their now-closed client.
-    """
-    with _clients_lock:
-        clients = list(_clients.values())
-        _clients.clear()
-    for client in clients:
-        client.close()
-
-
 def rate_limit_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     """The retry-after and x-ratelimit-* headers of an answer, lower-cased (for core.limiter)."""
     if headers is None:
