@@ -8,15 +8,13 @@ above that budget.
 
 import os
 
-from fortuna_api.env import env_bool, env_choice, env_int
+from fortuna_api.env import env_choice, env_int
 
 bind = f"0.0.0.0:{env_int('PORT', 8000, min_value=1, max_value=65535)}"
-# Stock gthread. Behind a proxy that pools its connections to gunicorn (Railway's, nginx's keepalive)
-# requests spread over the processes without help; GUNICORN_BALANCED_WORKER=1 opts in to the worker
-# that shares new connections evenly (fortuna_api/gunicorn_worker.py), for clients that reach gunicorn
-# directly with a few long-lived connections. docs/BENCHMARKS.md has what was measured.
-BALANCED_WORKER = env_bool("GUNICORN_BALANCED_WORKER", default=False)
-worker_class = "fortuna_api.gunicorn_worker.BalancedThreadWorker" if BALANCED_WORKER else "gthread"
+# Stock gthread: behind a proxy that pools its connections to gunicorn (Railway's, nginx's keepalive)
+# requests spread over the processes without help (docs/BENCHMARKS.md). The benchmarks' balanced
+# worker, for clients that reach gunicorn directly, is bench/gunicorn.conf.py's, never production's.
+worker_class = "gthread"
 workers = env_int("WEB_CONCURRENCY", 4, min_value=1, max_value=256)
 # A gthread worker accepts connections regardless of free threads and queues them in its pool, so a
 # worker whose threads all wait on the LLM would delay everything it accepted, /healthz included.
@@ -40,10 +38,3 @@ control_socket_disable = True
 # The heartbeat file: /dev/shm avoids stalls when the container's disk is slow.
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"
-
-if BALANCED_WORKER:
-    from fortuna_api import gunicorn_worker  # its shared memory is created here, in the arbiter
-
-    def pre_fork(server, worker):
-        # A shared-memory slot for the worker's connection count.
-        gunicorn_worker.slot_assign(worker, server.WORKERS.values())

@@ -4,7 +4,8 @@ Run from the repo root:  .venv/bin/python bench/api.py  [--users 2000] [--rounds
 
 Prepares a PostgreSQL database (default: drops and creates `fortuna_bench_api` with createdb on
 127.0.0.1; or --database-url), migrates it, bulk-creates users with tokens and today's (KST)
-fortunes, starts the Procfile's web line with WEB_CONCURRENCY=2 and production settings, then
+fortunes, starts the Procfile's web line with WEB_CONCURRENCY=2 and production settings (bench/settings.py:
+production's, plus the reference view /api/ping; --balanced: bench/gunicorn.conf.py's worker), then
 loads both endpoints with wrk (a Lua script rotating valid tokens; a Python load generator when
 wrk is missing) at 4, 32 and 64 connections, in rounds: within a round every endpoint runs once,
 next to the others (the order flips each round). Prints the median rps, p50, p99 and server CPU per
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -31,10 +31,23 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BASE_DIR))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.api_inprocess import tree_export  # noqa: E402
+from bench.common import (  # noqa: E402
+    BENCH_DB,
+    FORTUNE_PATH,
+    GUNICORN_BENCH_CONFIG,
+    PG_SERVER,
+    PING_PATH,
+    ROOT,
+    cpu_ticks,
+    data_seed,
+    database_migrate,
+    database_prepare,
+    settings_module_for,
+    tokens_read,
+    tree_export,
+)
 from tests.deploy.server import (  # noqa: E402
     PROXY_HEADERS,
     free_port,
@@ -43,10 +56,6 @@ from tests.deploy.server import (  # noqa: E402
     web_server_stop,
 )
 
-BENCH_DB = "fortuna_bench_api"
-PG_SERVER = "postgres://postgres@127.0.0.1:5432"
-FORTUNE_PATH = "/fortune/today"
-PING_PATH = "/api/ping"
 REFERENCE_LABEL = "reference ping"  # --reference: bench/reference_settings.py, 2 sync workers
 
 # Targets from issue 4.
@@ -82,77 +91,6 @@ function done(summary, latency, requests)
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end
 """
-
-
-def _env_for_django(database_url: str) -> dict[str, str]:
-    return production_env(database_url=database_url, port=0)
-
-
-def database_prepare(*, database_url: str | None) -> str:
-    if database_url:
-        return database_url
-    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", BENCH_DB], check=True)
-    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", BENCH_DB], check=True)
-    return f"{PG_SERVER}/{BENCH_DB}"
-
-
-def database_migrate(*, database_url: str) -> None:
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=BASE_DIR,
-        env=_env_for_django(database_url), check=True,
-    )
-
-
-def data_seed(*, database_url: str, users: int) -> list[str]:
-    """Users with tokens and today's fortunes, bulk-inserted. Returns the tokens."""
-    os.environ.update(_env_for_django(database_url))
-    import django
-
-    django.setup()
-    from django.db import transaction
-    from django.utils import timezone
-    from rest_framework.authtoken.models import Token
-
-    from core.fortunes.inputs import GenerationInput
-    from core.fortunes.schema import Categories, GeneratedPart, Lucky, ScoredText
-    from core.models import FortuneGeneration, FortuneResult, User
-    from core.services.demo import demo_users_create
-
-    demo_users_create(count=users, seed=2026)
-    eligible = list(User.objects.filter(is_active=True, birth_date_solar__isnull=False))
-    today = timezone.localdate()
-    rng = random.Random(7)
-    generations: dict[str, FortuneGeneration] = {}
-    pairs = []
-    for user in eligible:
-        inp = GenerationInput.for_user(user=user, for_date=today, generator="local")
-        if inp.hash not in generations:
-            score = rng.randrange(30, 95)
-            scored = ScoredText(score=score, text="오늘은 주변 사람들과의 관계가 부드럽게 풀리는 날입니다. " * 3)
-            part = GeneratedPart(
-                summary="차분하게 하루를 정리하면 좋은 결과가 따릅니다.",
-                overall=scored,
-                categories=Categories(love=scored, money=scored, work=scored, health=scored),
-                lucky=Lucky(color="파랑", number=rng.randrange(100), direction="동"),
-                advice="서두르지 말고 한 가지씩 마무리하세요. " * 2,
-            )
-            generations[inp.hash] = FortuneGeneration(
-                input_hash=inp.hash, for_date=today, content=inp.compose(part).as_json(), provider="local"
-            )
-        pairs.append((user, inp.hash))
-    with transaction.atomic():
-        FortuneGeneration.objects.bulk_create(generations.values(), batch_size=1000)
-        saved = dict(FortuneGeneration.objects.filter(for_date=today).values_list("input_hash", "pk"))
-        FortuneResult.objects.bulk_create(
-            [FortuneResult(user=user, for_date=today, generation_id=saved[h], source="batch") for user, h in pairs],
-            batch_size=1000,
-        )
-        tokens = [Token(user=user, key=Token.generate_key()) for user, _ in pairs]
-        Token.objects.bulk_create(tokens, batch_size=1000)
-    from django.db import connections
-
-    connections.close_all()
-    return [token.key for token in tokens]
 
 
 def load_wrk(*, url: str, connections: int, duration: int, tokens_file: Path, script: Path) -> dict:
@@ -228,14 +166,6 @@ def warm(*, base_url: str, tokens: list[str], path: str) -> None:
             resp.read()
 
 
-def _cpu_ticks(pid: str) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0  # a database backend that ended
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
 def server_pids(server, *, database: str) -> tuple[list[str], list[str]]:
     """The gunicorn workers of a server, and the PostgreSQL backends of the database (same host only)."""
     def pgrep(*argv: str) -> list[str]:
@@ -256,7 +186,7 @@ def main() -> None:
     parser.add_argument("--worker-class", default="", help="override the Procfile's (e.g. sync, to compare)")
     parser.add_argument("--threads", default="", help="GUNICORN_THREADS for the server")
     parser.add_argument("--balanced", action="store_true",
-                        help="GUNICORN_BALANCED_WORKER=1: new connections shared evenly between the worker processes")
+                        help="bench/gunicorn.conf.py: new connections shared evenly between the worker processes")
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", ""),
                         help="REDIS_URL for the server (as on Railway: throttles and the token cache in Redis)")
     parser.add_argument("--python-load", action="store_true", help="use the Python load generator, not wrk")
@@ -272,7 +202,7 @@ def main() -> None:
     tokens_file = tmp / "tokens.txt"
     if args.reuse_data:
         database_migrate(database_url=database_url)  # the data stays; a newer tree's migrations apply
-        tokens = _tokens_read(database_url=database_url)
+        tokens = tokens_read(database_url=database_url)
     else:
         database_url = database_prepare(database_url=args.database_url or None)
         database_migrate(database_url=database_url)
@@ -291,11 +221,17 @@ def main() -> None:
     if args.threads:
         extra["GUNICORN_THREADS"] = args.threads
     if args.balanced:
-        extra["GUNICORN_BALANCED_WORKER"] = "1"
+        extra["GUNICORN_BALANCED_WORKER"] = "1"  # how trees older than bench/gunicorn.conf.py opted in
     env = production_env(database_url=database_url, port=0, extra=extra)
     argv_extra = ["--worker-class", args.worker_class] if args.worker_class else []
     # The access log would cost the server as much as the view itself; production keeps it.
     argv_extra += ["--access-logfile", "/dev/null"]
+
+    def served(tree: Path) -> tuple[dict[str, str], tuple[str, ...]]:
+        """The environment and extra gunicorn flags that serve /api/ping (and --balanced) in a tree."""
+        config = tree / GUNICORN_BENCH_CONFIG.relative_to(ROOT)
+        balanced = ("--config", str(config)) if args.balanced and config.exists() else ()
+        return {**env, "DJANGO_SETTINGS_MODULE": settings_module_for(tree)}, (*balanced, *argv_extra)
 
     def load(url: str, conns: int) -> dict:
         if use_wrk:
@@ -306,13 +242,16 @@ def main() -> None:
     # by a third within minutes, so a ratio is only fair between runs made next to each other.
     servers = {}
     try:
-        servers["app"] = web_server_start(env=env, port=free_port(), extra_args=tuple(argv_extra),
+        app_env, app_args = served(ROOT)
+        servers["app"] = web_server_start(env=app_env, port=free_port(), extra_args=app_args,
                                           log_path=tmp / "gunicorn.log")
         endpoints = [(PING_PATH, "app", PING_PATH), (FORTUNE_PATH, "app", FORTUNE_PATH)]
         if args.against:
+            against = tree_export(revision=args.against, into=tmp / "against")
+            against_env, against_args = served(against)
             servers["against"] = web_server_start(
-                env=env, port=free_port(), extra_args=tuple(argv_extra), log_path=tmp / "against.log",
-                source_dir=tree_export(revision=args.against, into=tmp / "against"),
+                env=against_env, port=free_port(), extra_args=against_args, log_path=tmp / "against.log",
+                source_dir=against,
             )
             endpoints += [(f"{args.against} {PING_PATH}", "against", PING_PATH),
                           (f"{args.against} {FORTUNE_PATH}", "against", FORTUNE_PATH)]
@@ -331,9 +270,9 @@ def main() -> None:
             for round_no in range(args.rounds):
                 for label, name, path in endpoints if round_no % 2 == 0 else endpoints[::-1]:
                     workers, backends = server_pids(servers[name], database=database)
-                    before = {pid: _cpu_ticks(pid) for pid in workers + backends}
+                    before = {pid: cpu_ticks(pid) for pid in workers + backends}
                     result = load(servers[name].base_url + path, conns)
-                    used = {pid: _cpu_ticks(pid) - ticks for pid, ticks in before.items()}
+                    used = {pid: cpu_ticks(pid) - ticks for pid, ticks in before.items()}
                     result["cpu_ms"] = sum(used.values()) * 1000 / os.sysconf("SC_CLK_TCK") / result["requests"]
                     # How the load spread over the worker processes: wrk's few long-lived connections can
                     # all land on one (docs/BENCHMARKS.md, gunicorn worker processes).
@@ -401,19 +340,6 @@ def _ratios_line(fortune: list[dict], ping: list[dict], conns: int) -> str:
 
 def _verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
-
-
-def _tokens_read(*, database_url: str) -> list[str]:
-    os.environ.update(_env_for_django(database_url))
-    import django
-
-    django.setup()
-    from django.db import connections
-    from rest_framework.authtoken.models import Token
-
-    tokens = list(Token.objects.values_list("key", flat=True))
-    connections.close_all()
-    return tokens
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@ A loaded box makes wrk's figures mean little; the time a request spends inside D
 depend on the load generator. This seeds the same PostgreSQL data as bench/api.py (--reuse-data
 skips that), then runs each tree in a worker process of its own that imports the production WSGI
 application (fortuna_api.wsgi, production settings as on Railway: DEBUG off, persistent connections,
-connection health checks) and calls it with WSGI environ dicts as gunicorn would, rotating the
-tokens. The workers take turns, one batch of requests per endpoint each, so both see the same load;
-the figure per tree and endpoint is the minimum over the batches (ms per request), in wall-clock time
-and in the worker's own CPU time (which a busy box inflates less).
+connection health checks; bench/settings.py adds /api/ping) and calls it with WSGI environ dicts as
+gunicorn would, rotating the tokens. The workers take turns, one batch of requests per endpoint each,
+so both see the same load; the figure per tree and endpoint is the minimum over the batches (ms per
+request), in wall-clock time and in the worker's own CPU time (which a busy box inflates less).
 
 --against REV also runs the code of git revision REV (exported with `git archive`), side by side:
 the way to compare a change with what it replaces. The targets of bench/api.py, read in-process:
@@ -19,7 +19,6 @@ the way to compare a change with what it replaces. The targets of bench/api.py, 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess
@@ -28,59 +27,43 @@ import tempfile
 import time
 from pathlib import Path
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-PATHS = ("/api/ping", "/fortune/today")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    API_PATHS,
+    BENCH_DB,
+    PG_SERVER,
+    ROOT,
+    api_env,
+    data_seed,
+    database_migrate,
+    database_prepare,
+    tree_export,
+    wsgi_application_of,
+    wsgi_get,
+)
+
 TARGET_RPS_RATIO = 0.60
-
-
-def wsgi_get(application, *, path: str, token: str) -> int:
-    """One GET through a WSGI application as gunicorn makes it (behind Railway's proxy); returns the status."""
-    status = []
-    environ = {
-        "REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SCRIPT_NAME": "",
-        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_HOST": "127.0.0.1", "HTTP_X_FORWARDED_PROTO": "https", "HTTP_AUTHORIZATION": f"Token {token}",
-        "REMOTE_ADDR": "127.0.0.1", "wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr,
-        "wsgi.url_scheme": "http", "wsgi.version": (1, 0), "wsgi.multithread": True,
-        "wsgi.multiprocess": True, "wsgi.run_once": False,
-    }
-    result = application(environ, lambda s, headers, exc_info=None: status.append(s))
-    try:
-        b"".join(result)
-    finally:
-        result.close()  # request_finished, as gunicorn does
-    return int(status[0].split()[0])
-
-
-def tree_export(*, revision: str, into: Path) -> Path:
-    """The files of a git revision (git archive), to run beside this tree."""
-    into.mkdir()
-    archive = subprocess.run(["git", "archive", revision], cwd=BASE_DIR, capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return into
 
 
 def worker(*, source_dir: Path, requests: int) -> None:
     """Child: serve batches on request (a line on stdin), answer ms per request as JSON on stdout."""
-    sys.path.insert(0, str(source_dir))
-    os.chdir(source_dir)
+    application = wsgi_application_of(source_dir)  # sets Django up, as gunicorn's import does
     from django.apps import apps
-
-    from fortuna_api.wsgi import application  # sets Django up, as gunicorn's import does
 
     tokens = list(apps.get_model("authtoken", "Token").objects.order_by("key").values_list("key", flat=True))
 
     def call(path: str, token: str) -> int:
         return wsgi_get(application, path=path, token=token)
 
-    for path in PATHS:  # warm up: connection, caches, first-call imports
+    for path in API_PATHS:  # warm up: connection, caches, first-call imports
         for token in tokens[:50]:
             if (code := call(path, token)) != 200:
                 raise SystemExit(f"{source_dir}: {path} answered {code}")
     position = 0
     for _line in sys.stdin:
         figures = {}
-        for path in PATHS:
+        for path in API_PATHS:
             started, cpu_started = time.perf_counter(), time.thread_time()
             for i in range(requests):
                 call(path, tokens[(position + i) % len(tokens)])
@@ -106,19 +89,16 @@ def main() -> None:
         worker(source_dir=Path(args.worker), requests=args.requests)
         return
 
-    sys.path.insert(0, str(BASE_DIR))
-    from bench.api import BENCH_DB, PG_SERVER, _env_for_django, data_seed, database_migrate, database_prepare
-
     database_url = args.database_url or f"{PG_SERVER}/{BENCH_DB}"
     if not args.reuse_data:
         database_url = database_prepare(database_url=args.database_url or None)
     database_migrate(database_url=database_url)  # with --reuse-data too: a newer tree's migrations apply
     if not args.reuse_data:
         data_seed(database_url=database_url, users=args.users)
-    env = {**_env_for_django(database_url), "PYTHONPATH": "", "PYTHONWARNINGS": "ignore"}
+    env = {**api_env(database_url), "PYTHONPATH": "", "PYTHONWARNINGS": "ignore"}
     if args.redis_url:
         env["REDIS_URL"] = args.redis_url
-    trees = {"this tree": BASE_DIR}
+    trees = {"this tree": ROOT}
     with tempfile.TemporaryDirectory(prefix="bench-inprocess-") as tmp:
         if args.against:
             trees = {args.against: tree_export(revision=args.against, into=Path(tmp) / "against"), **trees}
@@ -145,7 +125,7 @@ def main() -> None:
 
     print(f"in-process service time, ms per request (min of {args.batches} batches of {args.requests}; "
           f"load average {os.getloadavg()[0]:.1f}); cpu: this process's CPU time alone (no database, no waiting)")
-    columns = [*PATHS, *(f"{path} cpu" for path in PATHS)]
+    columns = [*API_PATHS, *(f"{path} cpu" for path in API_PATHS)]
     print(f"{'tree':<14}" + "".join(f"{column:>20}" for column in columns) + f"{'ping/fortune':>14}")
     for label, figures in best.items():
         ratio = figures["/api/ping"] / figures["/fortune/today"]

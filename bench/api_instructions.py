@@ -26,21 +26,27 @@ import sys
 import tempfile
 from pathlib import Path
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BASE_DIR))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.api_inprocess import PATHS, tree_export, wsgi_get  # noqa: E402
+from bench.common import (  # noqa: E402
+    API_PATHS,
+    BENCH_DB,
+    PG_SERVER,
+    ROOT,
+    api_env,
+    database_migrate,
+    tree_export,
+    wsgi_application_of,
+    wsgi_get,
+)
 
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
 def child(*, source_dir: Path, path: str, warm: int, requests: int) -> None:
-    sys.path.insert(0, str(source_dir))
-    os.chdir(source_dir)
+    application = wsgi_application_of(source_dir)
     from django.apps import apps
     from django.core.cache import cache
-
-    from fortuna_api.wsgi import application
 
     cache.clear()
     tokens = list(apps.get_model("authtoken", "Token").objects.order_by("key").values_list("key", flat=True))
@@ -77,24 +83,22 @@ def main() -> None:
         child(source_dir=Path(args.child), path=args.path, warm=args.warm, requests=args.requests)
         return
 
-    from bench.api import BENCH_DB, PG_SERVER, _env_for_django, database_migrate
-
     database_url = args.database_url or f"{PG_SERVER}/{BENCH_DB}"
     database_migrate(database_url=database_url)  # this tree's migrations on bench/api.py's data
     # PYTHONHASHSEED: the same dict and set layouts in every run. The token cache outlives the run.
-    env = {**_env_for_django(database_url), "PYTHONPATH": "", "PYTHONWARNINGS": "ignore", "PYTHONHASHSEED": "0",
+    env = {**api_env(database_url), "PYTHONPATH": "", "PYTHONWARNINGS": "ignore", "PYTHONHASHSEED": "0",
            "AUTH_TOKEN_CACHE_SECONDS": "3600"}
     if args.redis_url:
         env["REDIS_URL"] = args.redis_url
     n = args.requests
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
-        trees = {"this tree": BASE_DIR}
+        trees = {"this tree": ROOT}
         if args.against:
             trees = {args.against: tree_export(revision=args.against, into=Path(tmp) / "against"), **trees}
         for tree in trees.values():
             # One run of each path outside callgrind first, so that no first-time work (the bytecode of
             # every module a request imports, the tree's and the virtualenv's) lands in a counted run.
-            for path in PATHS:
+            for path in API_PATHS:
                 subprocess.run([sys.executable, __file__, "--child", str(tree), "--path", path, "--warm", "1",
                                 "--requests", "1"], env=env, capture_output=True, check=True)
 
@@ -103,11 +107,11 @@ def main() -> None:
 
         counts = {
             (label, path): (count(tree, path, 2 * n) - count(tree, path, n)) // n
-            for label, tree in trees.items() for path in PATHS
+            for label, tree in trees.items() for path in API_PATHS
         }
     print(f"instructions per request (callgrind; {n} and {2 * n} requests per run, the difference / {n}); "
           f"Redis: {'yes' if args.redis_url else 'no'}")
-    print(f"{'tree':<14}" + "".join(f"{path:>18}" for path in PATHS) + f"{'ping/fortune':>14}")
+    print(f"{'tree':<14}" + "".join(f"{path:>18}" for path in API_PATHS) + f"{'ping/fortune':>14}")
     for label in trees:
         ping, fortune = counts[(label, "/api/ping")], counts[(label, "/fortune/today")]
         print(f"{label:<14}{ping:>18,}{fortune:>18,}{ping / fortune:>14.2f}")

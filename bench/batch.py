@@ -27,152 +27,35 @@ The database is WIPED (users, fortunes, runs): it refuses to run unless the data
 """
 
 import argparse
-import datetime as dt
 import os
-import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fortuna_api.settings")
-os.environ.setdefault("DEBUG", "1")
-os.environ.setdefault("SECRET_KEY", "bench-only-secret-key")
-os.environ["FORTUNE_PROVIDER"] = "local"  # this process only seeds; the command gets its own env
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import django  # noqa: E402
+from bench.common import (  # noqa: E402
+    BASE,
+    TARGET,
+    batch_api_arguments,
+    batch_django_setup,
+    command_env,
+    command_run,
+    settle,
+    users_seed,
+    wipe,
+)
 
-django.setup()
+batch_django_setup()
 
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from core.models import BatchRun, FortuneGeneration, FortuneResult, User  # noqa: E402
-from core.services.natal import natal_fields, users_refresh_natal  # noqa: E402
-
-BASE = dt.date(2030, 3, 10)
-TARGET = BASE + dt.timedelta(days=1)
-INELIGIBLE_SHARE = 0.1  # extra users on top of N: inactive or without a birth date
-
-
-def _wipe() -> None:
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            tables = [m._meta.db_table for m in (FortuneResult, FortuneGeneration, BatchRun)]
-            cursor.execute(f"TRUNCATE {', '.join(tables)}, {User._meta.db_table} CASCADE")
-        else:
-            for model in (FortuneResult, FortuneGeneration, BatchRun):
-                model.objects.all().delete()
-            User.objects.all().delete()
-
-
-def _birth_date(rng: random.Random) -> dt.date:
-    # Users aged mostly 20-45, a tail to 75: a triangular distribution of birth years 1950-2010.
-    year = int(rng.triangular(1950, 2010, 1992))
-    return dt.date(year, 1, 1) + dt.timedelta(days=rng.randrange(365))
-
-
-def users_seed(*, count: int, distinct: bool, seed: int = 1) -> int:
-    """count eligible users (+10% ineligible) by bulk_create, natal pillars filled; returns eligible."""
-    rng = random.Random(seed)
-    natal_cache: dict[tuple, dict] = {}
-    started = time.perf_counter()
-    batch: list[User] = []
-    total = int(count * (1 + INELIGIBLE_SHARE))
-    for n in range(total):
-        eligible = n < count
-        if distinct:
-            # Every input different: one birth day per user (unknown time), across more than 60 years is
-            # not needed — (year, month, day) pillars repeat only after 60 years.
-            birth = dt.date(1950, 1, 1) + dt.timedelta(days=n % 21900)
-            birth_time, gender = None, "MF"[(n // 21900) % 2]
-        else:
-            birth = _birth_date(rng)
-            birth_time = dt.time(rng.randrange(24), rng.randrange(60)) if rng.random() < 0.5 else None
-            gender = rng.choice("MF")
-        user = User(username=f"bench{n}", password="!", email="", gender=gender, is_active=True,
-                    birth_date_solar=birth, birth_time=birth_time)
-        if not eligible:
-            if rng.random() < 0.5:
-                user.is_active = False
-            else:
-                user.birth_date_solar = None
-        key = (user.birth_date_solar, birth_time)
-        if key not in natal_cache:
-            natal_cache[key] = natal_fields(birth_date=user.birth_date_solar, birth_time=birth_time)
-        for name, value in natal_cache[key].items():
-            setattr(user, name, value)
-        batch.append(user)
-        if len(batch) >= 5000:
-            User.objects.bulk_create(batch, batch_size=5000)
-            batch = []
-    User.objects.bulk_create(batch, batch_size=5000)
-    stale = users_refresh_natal()
-    print(f"  seeded {total:,} users ({count:,} eligible, distinct inputs={distinct}) in "
-          f"{time.perf_counter() - started:.1f} s; natal refresh found {stale} stale")
-    if connection.vendor == "postgresql":
-        _settle()
-    return count
-
-
-def _settle() -> None:
-    """Let PostgreSQL finish the seeding's after-effects before a measured run: VACUUM (else
-    autovacuum's insert-triggered pass over the fresh users runs during the batch) and a CHECKPOINT
-    (else the seeding's dirty buffers are written out during it)."""
-    with connection.cursor() as cursor:
-        cursor.execute("VACUUM ANALYZE")
-        try:
-            cursor.execute("CHECKPOINT")
-        except Exception as exc:  # noqa: BLE001 - needs superuser or pg_checkpoint; optional
-            print(f"  (no CHECKPOINT before the run: {exc})")
-
-
-def _vm_hwm_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def command_run(*, env: dict, args: list[str]) -> dict:
-    """Run the command as a subprocess; wall time and that child's own peak RSS.
-
-    Peak RSS is the child's VmHWM (/proc, polled every 20 ms; monotonic, so only a spike in the last
-    20 ms could be missed). Not wait4's ru_maxrss: Linux carries the parent's high-water mark across
-    the spawn (vfork + exec), so ru_maxrss reported this seeding process's own size (134-700 MB).
-    """
-    argv = [sys.executable, "manage.py", "generate_daily_fortunes", "--date", BASE.isoformat(), *args]
-    started = time.perf_counter()
-    out_file = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: nobody reads while we poll
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out_file, stderr=subprocess.DEVNULL, text=True)
-    peak_kb = 0
-    while proc.poll() is None:
-        peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
-        time.sleep(0.02)
-    wall = time.perf_counter() - started
-    out_file.seek(0)
-    out = out_file.read()
-    out_file.close()
-    run = BatchRun.objects.order_by("-pk").first()
-    return {"wall": wall, "rss_mb": peak_kb / 1024, "code": proc.returncode, "run": run,
-            "summary": out.strip().splitlines()[-1] if out.strip() else ""}
-
-
-def _env(**extra: str) -> dict:
-    # DEBUG off as in production: with DEBUG on, Django keeps the last 9,000 SQL statements in memory.
-    env = {**os.environ, "DATABASE_URL": settings.DATABASE_URL, "LOG_LEVEL": "warning", "DEBUG": "0", **extra}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    return env
 
 
 def _report(label: str, result: dict, users: int) -> None:
@@ -192,14 +75,14 @@ def scenario_local(*, users: int, rerun: bool, keep_users: bool = False) -> None
             model.objects.all().delete()
         print(f"  kept the {eligible:,} seeded eligible users; fortunes and runs deleted")
         if connection.vendor == "postgresql":
-            _settle()
+            settle()
     else:
-        _wipe()
+        wipe()
         users_seed(count=users, distinct=False)
-    first = command_run(env=_env(FORTUNE_PROVIDER="local"), args=[])
+    first = command_run(env=command_env(FORTUNE_PROVIDER="local"), args=[])
     _report("first run", first, users)
     if rerun:
-        again = command_run(env=_env(FORTUNE_PROVIDER="local"), args=[])
+        again = command_run(env=command_env(FORTUNE_PROVIDER="local"), args=[])
         _report("rerun of the completed date", again, users)
 
 
@@ -244,7 +127,7 @@ def scenario_openai(*, workers_list: list[int], latency_ms: float, per_worker: i
         users = workers * per_worker
         print(f"== openai via stub at {latency_ms:g} ms, {workers} workers, {users:,} users, all inputs distinct "
               f"({connection.vendor}), {repeat} rounds of bare loop then command ==")
-        _wipe()
+        wipe()
         users_seed(count=users, distinct=True)
         bound = workers / (latency_ms / 1000)
         whole_ratios, in_run_ratios = [], []
@@ -258,7 +141,7 @@ def scenario_openai(*, workers_list: list[int], latency_ms: float, per_worker: i
                     _fortunes_clear()
                 bare = _bare_loop(base_url=stub.base_url, workers=workers, inputs=inputs)
                 stub.reset(config=False)
-                result = command_run(env=_env(**stub.env()), args=["--workers", str(workers)])
+                result = command_run(env=command_env(**stub.env()), args=["--workers", str(workers)])
                 requests = stub.counters()["requests"]
                 run = result["run"]
                 in_run = run.generations / run.duration.total_seconds()
@@ -285,16 +168,15 @@ def _scale_argv(argv: list[str]) -> tuple[str | None, list[str]]:
     return known.scenario, rest
 
 
+def _script(name: str, argv: list[str]) -> int:
+    """Another benchmark, in its own process (the scripts share bench/common.py, never each other)."""
+    return subprocess.run([sys.executable, str(Path(__file__).with_name(name)), *argv]).returncode
+
+
 def main() -> int:
     scenario, rest = _scale_argv(sys.argv[1:])
     if scenario == "scale":
-        # bench/scale.py and bench/batch_api.py import this module's helpers, so they are imported once
-        # this one has loaded.
-        from bench.scale import main as scale_main
-
-        return scale_main(rest)
-    from bench.batch_api import add_arguments as batch_api_arguments
-    from bench.batch_api import scenario_batch_api
+        return _script("scale.py", rest)
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=("local", "rerun", "openai", "batch-api", "scale", "all"),
@@ -322,8 +204,8 @@ def main() -> int:
         scenario_openai(workers_list=args.workers, latency_ms=args.latency_ms, per_worker=args.per_worker,
                         repeat=args.repeat)
     if args.scenario == "batch-api":
-        return scenario_batch_api(users=args.users, completion_delay=args.completion_delay,
-                                  fail_share=args.fail_share, workers=max(args.workers))
+        return _script("batch_api.py", ["--users", str(args.users), "--completion-delay", str(args.completion_delay),
+                                        "--fail-share", str(args.fail_share), "--workers", str(max(args.workers))])
     return 0
 
 

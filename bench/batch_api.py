@@ -20,13 +20,23 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (  # noqa: E402
+    BASE,
+    batch_api_arguments,
+    batch_django_setup,
+    command_env,
+    command_run,
+    users_seed,
+    wipe,
+)
+
+batch_django_setup()
 
 from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
 
-from bench.batch import BASE, _env, _wipe, command_run, users_seed  # noqa: E402 - sets Django up
 from core.batch.batch_api import batch_api_collect, batch_api_submit_ahead  # noqa: E402
 from core.fortunes.pricing import Tier, cost_estimate  # noqa: E402
 from core.models import FortuneResult, OpenAIBatch, User  # noqa: E402
@@ -36,18 +46,11 @@ AHEAD = BASE + dt.timedelta(days=2)
 NIGHT_2 = BASE + dt.timedelta(days=1)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """This scenario's flags (bench/batch.py takes them too; --users and --workers are shared)."""
-    parser.add_argument("--completion-delay", type=float, default=2.0, help="batch-api: seconds until the stub "
-                        "completes")
-    parser.add_argument("--fail-share", type=float, default=0.0, help="batch-api: share of lines answered 5xx")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=16, help="the synchronous pass's --workers")
-    add_arguments(parser)
+    batch_api_arguments(parser)
     args = parser.parse_args()
     name = str(settings.DATABASES["default"]["NAME"])
     if "bench" not in name:
@@ -60,7 +63,7 @@ def main() -> int:
 def scenario_batch_api(*, users: int, completion_delay: float, fail_share: float, workers: int) -> int:
     print(f"== Batch API day ahead, {users:,} users ({connection.vendor}), model {settings.OPENAI_MODEL} ==")
     OpenAIBatch.objects.all().delete()
-    _wipe()
+    wipe()
     users_seed(count=users, distinct=False)
     with stub_process() as stub:
         stub.batch_configure(completion_delay=completion_delay, fail_5xx=fail_share, seed=1)
@@ -87,7 +90,7 @@ def scenario_batch_api(*, users: int, completion_delay: float, fail_share: float
         eligible = User.objects.filter(is_active=True, birth_date_solar__isnull=False).count()
         missing = eligible - FortuneResult.objects.filter(for_date=AHEAD).count()
         # command_run passes --date BASE first; argparse keeps the last --date: night 2, target AHEAD.
-        sync = command_run(env=_env(**stub.env(), OPENAI_MODEL=settings.OPENAI_MODEL),
+        sync = command_run(env=command_env(**stub.env(), OPENAI_MODEL=settings.OPENAI_MODEL),
                            args=["--date", NIGHT_2.isoformat(), "--workers", str(workers),
                                  "--retry-cooldown", "0"]) if missing else None
     sync_requests = sync["run"].llm_requests if sync else 0

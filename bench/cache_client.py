@@ -1,13 +1,16 @@
 """Django's RedisCache against fortuna_api.redis_cache.SharedClientRedisCache: client CPU per cache get,
 side by side in one run (alternating, twice each). Needs Redis; not a test.
 
-    PYTHONPATH=. .venv/bin/python bench/cache_client.py [--url redis://127.0.0.1:6379/12] [--calls 3000]
+    .venv/bin/python bench/cache_client.py [--url redis://127.0.0.1:6379/12] [--calls 3000]
 """
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 import django  # noqa: E402
 

@@ -13,6 +13,7 @@ replaced or what it is measured against:
 Client CPU and wall time per call, the best of 5 runs of 2,000 calls.
 """
 
+import argparse
 import json
 import os
 import sys
@@ -30,6 +31,7 @@ from django.db import connection  # noqa: E402
 from django.db.backends.postgresql.base import DatabaseWrapper as DjangoWrapper  # noqa: E402
 from rest_framework.renderers import JSONRenderer  # noqa: E402
 
+from bench.common import cpu_ticks  # noqa: E402
 from core.api.fortunes import _FORTUNE_OUTPUT  # noqa: E402
 from core.api.renderers import FortuneJSONRenderer  # noqa: E402
 from core.models import FortuneGeneration, FortuneResult, User  # noqa: E402
@@ -44,22 +46,17 @@ _FIXED = (
 )
 
 
-def _ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
 def per_call(call, *, server_pid: int | None = None) -> tuple[float, float, float | None]:
     """Best client CPU, wall time and (with server_pid) server CPU per call, in µs."""
     call()
     best = (float("inf"), float("inf"), None)
     for _ in range(RUNS):
-        ticks = _ticks(server_pid) if server_pid else 0
+        ticks = cpu_ticks(server_pid) if server_pid else 0
         cpu, wall = time.process_time(), time.perf_counter()
         for _ in range(CALLS):
             call()
         cpu, wall = (time.process_time() - cpu) / CALLS * 1e6, (time.perf_counter() - wall) / CALLS * 1e6
-        server = (_ticks(server_pid) - ticks) / os.sysconf("SC_CLK_TCK") / CALLS * 1e6 if server_pid else None
+        server = (cpu_ticks(server_pid) - ticks) / os.sysconf("SC_CLK_TCK") / CALLS * 1e6 if server_pid else None
         if cpu < best[0]:
             best = (cpu, wall, server)
     return best
@@ -81,6 +78,7 @@ def health_check(wrapper_class):
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     if connection.vendor != "postgresql":
         sys.exit("needs PostgreSQL with bench/api.py's data")
     row = FortuneResult.objects.order_by("-for_date").first()

@@ -44,22 +44,13 @@ from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
+from bench.common import wipe  # noqa: E402
 from core.models import BatchRun, FortuneGeneration, FortuneResult, User  # noqa: E402
 
 TARGET_MS = 100.0
 ON_DEMAND_SHARE = 0.02
 INELIGIBLE_SHARE = 0.1
 NOT_A_BENCH_DATABASE = "Refusing to wipe {name!r}: bench/ops.py only runs on a database whose name contains 'bench'."
-
-
-def _wipe() -> None:
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            tables = [m._meta.db_table for m in (FortuneResult, FortuneGeneration, BatchRun, User)]
-            cursor.execute(f"TRUNCATE {', '.join(tables)} CASCADE")
-        else:
-            for model in (FortuneResult, FortuneGeneration, BatchRun, User):
-                model.objects.all().delete()
 
 
 def users_seed(*, count: int, rng: random.Random) -> list[int]:
@@ -188,7 +179,7 @@ def main() -> None:
     rng = random.Random(1)
     if not args.reuse_data or not BatchRun.objects.exists():
         started = time.perf_counter()
-        _wipe()
+        wipe()
         user_ids = users_seed(count=args.users, rng=rng)
         fortunes = fortunes_seed(user_ids=user_ids, nights=args.nights, today=today)
         runs_seed(runs=args.runs, eligible=args.users, today=today, rng=rng)

@@ -23,12 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BASE_DIR))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import GUNICORN_BENCH_CONFIG, cpu_ticks  # noqa: E402
 from tests.deploy.server import free_port, production_env, web_server_start, web_server_stop  # noqa: E402
 
-WORKER_CLASSES = {"gthread": "gthread", "balanced": "fortuna_api.gunicorn_worker.BalancedThreadWorker"}
+# The balanced worker needs its config (the arbiter's pre_fork hook gives each worker its slot).
+WORKER_ARGS = {"gthread": ("--worker-class", "gthread"), "balanced": ("--config", str(GUNICORN_BENCH_CONFIG))}
 NGINX_CONF = """
 daemon off;
 worker_processes {nginx_workers};
@@ -57,11 +58,6 @@ http {{
     }}
 }}
 """
-
-
-def cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime (fields 14 and 15 of stat)
 
 
 def worker_pids(master: int) -> list[int]:
@@ -100,7 +96,7 @@ def trial(*, worker: str, args: argparse.Namespace, workdir: Path) -> tuple[list
     env = production_env(database_url=f"sqlite:///{workdir / 'empty.sqlite3'}", port=0,
                          extra={"LOG_LEVEL": "warning"})
     server = web_server_start(env=env, log_path=workdir / "gunicorn.log", extra_args=(
-        "--worker-class", WORKER_CLASSES[worker], "--access-logfile", str(access_log),
+        *WORKER_ARGS[worker], "--access-logfile", str(access_log),
         "--access-logformat", "%(p)s",
     ))
     prefix = Path(tempfile.mkdtemp(prefix="nginx-", dir=workdir))

@@ -7,8 +7,8 @@ no throttles, no session/CSRF/security middleware, no connection health check, J
 measures on the day tells how fast this box is, against which the service's figures can be read.
 """
 
-from fortuna_api.settings import *  # noqa: F403
-from fortuna_api.settings import DATABASES, REST_FRAMEWORK
+from bench.settings import *  # noqa: F403
+from bench.settings import DATABASES, REST_FRAMEWORK
 
 MIDDLEWARE = ["django.middleware.common.CommonMiddleware"]
 REST_FRAMEWORK = {

@@ -40,14 +40,25 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (  # noqa: E402
+    BASE,
+    ROOT,
+    batch_django_setup,
+    command_env,
+    command_run,
+    users_seed,
+    vm_hwm_kb,
+    wipe,
+)
+
+batch_django_setup()
 
 from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
 from kombu import pools  # noqa: E402
 
-from bench.batch import BASE, _env, _vm_hwm_kb, _wipe, command_run, users_seed  # noqa: E402
 from core.models import BatchRun, FortuneGeneration, FortuneResult  # noqa: E402
 from fortuna_api.celery import app  # noqa: E402
 from tests.stub_openai.server import start_stub_process  # noqa: E402
@@ -164,7 +175,7 @@ class RssSampler:
 
     def take(self) -> None:
         for p in self.procs:
-            self.peaks[p.pid] = max(self.peaks[p.pid], _vm_hwm_kb(p.pid))
+            self.peaks[p.pid] = max(self.peaks[p.pid], vm_hwm_kb(p.pid))
 
     def stop(self) -> dict[int, int]:
         self.done.set()
@@ -199,7 +210,7 @@ def celery_round(*, args, stub_env: dict, chunk_size: int) -> None:
     settings.CELERY_BROKER_URL = args.broker
     celery_backend_check()
     _limiter_clear()
-    env = {**_env(**stub_env), "CELERY_BROKER_URL": args.broker, "REDIS_URL": settings.REDIS_URL,
+    env = {**command_env(**stub_env), "CELERY_BROKER_URL": args.broker, "REDIS_URL": settings.REDIS_URL,
            "OPENAI_RPM": str(args.rpm), "OPENAI_ON_DEMAND_RESERVE": "0", "OPENAI_TIMEOUT": "60",
            "FORTUNE_CELERY_QUEUE": queue}
     logs = Path(tempfile.mkdtemp(prefix="fortuna-scale-"))
@@ -245,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-    _wipe()
+    wipe()
     users_seed(count=args.users, distinct=True)
     with start_stub_process(latency_ms=args.latency_ms, latency_jitter_ms=args.jitter_ms,
                             account_rpm=args.rpm) as stub:
@@ -264,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  (threads backend capped at the command's --workers limit {MAX_WORKERS}, not {workers})")
             workers = MAX_WORKERS
         # The same limiter as the celery round: Redis, the account's RPM, no on-demand reserve.
-        env = _env(**stub.env(), OPENAI_TIMEOUT="60", REDIS_URL=settings.REDIS_URL, OPENAI_ON_DEMAND_RESERVE="0")
+        env = command_env(**stub.env(), OPENAI_TIMEOUT="60", REDIS_URL=settings.REDIS_URL, OPENAI_ON_DEMAND_RESERVE="0")
         result = command_run(env=env, args=["--workers", str(workers), "--rpm", str(args.rpm), "--retry-cooldown", "0"])
         bound = min(args.rpm / 60, workers / (args.latency_ms / 1000))
         _report(f"threads: --workers {workers}", result=result, bound=bound,

@@ -1,4 +1,4 @@
-"""Health endpoints (unauthenticated, never throttled, cheap) and the benchmark's reference view."""
+"""Health endpoints (unauthenticated, never throttled, cheap)."""
 
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -77,15 +77,3 @@ class BatchHealthApi(APIView):
         response["Cache-Control"] = "no-store"
         return response
 
-
-class PingApi(APIView):
-    """A trivial authenticated JSON view: the benchmark's reference (no query beyond auth)."""
-
-    @extend_schema(
-        operation_id="ping",
-        responses={
-            200: inline_serializer("Ping", {"ok": serializers.BooleanField(), "user_id": serializers.IntegerField()})
-        },
-    )
-    def get(self, request: Request) -> Response:
-        return Response({"ok": True, "user_id": request.user.pk})

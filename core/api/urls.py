@@ -2,7 +2,7 @@ from django.urls import re_path
 
 from core.api.accounts import LogoutApi, MeApi, RegisterApi, TokenApi
 from core.api.fortunes import FortuneByDateApi, FortuneTodayApi
-from core.api.health import BatchHealthApi, HealthApi, PingApi
+from core.api.health import BatchHealthApi, HealthApi
 
 # Every route answers with and without a trailing slash, without a redirect.
 urlpatterns = [
@@ -14,5 +14,4 @@ urlpatterns = [
     re_path(r"^auth/logout/?$", LogoutApi.as_view(), name="auth-logout"),
     re_path(r"^healthz/?$", HealthApi.as_view(), name="healthz"),
     re_path(r"^healthz/batch/?$", BatchHealthApi.as_view(), name="healthz-batch"),
-    re_path(r"^api/ping/?$", PingApi.as_view(), name="api-ping"),
 ]

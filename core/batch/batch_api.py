@@ -29,7 +29,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO
@@ -75,8 +74,6 @@ DISCARDED_UNCONFIRMED = "upload never confirmed and no such file on the server: 
 DISCARDED_TOO_LATE = "uploaded but not submitted before {target_date} was due: file deleted, inputs go synchronous"
 REMOTE_FAILED = "the batch failed: {errors}"
 REMOTE_CALL_FAILED = "{step} failed: {error}"
-
-Hook = Callable[[str], None]
 
 
 @dataclass
@@ -155,11 +152,6 @@ def batch_api_open_dates() -> list[dt.date]:
                       .values_list("target_date", flat=True)))
 
 
-def _hook(hook: Hook | None, point: str) -> None:
-    if hook is not None:
-        hook(point)
-
-
 def _error_text(step: str, exc: Exception) -> str:
     return REMOTE_CALL_FAILED.format(step=step, error=f"{type(exc).__name__}: {exc}")[:500]
 
@@ -201,7 +193,6 @@ def batch_api_submit_ahead(
     max_requests: int = MAX_REQUESTS_PER_FILE,
     max_bytes: int = MAX_BYTES_PER_FILE,
     page_size: int = PAGE_SIZE,
-    hook: Hook | None = None,
 ) -> SubmitReport:
     """Plan target_date for every eligible user and submit the inputs not stored yet as batches.
 
@@ -215,7 +206,7 @@ def batch_api_submit_ahead(
     client = None
     if not dry_run:
         client = batch_api_client()
-        batch_api_resume(target_date=target_date, base_date=base_date, hook=hook)
+        batch_api_resume(target_date=target_date, base_date=base_date)
     in_flight: set[str] = set()
     for hashes in OpenAIBatch.objects.filter(
         target_date=target_date, state__in=OpenAIBatch.OPEN_STATES
@@ -257,8 +248,7 @@ def batch_api_submit_ahead(
                     sizes = [sizes[0] + 1, sizes[1] + len(line)]
                     continue
                 if current.hashes and not current.fits(len(line), max_requests=max_requests, max_bytes=max_bytes):
-                    _submit_file(client=client, jsonl=current, target_date=target_date, model=model, report=report,
-                                 hook=hook)
+                    _submit_file(client=client, jsonl=current, target_date=target_date, model=model, report=report)
                     current.fh.close()
                     current = _JsonlFile()
                 current.add(digest, line)
@@ -266,7 +256,7 @@ def batch_api_submit_ahead(
             if sizes[0]:
                 report.files.append((sizes[0], sizes[1]))
         elif current.hashes:
-            _submit_file(client=client, jsonl=current, target_date=target_date, model=model, report=report, hook=hook)
+            _submit_file(client=client, jsonl=current, target_date=target_date, model=model, report=report)
     except _SubmitStopped:
         pass
     finally:
@@ -291,7 +281,6 @@ def _cost(model: str, tier: Tier, tokens_in: int, tokens_out: int) -> Decimal:
 
 def _submit_file(
     *, client: openai.OpenAI, jsonl: _JsonlFile, target_date: dt.date, model: str, report: SubmitReport,
-    hook: Hook | None,
 ) -> None:
     key = uuid.uuid4().hex
     row = OpenAIBatch.objects.create(
@@ -304,10 +293,9 @@ def _submit_file(
         upload = client.files.create(file=(FILENAME.format(key=key), jsonl.fh), purpose="batch")
     except openai.APIError as exc:
         _stop(row, report, _error_text("upload", exc))
-    _hook(hook, "uploaded")
     row.input_file_id, row.state = upload.id, OpenAIBatch.State.UPLOADED
     row.save(update_fields=["input_file_id", "state"])
-    if not _create_batch(client=client, row=row, hook=hook):
+    if not _create_batch(client=client, row=row):
         _stop(row, report, row.last_error)
     report.batches_created += 1
 
@@ -320,7 +308,7 @@ def _stop(row: OpenAIBatch, report: SubmitReport, error: str) -> None:
     raise _SubmitStopped
 
 
-def _create_batch(*, client: openai.OpenAI, row: OpenAIBatch, hook: Hook | None) -> bool:
+def _create_batch(*, client: openai.OpenAI, row: OpenAIBatch) -> bool:
     """batches.create for an uploaded row, recorded; False (error on the row) if the call failed."""
     try:
         batch = client.batches.create(
@@ -331,7 +319,6 @@ def _create_batch(*, client: openai.OpenAI, row: OpenAIBatch, hook: Hook | None)
         row.last_error = _error_text("batch create", exc)
         row.save(update_fields=["last_error"])
         return False
-    _hook(hook, "created")
     _adopt(row, batch)
     return True
 
@@ -387,7 +374,7 @@ def _remote_files(client: openai.OpenAI) -> dict[str, str]:
 
 
 def batch_api_resume(
-    *, target_date: dt.date | None = None, base_date: dt.date | None = None, hook: Hook | None = None,
+    *, target_date: dt.date | None = None, base_date: dt.date | None = None,
 ) -> ResumeReport:
     """Finish or undo what a killed process left between recording a file and creating its batch.
 
@@ -433,7 +420,7 @@ def batch_api_resume(
             row.input_file_id, row.state = file_id, OpenAIBatch.State.UPLOADED
             row.save(update_fields=["input_file_id", "state"])
         if (row.target_date - base_date).days >= RESUBMIT_MIN_DAYS_AHEAD:
-            if _create_batch(client=client, row=row, hook=hook):
+            if _create_batch(client=client, row=row):
                 report.created += 1
             continue
         try:
@@ -522,8 +509,7 @@ def _download(client: openai.OpenAI, file_id: str) -> str:
 
 
 def batch_api_collect(
-    *, target_date: dt.date | None = None, base_date: dt.date | None = None, hook: Hook | None = None,
-    page_size: int = PAGE_SIZE,
+    *, target_date: dt.date | None = None, base_date: dt.date | None = None, page_size: int = PAGE_SIZE,
 ) -> CollectReport:
     """Poll the submitted batches (of target_date, or all: then the caller must hold every open date's
     lock) and store those that are done.
@@ -534,7 +520,7 @@ def batch_api_collect(
     started = time.monotonic()
     report = CollectReport()
     client = batch_api_client()
-    batch_api_resume(target_date=target_date, base_date=base_date, hook=hook)
+    batch_api_resume(target_date=target_date, base_date=base_date)
     rows = OpenAIBatch.objects.filter(state=OpenAIBatch.State.SUBMITTED).order_by("pk")
     if target_date is not None:
         rows = rows.filter(target_date=target_date)
@@ -568,11 +554,11 @@ def batch_api_collect(
         chunk: list[OpenAIBatch] = []
         for row in group:
             if chunk and sum(r.request_count for r in chunk) + row.request_count > COLLECT_LINES_PER_PASS:
-                _collect_pass(client=client, rows=chunk, target_date=day, model=model, report=report, hook=hook,
+                _collect_pass(client=client, rows=chunk, target_date=day, model=model, report=report,
                               page_size=page_size)
                 chunk = []
             chunk.append(row)
-        _collect_pass(client=client, rows=chunk, target_date=day, model=model, report=report, hook=hook,
+        _collect_pass(client=client, rows=chunk, target_date=day, model=model, report=report,
                       page_size=page_size)
     report.seconds = time.monotonic() - started
     logger.info("batch api collect: %d polled, %d collected, %d open, %d failed; %d users stored, lines %d ok / "
@@ -584,7 +570,7 @@ def batch_api_collect(
 
 def _collect_pass(
     *, client: openai.OpenAI, rows: list[OpenAIBatch], target_date: dt.date, model: str, report: CollectReport,
-    hook: Hook | None, page_size: int,
+    page_size: int,
 ) -> None:
     lines: dict[str, _Line] = {}
     counts: dict[int, list[int]] = {}
@@ -604,13 +590,12 @@ def _collect_pass(
         downloaded.append(row)
     if not downloaded:
         return
-    _hook(hook, "downloaded")
     # As in the synchronous engine: the cyclic GC would rescan the lines' objects over and over; they
     # are freed by reference counting.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        per_row = _store_lines(lines=lines, target_date=target_date, model=model, report=report, hook=hook,
+        per_row = _store_lines(lines=lines, target_date=target_date, model=model, report=report,
                                page_size=page_size)
     finally:
         if gc_was_enabled:
@@ -637,7 +622,7 @@ def _collect_pass(
 
 
 def _store_lines(
-    *, lines: dict[str, _Line], target_date: dt.date, model: str, report: CollectReport, hook: Hook | None,
+    *, lines: dict[str, _Line], target_date: dt.date, model: str, report: CollectReport,
     page_size: int,
 ) -> dict[int, tuple[int, int, int]]:
     """Store the lines' fortunes for every eligible user whose current input is one of them.
@@ -660,7 +645,6 @@ def _store_lines(
             report.stored_users += flush.stored
             for digest in flush.waiting:
                 late.extend((user_id, flush.ids[digest]) for user_id in handed.pop(digest))
-            _hook(hook, "stored_page")
 
     try:
         for page in batch_plan_pages(target_date=target_date, generator=f"openai:{model}", page_size=page_size,
@@ -725,16 +709,16 @@ def _store_lines(
 
 def batch_api_settle(
     *, target_date: dt.date, base_date: dt.date | None = None, wait_seconds: float | None = None,
-    poll_seconds: float = 5.0, stop: threading.Event | None = None, hook: Hook | None = None,
+    poll_seconds: float = 5.0, stop: threading.Event | None = None,
 ) -> CancelReport:
     """Before the synchronous pass for target_date: collect what is done, cancel what is still open,
     wait for it (bounded), collect what that left. Whatever is still missing afterwards is the
     synchronous pass's. The report's collect holds both collections' totals."""
-    first = batch_api_collect(target_date=target_date, base_date=base_date, hook=hook)
+    first = batch_api_collect(target_date=target_date, base_date=base_date)
     if not first.still_open:
         return CancelReport(collect=first)
     report = batch_api_cancel_open(target_date=target_date, wait_seconds=wait_seconds, poll_seconds=poll_seconds,
-                                   stop=stop, base_date=base_date, hook=hook)
+                                   stop=stop, base_date=base_date)
     second = report.collect
     for name in ("collected", "failed_batches", "download_failures", "lines_ok", "lines_failed", "lines_orphaned",
                  "lines_unmatched", "stored_users", "stored_generations", "tokens_in", "tokens_out", "cost_batch",
@@ -747,7 +731,7 @@ def batch_api_settle(
 
 def batch_api_cancel_open(
     *, target_date: dt.date, wait_seconds: float | None = None, poll_seconds: float = 5.0,
-    stop: threading.Event | None = None, base_date: dt.date | None = None, hook: Hook | None = None,
+    stop: threading.Event | None = None, base_date: dt.date | None = None,
 ) -> CancelReport:
     """Cancel target_date's batches still open, wait (at most wait_seconds, default
     FORTUNE_BATCH_CANCEL_WAIT_SECONDS) for them to settle, then collect whatever they left."""
@@ -787,7 +771,7 @@ def batch_api_cancel_open(
             if status in REMOTE_OPEN:
                 still.append(row)
         open_rows = still
-    report.collect = batch_api_collect(target_date=target_date, base_date=base_date, hook=hook)
+    report.collect = batch_api_collect(target_date=target_date, base_date=base_date)
     report.still_open = report.collect.still_open
     if report.still_open:
         logger.warning("batch api: %d batch(es) for %s still open after %g s: their inputs go synchronous",

@@ -83,14 +83,6 @@ def fortune_results_write_many(
     return bulk_for_connection().results_insert(pairs=pairs, for_date=for_date, replace=replace, source=str(source))
 
 
-def fortune_results_store_many(
-    *, pairs: Sequence[ResultRow], for_date: dt.date, replace: bool = False,
-    source: str = FortuneResult.Source.BATCH,
-) -> int:
-    """fortune_results_write_many, answering only how many rows were written."""
-    return fortune_results_write_many(pairs=pairs, for_date=for_date, replace=replace, source=source).stored
-
-
 @dataclass(slots=True)
 class FlushWritten:
     ids: dict[str, int]  # hash -> id of the stored generations

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db
 
 
 def _authenticate(key: str):
-    request = APIRequestFactory().get("/api/ping", HTTP_AUTHORIZATION=f"Token {key}")
+    request = APIRequestFactory().get("/me", HTTP_AUTHORIZATION=f"Token {key}")
     return TokenAuthentication().authenticate(request)
 
 
@@ -120,9 +120,9 @@ def test_a_deleted_user_is_refused(token_cache):
 
 
 def test_logout_over_http_ends_the_cached_token(token_cache, auth_client):
-    assert auth_client.get("/api/ping").status_code == 200
+    assert auth_client.get("/me").status_code == 200
     assert auth_client.post("/auth/logout").status_code in (200, 204)
-    assert auth_client.get("/api/ping").status_code == 401
+    assert auth_client.get("/me").status_code == 401
 
 
 def test_the_cache_holds_no_token_in_its_keys(token_cache):

@@ -8,7 +8,6 @@ pytestmark = pytest.mark.django_db
 ROUTES = [
     ("get", "/fortune/today"), ("get", "/fortune/2024-01-01"), ("get", "/me"), ("post", "/auth/register"),
     ("post", "/auth/token"), ("post", "/auth/logout"), ("get", "/healthz"), ("get", "/healthz/batch"),
-    ("get", "/api/ping"),
 ]
 
 
@@ -22,13 +21,9 @@ def test_every_route_answers_with_and_without_slash_without_redirect(user, metho
     assert "Location" not in response
 
 
-def test_ping_is_the_trivial_authenticated_reference(user, django_assert_max_num_queries):
-    client = client_for(user)
-    with django_assert_max_num_queries(1):  # the token lookup only
-        response = client.get("/api/ping")
-    assert response.status_code == 200
-    assert response.json() == {"ok": True, "user_id": user.pk}
-    assert APIClient().get("/api/ping").status_code == 401
+def test_the_benchmark_reference_view_is_not_served_in_production(user):
+    # bench/settings.py serves it (tests/bench/test_settings.py); production URLs never do.
+    assert client_for(user).get("/api/ping").status_code == 404
 
 
 def test_openapi_schema_lists_the_api():

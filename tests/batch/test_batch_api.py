@@ -31,6 +31,7 @@ from core.fortunes.prompt import build_messages, output_token_cap
 from core.fortunes.providers import ProviderConfigError
 from core.fortunes.providers.openai import chat_completion_body
 from core.models import FortuneGeneration, FortuneResult, OpenAIBatch, User
+from tests.batch.crash import crash_patches
 from tests.batch.helpers import BASE, eligible_ids, fortune_map, run_batch, table_counts
 from tests.factories import user_create, users_create_many
 
@@ -40,17 +41,18 @@ NIGHT_2 = BASE + dt.timedelta(days=1)  # the night whose synchronous pass fills 
 
 
 class Killed(Exception):
-    """Stands for the process dying at a hook point."""
+    """Stands for the process dying at a step boundary (tests/batch/crash.py)."""
 
 
-def kill_at(point: str, *, times: int = 1):
-    left = [times]
-
-    def hook(name: str) -> None:
-        if name == point and left[0] > 0:
-            left[0] -= 1
+@pytest.fixture
+def kill_at(monkeypatch):
+    """kill_at(point): the next time the Batch API reaches point, Killed is raised there."""
+    def arm(point: str, *, times: int = 1) -> None:
+        def crash() -> None:
             raise Killed(point)
-    return hook
+        for target, name, value in crash_patches(point, crash, times=times):
+            monkeypatch.setattr(target, name, value)
+    return arm
 
 
 @pytest.fixture
@@ -206,10 +208,12 @@ def test_a_download_failing_once_is_retried_on_the_next_poll(users, openai_setti
 
 
 @pytest.mark.parametrize("point", ["uploaded", "created"])
-def test_killed_between_upload_and_create_is_resumed_and_no_batch_is_created_twice(users, openai_settings, point):
+def test_killed_between_upload_and_create_is_resumed_and_no_batch_is_created_twice(users, openai_settings, point,
+                                                                                   kill_at):
     stub = openai_settings
+    kill_at(point)
     with pytest.raises(Killed):
-        batch_api_submit_ahead(target_date=AHEAD, base_date=BASE, hook=kill_at(point))
+        batch_api_submit_ahead(target_date=AHEAD, base_date=BASE)
     row = OpenAIBatch.objects.get()
     assert row.state == ("planned" if point == "uploaded" else "uploaded")
 
@@ -223,15 +227,17 @@ def test_killed_between_upload_and_create_is_resumed_and_no_batch_is_created_twi
     assert set(fortune_map(for_date=AHEAD)) == eligible_ids()
 
 
-def test_an_uploaded_file_resumed_too_late_is_deleted_and_left_to_the_synchronous_pass(users, openai_settings):
+def test_an_uploaded_file_resumed_too_late_is_deleted_and_left_to_the_synchronous_pass(users, openai_settings, kill_at):
     stub = openai_settings
+    kill_at("created")
     with pytest.raises(Killed):
-        batch_api_submit_ahead(target_date=AHEAD, base_date=BASE, hook=kill_at("created"))
+        batch_api_submit_ahead(target_date=AHEAD, base_date=BASE)
     # The created batch is found by its metadata, so take that case away: kill before the create.
     stub.reset()
     OpenAIBatch.objects.all().delete()
+    kill_at("uploaded")
     with pytest.raises(Killed):
-        batch_api_submit_ahead(target_date=AHEAD, base_date=BASE, hook=kill_at("uploaded"))
+        batch_api_submit_ahead(target_date=AHEAD, base_date=BASE)
     report = batch_api_collect(base_date=NIGHT_2)  # night 2: AHEAD is due tonight
     assert (report.polled, report.stored_users) == (0, 0)
     row = OpenAIBatch.objects.get()
@@ -241,11 +247,12 @@ def test_an_uploaded_file_resumed_too_late_is_deleted_and_left_to_the_synchronou
     assert _sync_night_2(openai_settings) == len(_hash_users(users))
 
 
-def test_killed_mid_collect_resumes_without_duplicates(users, openai_settings):
+def test_killed_mid_collect_resumes_without_duplicates(users, openai_settings, kill_at):
     by_hash = _hash_users(users)
     batch_api_submit_ahead(target_date=AHEAD, base_date=BASE)
+    kill_at("stored_page")
     with pytest.raises(Killed):
-        batch_api_collect(page_size=5, hook=kill_at("stored_page"))
+        batch_api_collect(page_size=5)
     partial = fortune_map(for_date=AHEAD)
     assert 0 < len(partial) < len(users)
     assert OpenAIBatch.objects.get().state == "submitted"
@@ -260,10 +267,11 @@ def test_killed_mid_collect_resumes_without_duplicates(users, openai_settings):
     assert batch_api_collect().polled == 0  # collected: never stored again
 
 
-def test_killed_after_download_before_storing_resumes(users, openai_settings):
+def test_killed_after_download_before_storing_resumes(users, openai_settings, kill_at):
     batch_api_submit_ahead(target_date=AHEAD, base_date=BASE)
+    kill_at("downloaded")
     with pytest.raises(Killed):
-        batch_api_collect(hook=kill_at("downloaded"))
+        batch_api_collect()
     assert fortune_map(for_date=AHEAD) == {}
     assert batch_api_collect().stored_users == len(users)
 
@@ -435,9 +443,10 @@ def test_settle_cancels_what_is_still_open_after_collecting_the_rest(users, open
     assert _sync_night_2(openai_settings) == len(late)
 
 
-def test_resume_creates_nothing_while_it_cannot_list(users, openai_settings, settings):
+def test_resume_creates_nothing_while_it_cannot_list(users, openai_settings, settings, kill_at):
+    kill_at("created")
     with pytest.raises(Killed):
-        batch_api_submit_ahead(target_date=AHEAD, base_date=BASE, hook=kill_at("created"))
+        batch_api_submit_ahead(target_date=AHEAD, base_date=BASE)
     settings.OPENAI_BASE_URL = openai_settings.base_url.replace("/v1", "/nowhere")
     report = batch_api.batch_api_resume(base_date=BASE)
     assert report.error.startswith("listing batches and files failed") and report.created == 0

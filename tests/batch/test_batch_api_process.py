@@ -22,12 +22,11 @@ import datetime as dt, os, signal
 import django
 django.setup()
 from core.batch import batch_api
+from tests.batch.crash import crash_patches
 
-def hook(point):
-    if point == {point!r}:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-batch_api.{call}(hook=hook, **{kwargs})
+for target, name, value in crash_patches({point!r}, lambda: os.kill(os.getpid(), signal.SIGKILL)):
+    setattr(target, name, value)
+batch_api.{call}(**{kwargs})
 """
 
 

@@ -12,7 +12,7 @@ from core.batch.store import (
     GeneratedItem,
     batch_output_store,
     batch_output_write,
-    fortune_results_store_many,
+    fortune_results_write_many,
     generations_store_many,
 )
 from core.fortunes.providers import Generated, get_provider
@@ -51,11 +51,11 @@ def test_results_insert_never_overwrites_unless_replace():
     ids = generations_store_many(items=[item], provider="local", model="")
     other = FortuneGeneration.objects.create(input_hash="x" * 64, for_date=TARGET, content={}, provider="local")
 
-    fortune_results_store_many(pairs=[(user.pk, ids[item.hash])], for_date=TARGET)
-    fortune_results_store_many(pairs=[(user.pk, other.pk)], for_date=TARGET)
+    fortune_results_write_many(pairs=[(user.pk, ids[item.hash])], for_date=TARGET)
+    fortune_results_write_many(pairs=[(user.pk, other.pk)], for_date=TARGET)
     assert fortune_map() == {user.pk: ids[item.hash]}
 
-    fortune_results_store_many(pairs=[(user.pk, other.pk)], for_date=TARGET, replace=True)
+    fortune_results_write_many(pairs=[(user.pk, other.pk)], for_date=TARGET, replace=True)
     assert fortune_map() == {user.pk: other.pk}
     assert FortuneResult.objects.count() == 1
 

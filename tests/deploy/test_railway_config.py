@@ -138,7 +138,7 @@ def test_procfile_web_line_starts_gunicorn_threaded_on_port():
     assert argv[1] == "fortuna_api.wsgi:application"
     assert "0.0.0.0:$PORT" in argv
     assert argv[argv.index("--timeout") + 1] == "120"
-    assert "--worker-class" not in argv  # gunicorn.conf.py's (gthread, or the balanced one by GUNICORN_BALANCED_WORKER)
+    assert "--worker-class" not in argv  # gunicorn.conf.py's (stock gthread)
     assert "--workers" not in argv and "-w" not in argv  # the count comes from WEB_CONCURRENCY
     assert argv[argv.index("--config") + 1] == "gunicorn.conf.py"
 
@@ -150,12 +150,12 @@ def test_procfile_argv_expands_port():
     assert not any("$PORT" in arg for arg in argv)
 
 
-def _gunicorn_conf(monkeypatch, **env: str) -> dict:
+def _gunicorn_conf(monkeypatch, path: str = "gunicorn.conf.py", **env: str) -> dict:
     for name in ("WEB_CONCURRENCY", "GUNICORN_THREADS", "PORT", "GUNICORN_BALANCED_WORKER"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    return runpy.run_path(str(BASE_DIR / "gunicorn.conf.py"))
+    return runpy.run_path(str(BASE_DIR / path))
 
 
 def test_gunicorn_conf_defaults(monkeypatch, settings):
@@ -174,25 +174,22 @@ def test_gunicorn_conf_defaults(monkeypatch, settings):
     assert conf["control_socket_disable"] is True
 
 
-@pytest.mark.parametrize("value", ["1", "true", "yes"])
-def test_gunicorn_balanced_worker_is_opt_in(monkeypatch, value):
-    conf = _gunicorn_conf(monkeypatch, GUNICORN_BALANCED_WORKER=value)
+def test_the_balanced_worker_is_the_bench_configs_only(monkeypatch):
+    conf = _gunicorn_conf(monkeypatch, "bench/gunicorn.conf.py")
 
     module, _, name = conf["worker_class"].rpartition(".")
     assert issubclass(getattr(importlib.import_module(module), name), ThreadWorker)  # gthread underneath
-    assert name == "BalancedThreadWorker"
+    assert (module, name) == ("bench.gunicorn_worker", "BalancedThreadWorker")
     assert callable(conf["pre_fork"])  # gives each worker its shared-memory slot
+    production = _gunicorn_conf(monkeypatch)
+    for key in ("workers", "threads", "timeout", "graceful_timeout", "keepalive", "control_socket_disable"):
+        assert conf[key] == production[key], key  # otherwise production's own settings
 
 
-@pytest.mark.parametrize("value", ["0", "false", ""])
-def test_gunicorn_balanced_worker_off_is_stock_gthread(monkeypatch, value):
-    assert _gunicorn_conf(monkeypatch, GUNICORN_BALANCED_WORKER=value)["worker_class"] == "gthread"
-
-
-def test_gunicorn_balanced_worker_rejects_a_value_that_is_not_a_boolean(monkeypatch):
-    with pytest.raises(ImproperlyConfigured) as excinfo:
-        _gunicorn_conf(monkeypatch, GUNICORN_BALANCED_WORKER="balanced")
-    assert str(excinfo.value) == "GUNICORN_BALANCED_WORKER must be true or false (1/0, yes/no), got 'balanced'."
+@pytest.mark.parametrize("value", ["1", "0", "balanced"])
+def test_production_gunicorn_is_stock_gthread_whatever_the_old_balanced_switch_says(monkeypatch, value):
+    conf = _gunicorn_conf(monkeypatch, GUNICORN_BALANCED_WORKER=value)
+    assert conf["worker_class"] == "gthread" and "pre_fork" not in conf
 
 
 def test_gunicorn_conf_reads_web_concurrency_threads_and_port(monkeypatch):

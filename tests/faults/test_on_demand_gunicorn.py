@@ -1,8 +1,8 @@
 """On-demand single-flight across gunicorn processes without Redis (issue 16, item 4): the Procfile's
 gunicorn, two workers on PostgreSQL, the real SDK against the stub, over HTTP.
 
-GUNICORN_BALANCED_WORKER=1 spreads the ten connections over both workers (a stock gthread worker may
-accept them all), so a lock that covers one process only shows as a second LLM call.
+bench/gunicorn.conf.py's balanced worker spreads the ten connections over both workers (a stock gthread
+worker may accept them all), so a lock that covers one process only shows as a second LLM call.
 """
 
 import threading
@@ -29,9 +29,10 @@ def start_web(tmp_path):
     def start(**extra_env: str):
         env = production_env(
             database_url=database_url_for(connection.settings_dict), port=0,
-            extra={"WEB_CONCURRENCY": "2", "GUNICORN_BALANCED_WORKER": "1", **extra_env},
+            extra={"WEB_CONCURRENCY": "2", **extra_env},
         )
-        server = web_server_start(env=env, log_path=tmp_path / f"gunicorn-{len(servers)}.log")
+        server = web_server_start(env=env, log_path=tmp_path / f"gunicorn-{len(servers)}.log",
+                                  extra_args=("--config", "bench/gunicorn.conf.py"))
         servers.append(server)
         return server
 

@@ -25,8 +25,9 @@ Rules (model ``saju-rules-v1``):
   and 생조 days, when the day master is already reinforced. Its 五方色 shade (rotated daily), its
   direction, and a 河圖 number (水 1·6, 火 2·7, 木 3·8, 金 4·9, 土 5·10) plus a multiple of 10.
 
-The content is what ``inp.compose(part)`` gives, built without re-validation (compose costs ~26 µs,
-more than this whole provider): every part comes from the fixed bank and is checked by tests.
+The content is what ``inp.compose(part)`` gives, built without re-validation (validating would cost
+more than this whole provider; figures in docs/BENCHMARKS.md): every part comes from the fixed bank
+and is checked by tests.
 """
 
 import zlib

@@ -73,18 +73,6 @@ def openai_client_get(*, base_url: str | None, api_key: str, timeout: float) -> 
         return client
 
 
-def openai_clients_close() -> None:
-    """Close every cached client's connections (a batch run must exit with none open).
-
-    Call it at the end of a process or run: providers made before it keep their now-closed client.
-    """
-    with _clients_lock:
-        clients = list(_clients.values())
-        _clients.clear()
-    for client in clients:
-        client.close()
-
-
 def rate_limit_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     """The retry-after and x-ratelimit-* headers of an answer, lower-cased (for core.limiter)."""
     if headers is None:
@@ -114,9 +102,9 @@ def _status_error(exc: openai.APIStatusError) -> ProviderError:
 @functools.cache
 def response_format() -> dict:
     """The strict json_schema response_format that `chat.completions.parse(response_format=GeneratedPart)`
-    sends, built once. parse() rebuilds it on every call, which measured 4.7 ms of client CPU per
-    request against 2.6 ms for create() with this dict: at 64 workers that is the difference between
-    ~210 and ~380 requests/s per process on one core. The content is validated here with pydantic.
+    sends, built once. parse() rebuilds it on every call, which costs more client CPU per request than
+    the whole call with this dict; with many workers per process that CPU, not the network, caps the
+    requests per second (figures in docs/BENCHMARKS.md). The content is validated here with pydantic.
     """
     return type_to_response_format_param(GeneratedPart)
 

@@ -1,16 +1,17 @@
-"""gunicorn's gthread worker, sharing new connections evenly with its sibling workers (opt-in).
+"""gunicorn's gthread worker, sharing new connections evenly with its sibling workers (benchmarks only).
 
 Stock gthread workers all wait on the one listening socket, and whichever wakes first takes the
 connection; a keep-alive connection then stays with that process. Clients that reach gunicorn
 directly with a few long-lived connections (a load generator, a client without a proxy) can land on
 one worker, whose GIL then serves all of them while the other process idles. Behind a proxy that
-pools its upstream connections this was not seen (docs/BENCHMARKS.md), so gunicorn.conf.py uses stock
-gthread and loads this worker only with GUNICORN_BALANCED_WORKER=1. It overrides gthread internals
+pools its upstream connections this was not seen (docs/BENCHMARKS.md), so production (gunicorn.conf.py)
+runs stock gthread; only bench/gunicorn.conf.py loads this worker, for the benchmarks and the tests
+whose clients reach gunicorn directly (bench/api.py --balanced). It overrides gthread internals
 (`accept`, `nr_conns`, `notify`) that gunicorn does not document: recheck it on every gunicorn upgrade
 (tests/deploy/test_gunicorn_worker.py runs it against the pinned release).
 
 Here each worker publishes its open-connection count in shared memory (a slot per worker, assigned
-by the arbiter's pre_fork hook in gunicorn.conf.py). A worker asked to accept while a live sibling
+by the arbiter's pre_fork hook in bench/gunicorn.conf.py). A worker asked to accept while a live sibling
 holds fewer connections leaves the connection in the backlog for that sibling, briefly: after
 MAX_DEFER_SECONDS it accepts anyway, so a sibling that is alive but stuck never strands a client.
 Everything else is gthread's own code.
