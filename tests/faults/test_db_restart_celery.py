@@ -11,12 +11,16 @@ import uuid
 
 import pytest
 
+from core.batch.celery_backend import STALE_SECONDS
 from tests.faults.night import ROOT, Night
 
 pytestmark = pytest.mark.subprocess
 
 WORKER_THREADS = 2
 READY_TIMEOUT = 60.0
+
+
+RUN_TIMEOUT = STALE_SECONDS + 60
 
 
 def _worker(night: Night, env: dict[str, str], log_path) -> subprocess.Popen:
@@ -58,7 +62,16 @@ def test_a_postgresql_restart_mid_run_on_celery_workers_costs_a_pause_not_the_ni
         night.wait_for(lambda: night.stored() >= 0.4 * eligible, what="40% of the users stored")
         assert proc.poll() is None and night.stored() < eligible  # the restart lands mid-run
         own_postgres.restart(mode="fast")
-        code, out, err = night.finish(proc)
+        try:
+            # Bounded by the coordinator's stale cut-off (a chunk whose worker went silent is sent again)
+            # plus the run itself on a loaded machine.
+            code, out, err = night.finish(proc, timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            raise AssertionError(
+                f"the run did not finish within {RUN_TIMEOUT} s of the restart. Its log:\n"
+                f"{(exc.stderr or b'').decode(errors='replace')[-3000:]}\nThe worker's log:\n"
+                f"{(tmp_path / 'worker.log').read_text()[-5000:]}") from None
     finally:
         _stop(worker)
     worker_log = (tmp_path / "worker.log").read_text()
