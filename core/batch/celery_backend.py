@@ -237,8 +237,8 @@ def batch_chunk_claim(*, chunk_id: int, worker: str, stale_seconds: float) -> bo
 
 
 class _ChunkWorker:
-    def __init__(self, *, chunk: BatchChunk, worker: str, provider: Provider, rpm: int | None, tpm: int | None,
-                 max_attempts: int | None) -> None:
+    def __init__(self, *, chunk: BatchChunk, remaining: dt.timedelta | None, worker: str, provider: Provider,
+                 rpm: int | None, tpm: int | None, max_attempts: int | None) -> None:
 
         self.chunk = chunk
         self.run = chunk.run
@@ -248,9 +248,6 @@ class _ChunkWorker:
         self.policy = RetryPolicy.from_settings(max_attempts=max_attempts)
         self.stop = threading.Event()
         self.report = ChunkReport(chunk_id=chunk.pk)
-        left = BatchChunk.objects.filter(pk=chunk.pk).annotate(
-            left=ExpressionWrapper(F("deadline_at") - Now(), output_field=DurationField()))
-        remaining = left.values_list("left", flat=True).get() if chunk.deadline_at else None
         self.deadline = None if remaining is None else time.monotonic() + remaining.total_seconds()
         # Counted into the run when the chunk finishes, so a dead worker's failures are not counted
         # twice when its chunk is re-dispatched (the inputs are asked again).
@@ -427,6 +424,15 @@ def batch_worker_warm_up() -> None:
         logger.debug("fortune worker warm-up: no provider built", exc_info=True)
 
 
+@db_retried("loading a claimed chunk")
+def _chunk_load(*, chunk_id: int) -> BatchChunk:
+    """The chunk with its run, and `left`: the time to its deadline by the database's clock (None
+    without one). Retried like every step, so a restart right after the claim costs a pause, not the
+    chunk (a failed task would leave it running until the stale cut-off)."""
+    return BatchChunk.objects.select_related("run").annotate(
+        left=ExpressionWrapper(F("deadline_at") - Now(), output_field=DurationField())).get(pk=chunk_id)
+
+
 def batch_chunk_generate(
     *, chunk_id: int, stale_seconds: float = STALE_SECONDS, rpm: int | None = None, tpm: int | None = None,
     max_attempts: int | None = None,
@@ -437,9 +443,9 @@ def batch_chunk_generate(
     if not batch_chunk_claim(chunk_id=chunk_id, worker=worker, stale_seconds=stale_seconds):
         logger.info("fortune chunk %s: done, cancelled or running elsewhere; skipped", chunk_id)
         return ChunkReport(chunk_id=chunk_id, skipped=True)
-    chunk = BatchChunk.objects.select_related("run").get(pk=chunk_id)
+    chunk = _chunk_load(chunk_id=chunk_id)
     provider = get_provider(name=chunk.run.provider)
-    report = _ChunkWorker(chunk=chunk, worker=worker, provider=provider, rpm=rpm, tpm=tpm,
+    report = _ChunkWorker(chunk=chunk, remaining=chunk.left, worker=worker, provider=provider, rpm=rpm, tpm=tpm,
                           max_attempts=max_attempts).execute()
     logger.info("fortune chunk %s: %d generated, %d reused, %d failed, %d stopped; %d users stored",
                 chunk_id, report.generated_inputs, report.reused_inputs, report.failed_inputs, report.stopped_inputs,
