@@ -221,8 +221,11 @@ on_postgresql = pytest.mark.skipif(connection.vendor != "postgresql", reason="ad
 
 def _terminate_lock_session(target_date: dt.date) -> None:
     with connection.cursor() as cursor:
+        # Only this test database's lock holders: the server is shared, and another suite's sessions
+        # (an on-demand advisory lock, say) must never be ended by this test.
         cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                       "AND pid <> pg_backend_pid()")
+                       "AND pid <> pg_backend_pid() "
+                       "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
     time.sleep(0.1)  # the server ends the session and writes its goodbye
 
 
