@@ -5,6 +5,9 @@ FortuneResult — the per-date count uses fortune_for_date_idx, the on-demand an
 partial indexes fortune_on_demand_date_idx and fortune_fallback_date_idx — never from a scan of
 FortuneResult. Coverage is exact and live (the
 database now, not what a run saw when it started); history is what each run recorded.
+
+A run, wherever it shows, is core.services.runs.RunSummary (what the command's summary line and the
+webhooks read too); this module adds only what the pages show beside it.
 """
 
 import dataclasses
@@ -18,9 +21,7 @@ from django.utils import timezone
 from core.fortunes.pricing import PATH_TIERS, PriceUnknown, Tier, cost_estimate
 from core.models import BatchChunk, BatchRun, FortuneGeneration, FortuneResult, OpenAIBatch, User, UserQuerySet
 from core.services.health import batch_health, cache_status
-from core.services.runs import STALE_AFTER, RunSummary, rerun_command
-
-__all__ = ["STALE_AFTER", "rerun_command"]  # re-exported: the ops tests and pages name them from here
+from core.services.runs import RunSummary, rerun_command
 
 HISTORY_DAYS_CHOICES = (30, 90)
 HISTORY_DAYS_MAX = 365

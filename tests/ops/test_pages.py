@@ -15,10 +15,10 @@ from core.ops.selectors import (
     DATE_INVALID,
     DAYS_INVALID,
     RUN_NOT_FOUND,
-    STALE_AFTER,
     ops_coverage_many,
     ops_history,
 )
+from core.services.runs import STALE_AFTER
 from tests.factories import user_create, users_create_many
 from tests.faults.servers import free_port
 from tests.ops.helpers import fortunes_create, history_create, run_create
