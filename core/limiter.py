@@ -319,14 +319,19 @@ class RateLimiter(_Limiter):
 
 # The same algorithm as RateLimiter._reserve, atomically in Redis, on Redis's clock (TIME), so
 # processes on different machines agree on "now". Times are stored with microseconds ('%.6f').
+# Each script takes an optional last argument, "now", which only tests pass: with it the two
+# implementations run on one fake clock, and tests/core/test_limiter_equal.py holds them equal.
 _RESERVE_LUA = """
 local key = KEYS[1]
 local lane, tokens = ARGV[1], tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])  -- negative: no deadline
 local rpm, tpm, burst, reserve = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local ttl = tonumber(ARGV[8])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = tonumber(ARGV[11])  -- tests pass the time in (tests/core/test_limiter_equal.py)
+if now == nil then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
 -- The processes sharing the account (what each takes a share of if Redis goes away).
 redis.call('ZADD', KEYS[2], now, ARGV[9])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[10]))
@@ -382,8 +387,11 @@ return {lane, fmt(start - now), peers}
 _ADJUST_LUA = """
 local key, lane, tokens = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local tpm, reserve = tonumber(ARGV[3]), tonumber(ARGV[4])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = tonumber(ARGV[5])  -- tests pass the time in (tests/core/test_limiter_equal.py)
+if now == nil then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
 local s = redis.call('HMGET', key, 'ltpm', 'luntil')
 if (tonumber(s[2]) or 0) > now then
   local ltpm = tonumber(s[1]) or 0
@@ -404,8 +412,11 @@ return 1
 _LEARN_LUA = """
 local key, pause, rpm, tpm = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local learn, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = tonumber(ARGV[6])  -- tests pass the time in (tests/core/test_limiter_equal.py)
+if now == nil then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
 local old = tonumber(redis.call('HGET', key, 'pause')) or 0
 redis.call('HSET', key, 'pause', string.format('%.6f', math.max(old, now + pause)))
 if rpm > 0 or tpm > 0 then
@@ -419,8 +430,11 @@ return 1
 """
 
 _PAUSE_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = tonumber(ARGV[1])  -- tests pass the time in (tests/core/test_limiter_equal.py)
+if now == nil then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
 local pause = tonumber(redis.call('HGET', KEYS[1], 'pause')) or 0
 return string.format('%.6f', math.max(0, pause - now))
 """

@@ -1,7 +1,7 @@
 import datetime as dt
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import AbstractUser, UserManager
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -27,6 +27,19 @@ def validate_birth_date(value: dt.date) -> None:
 def chart_options() -> saju.ChartOptions:
     """This deployment's chart conventions, read per call so that a settings change applies at once."""
     return saju.ChartOptions(zi_convention=settings.SAJU_ZI_CONVENTION, local_mean_time=settings.SAJU_LOCAL_MEAN_TIME)
+
+
+class UserQuerySet(models.QuerySet):
+    # Who gets a nightly fortune: the planner and the ops coverage both count these users. A Q as well,
+    # so a selector can count both sides of it in one aggregate.
+    ELIGIBLE = Q(is_active=True, birth_date_solar__isnull=False)
+
+    def eligible(self) -> "UserQuerySet":
+        return self.filter(self.ELIGIBLE)
+
+
+class FortunaUserManager(UserManager.from_queryset(UserQuerySet)):
+    pass
 
 
 class User(AbstractUser):
@@ -58,6 +71,8 @@ class User(AbstractUser):
     natal_birth_date = models.DateField(null=True, blank=True, editable=False)
     natal_birth_time = models.TimeField(null=True, blank=True, editable=False)
     natal_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
+
+    objects = FortunaUserManager()
 
     class Meta:
         constraints = [
@@ -230,6 +245,9 @@ class BatchRun(models.Model):
     model = models.CharField(max_length=64, blank=True, default="")
     started_at = models.DateTimeField(default=timezone.now)
     heartbeat_at = models.DateTimeField(default=timezone.now)
+    in_flight = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Generations asked of the model and not answered yet, at the last heartbeat (empty: not recorded).")
     finished_at = models.DateTimeField(null=True, blank=True)
     pid = models.PositiveIntegerField(null=True, blank=True)
     hostname = models.CharField(max_length=255, blank=True, default="")

@@ -37,8 +37,8 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, Count, DurationField, ExpressionWrapper, F, Q, Value, When
-from django.db.models.functions import Now
+from django.db.models import Case, Count, DurationField, ExpressionWrapper, F, Q, Sum, Value, When
+from django.db.models.functions import Greatest, Now
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
@@ -708,7 +708,10 @@ class _Coordinator:
                 self._dispatch(chunk_id, index)
         self._resend_unclaimed()
         self._check_provider()
-        BatchRun.objects.filter(pk=self.run.pk).update(heartbeat_at=Now())
+        # In flight: the inputs of claimed chunks not stored yet (a worker has them, or holds them to retry).
+        in_flight = (BatchChunk.objects.filter(run=self.run, state=BatchChunk.State.RUNNING)
+                     .aggregate(n=Sum(Greatest(F("inputs") - F("stored_inputs"), 0)))["n"] or 0)
+        BatchRun.objects.filter(pk=self.run.pk).update(heartbeat_at=Now(), in_flight=in_flight)
         done, failed = BatchRun.objects.filter(pk=self.run.pk).values_list("generated", "failed").get()
         self.progress.update(done=done, failed=failed)
         return BatchChunk.objects.filter(run=self.run).exclude(
@@ -786,9 +789,10 @@ class _Coordinator:
             target=self.target, user_id=self.options.user_id, failed=run.failed, stored=run.generated,
             stop_reason=self.guards.reason, interrupted=self.guards.interrupted)
         run.finished_at = timezone.now()
-        run.failure_sample, run.heartbeat_at = sample, timezone.now()
+        run.failure_sample, run.heartbeat_at, run.in_flight = sample, timezone.now(), 0
         # Only the coordinator's own fields: workers still add to the counters with F() expressions.
-        run.save(update_fields=["status", "stop_reason", "finished_at", "failure_sample", "heartbeat_at", "notes"])
+        run.save(update_fields=["status", "stop_reason", "finished_at", "failure_sample", "heartbeat_at", "notes",
+                                "in_flight"])
         logger.info("fortune batch %s finished: %s", self.target.target_date, batch_run_summary(run=run))
         return run
 

@@ -42,7 +42,7 @@ INPUT_CHANGED = ("the user's birth data changed during the run, twice or after a
                  "data, left to the on-demand path")
 _COUNTER_FIELDS = ["eligible", "already_present", "generated", "generations", "failed", "llm_requests",
                    "tokens_in", "tokens_out", "estimated_cost", "heartbeat_at", "failure_sample", "notes",
-                   "cost_by_path"]
+                   "cost_by_path", "in_flight"]
 
 
 def batch_runs_mark_stale(*, target_date: dt.date) -> int:
@@ -174,6 +174,9 @@ class RunRecorder:
             run.llm_requests, run.tokens_in, run.tokens_out = tally.requests, tally.tokens_in, tally.tokens_out
             run_cost_paths_set(run=run, usage=tally.paths)
             run.failure_sample = failure_sample(scheduler=scheduler)
+            run.in_flight = scheduler.table.queued  # submitted to the backend, no answer yet
+        if final:
+            run.in_flight = 0
         fields = _COUNTER_FIELDS + (["status", "stop_reason", "finished_at"] if final else [])
 
         def save() -> None:

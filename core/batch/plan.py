@@ -64,7 +64,7 @@ def batch_user_check(*, user_id: int) -> None:
 
 
 def batch_eligible_users(*, user_id: int | None = None) -> QuerySet:
-    users = User.objects.filter(is_active=True, birth_date_solar__isnull=False)
+    users = User.objects.eligible()
     return users.filter(pk=user_id) if user_id is not None else users
 
 

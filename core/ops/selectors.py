@@ -5,34 +5,32 @@ FortuneResult — the per-date count uses fortune_for_date_idx, the on-demand an
 partial indexes fortune_on_demand_date_idx and fortune_fallback_date_idx — never from a scan of
 FortuneResult. Coverage is exact and live (the
 database now, not what a run saw when it started); history is what each run recorded.
+
+A run, wherever it shows, is core.services.runs.RunSummary (what the command's summary line and the
+webhooks read too); this module adds only what the pages show beside it.
 """
 
+import dataclasses
 import datetime as dt
-from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models import Count, Exists, OuterRef, Q, Sum
 from django.utils import timezone
 
-from core.batch.summary import cost_paths_text
-from core.models import BatchRun, FortuneResult, OpenAIBatch, User
+from core.fortunes.pricing import PATH_TIERS, PriceUnknown, Tier, cost_estimate
+from core.models import BatchChunk, BatchRun, FortuneGeneration, FortuneResult, OpenAIBatch, User, UserQuerySet
 from core.services.health import batch_health, cache_status
+from core.services.runs import RunSummary, rerun_command
 
-# A live run saves its counters every few seconds (its heartbeat); this long without one means its
-# process probably died (the next run for that date marks it interrupted).
-STALE_AFTER = dt.timedelta(seconds=60)
 HISTORY_DAYS_CHOICES = (30, 90)
 HISTORY_DAYS_MAX = 365
 FAILED_USERS_SHOWN = 50
 RELATED_ROWS_SHOWN = 100
 
-RERUN_COMMAND = "python manage.py generate_daily_fortunes --date {base_date}"
-RERUN_USER_COMMAND = "python manage.py generate_daily_fortunes --date {base_date} --user-id {user_id}"
 RUN_NOT_FOUND = "There is no batch run with id {run_id}."
 DATE_INVALID = "date must be a calendar date written YYYY-MM-DD, got {value!r}."
 DAYS_INVALID = f"days must be a whole number from 1 to {HISTORY_DAYS_MAX}, got {{value!r}}."
-STALE_HEARTBEAT = "no heartbeat for {seconds:.0f} s: its process may have died (the next run marks it interrupted)"
 
 
 class OpsInputError(ValueError):
@@ -62,32 +60,11 @@ def ops_parse_days(*, value: str) -> int:
     return days
 
 
-def rerun_command(*, target_date: dt.date, user_id: int | None = None) -> str:
-    """The command that fills the gaps of target_date (the batch takes the base date, one day before)."""
-    base_date = target_date - dt.timedelta(days=1)
-    if user_id is not None:
-        return RERUN_USER_COMMAND.format(base_date=base_date.isoformat(), user_id=user_id)
-    return RERUN_COMMAND.format(base_date=base_date.isoformat())
-
-
-def duration_text(*, seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
-
-
 # --- runs ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
-class FailureReason:
-    reason: str
-    users: int
-
-
-@dataclass(frozen=True, slots=True)
 class RelatedRows:
-    """Rows of another model that points at a run (Celery chunks, Batch API batches, ...)."""
+    """A table of the rows another model keeps for a run (its Celery chunks, its date's Batch API batches)."""
 
     title: str
     columns: list[str]
@@ -95,187 +72,67 @@ class RelatedRows:
     total: int
 
 
-@dataclass(slots=True)
-class RunView:
-    id: int
-    target_date: dt.date
-    base_date: dt.date
-    status: str
-    catch_up: bool
-    forced: bool
-    user_id_filter: int | None
-    provider: str
-    model: str
-    eligible: int
-    already_present: int
-    total: int  # users this run set out to make a fortune for
-    done: int  # users whose fortune it stored
-    failed: int
-    percent: float
-    rate: float  # users processed per second, from the counters' timestamps
-    eta_seconds: float | None
-    in_flight: int | None  # None: the run does not record it
-    generations: int
-    llm_requests: int
-    tokens_in: int
-    tokens_out: int
-    estimated_cost: Decimal
-    workers: int
-    hostname: str
-    pid: int | None
-    started_at: dt.datetime
-    heartbeat_at: dt.datetime
-    finished_at: dt.datetime | None
-    duration_seconds: float
-    stale: str  # empty, or why this "running" row looks dead
-    stop_reason: str
-    notes: str
-    failures: list[FailureReason]
-    failures_sampled: int  # failed users the failure sample accounts for (it keeps the first inputs only)
-    missing: int  # eligible users this run left without a fortune, by its own counters
-    command: str
-    # Celery chunks, Batch API batches: filled for running runs only (see _related_summaries).
-    related: list["RelatedSummary"] = field(default_factory=list)
-    cost_paths: str = ""  # BatchRun.cost_by_path in words ("" when the night was all standard)
-
-    @property
-    def eta_text(self) -> str:
-        return duration_text(seconds=self.eta_seconds) if self.eta_seconds is not None else "?"
-
-    @property
-    def duration_text(self) -> str:
-        return duration_text(seconds=self.duration_seconds)
-
-    @property
-    def workers_text(self) -> str:
-        where = f" on host {self.hostname}" if self.hostname else ""
-        pid = f" (pid {self.pid})" if self.pid else ""
-        return f"{self.workers} thread{'s' if self.workers != 1 else ''}{where}{pid}"
-
-
-def _run_view(run: BatchRun, *, now: dt.datetime) -> RunView:
-    total = run.eligible if run.forced else max(run.eligible - run.already_present, 0)
-    processed = run.generated + run.failed
-    end = run.finished_at or run.heartbeat_at
-    elapsed = max((end - run.started_at).total_seconds(), 0.0)
-    rate = processed / elapsed if elapsed > 0 else 0.0
-    remaining = max(total - processed, 0)
-    running = run.status == BatchRun.Status.RUNNING
-    if not running or remaining == 0:
-        eta = 0.0 if running else None
-    else:
-        eta = remaining / rate if rate > 0 else None
-    reasons: Counter[str] = Counter()
-    for entry in run.failure_sample or []:
-        reasons[entry.get("reason", "unknown")] += int(entry.get("count", 1))
-    silence = now - run.heartbeat_at
-    stale = STALE_HEARTBEAT.format(seconds=silence.total_seconds()) if running and silence > STALE_AFTER else ""
-    present = run.generated if run.forced else run.already_present + run.generated
-    return RunView(
-        id=run.pk, target_date=run.target_date, base_date=run.base_date, status=run.status, catch_up=run.catch_up,
-        forced=run.forced, user_id_filter=run.user_id_filter, provider=run.provider, model=run.model,
-        eligible=run.eligible, already_present=run.already_present, total=total, done=run.generated,
-        failed=run.failed, percent=min(100.0, 100.0 * processed / total) if total else 100.0, rate=rate,
-        eta_seconds=eta, in_flight=getattr(run, "in_flight", None), generations=run.generations,
-        llm_requests=run.llm_requests, tokens_in=run.tokens_in, tokens_out=run.tokens_out,
-        estimated_cost=run.estimated_cost, workers=run.workers, hostname=run.hostname, pid=run.pid,
-        started_at=run.started_at, heartbeat_at=run.heartbeat_at, finished_at=run.finished_at,
-        duration_seconds=elapsed, stale=stale, stop_reason=run.stop_reason, notes=run.notes,
-        failures=[FailureReason(reason=r, users=n) for r, n in sorted(reasons.items(), key=lambda i: (-i[1], i[0]))],
-        failures_sampled=sum(reasons.values()), missing=max(run.eligible - present, 0) if run.eligible else 0,
-        command=rerun_command(target_date=run.target_date, user_id=run.user_id_filter),
-        cost_paths=cost_paths_text(cost_by_path=run.cost_by_path),
-    )
-
-
-def _related_rows(run: BatchRun) -> list[RelatedRows]:
-    """Rows of every model with a foreign key to BatchRun (the Celery and Batch API paths add such
-    models): shown on the run's page as they are, so a new path needs no change here."""
-    sections = []
-    for relation in BatchRun._meta.related_objects:
-        if relation.many_to_many:
-            continue
-        model = relation.related_model
-        fk = relation.field
-        fields = [f for f in model._meta.concrete_fields if f is not fk]
-        queryset = model._default_manager.filter(**{fk.name: run}).order_by("pk")
-        rows = [
-            ["" if getattr(obj, f.attname) is None else str(getattr(obj, f.attname)) for f in fields]
-            for obj in queryset[:RELATED_ROWS_SHOWN]
-        ]
-        if not rows:  # a path this run did not take (a threads run has no chunks)
-            continue
-        sections.append(RelatedRows(
-            title=str(model._meta.verbose_name_plural), columns=[f.verbose_name for f in fields], rows=rows,
-            total=queryset.count() if len(rows) == RELATED_ROWS_SHOWN else len(rows),
-        ))
-    batches = OpenAIBatch.objects.filter(target_date=run.target_date).order_by("pk")
-    if batches.exists():
-        fields = [OpenAIBatch._meta.get_field(name) for name in BATCH_API_COLUMNS]
-        rows = [[str(getattr(obj, f.attname)) for f in fields] for obj in batches[:RELATED_ROWS_SHOWN]]
-        sections.append(RelatedRows(
-            title=BATCH_API_TITLE.format(target_date=run.target_date), columns=[f.verbose_name for f in fields],
-            rows=rows, total=batches.count(),
-        ))
-    return sections
-
-
+CHUNKS_TITLE = "Celery chunks"
+CHUNK_COLUMNS = ("index", "state", "inputs", "users", "stored_inputs", "failed_users", "attempts", "dispatches",
+                 "worker", "heartbeat_at", "finished_at")
 # The Batch API's batches belong to a target date, not to a run (a batch is submitted a night ahead).
 BATCH_API_TITLE = "OpenAI Batch API batches for {target_date}"
 BATCH_API_COLUMNS = ("batch_id", "state", "remote_status", "request_count", "completed_lines", "failed_lines",
                      "stored_users", "estimated_cost", "last_error")
 
 
-@dataclass(frozen=True, slots=True)
-class RelatedSummary:
-    """What a running run's related rows say at a glance: states counted, worker hosts seen."""
-
-    title: str
-    states: list[tuple[str, int]]
-    hosts: list[str]
-
-    @property
-    def text(self) -> str:
-        parts = [", ".join(f"{n} {state}" for state, n in self.states)] if self.states else []
-        if self.hosts:
-            parts.append("hosts " + ", ".join(self.hosts))
-        return f"{self.title}: {'; '.join(parts) or 'none yet'}"
+def _rows_table(*, title: str, queryset, model, columns: tuple[str, ...]) -> RelatedRows | None:
+    rows = [["" if value is None else str(value) for value in values]
+            for values in queryset.values_list(*columns)[:RELATED_ROWS_SHOWN]]
+    if not rows:  # a path this run did not take (a threads run has no chunks)
+        return None
+    return RelatedRows(
+        title=title, columns=[str(model._meta.get_field(name).verbose_name) for name in columns], rows=rows,
+        total=queryset.count() if len(rows) == RELATED_ROWS_SHOWN else len(rows),
+    )
 
 
-STATE_FIELDS = ("status", "state")
-HOST_FIELDS = ("hostname", "worker", "worker_hostname")
+def _related_rows(run: BatchRun) -> list[RelatedRows]:
+    tables = [
+        _rows_table(title=CHUNKS_TITLE, queryset=BatchChunk.objects.filter(run=run).order_by("index", "pk"),
+                    model=BatchChunk, columns=CHUNK_COLUMNS),
+        _rows_table(title=BATCH_API_TITLE.format(target_date=run.target_date),
+                    queryset=OpenAIBatch.objects.filter(target_date=run.target_date).order_by("pk"),
+                    model=OpenAIBatch, columns=BATCH_API_COLUMNS),
+    ]
+    return [table for table in tables if table is not None]
 
 
-def _related_summaries(run: BatchRun) -> list[RelatedSummary]:
-    summaries = []
-    for relation in BatchRun._meta.related_objects:
-        if relation.many_to_many:
-            continue
-        model, fk = relation.related_model, relation.field
-        names = {f.name for f in model._meta.concrete_fields}
-        rows = model._default_manager.filter(**{fk.name: run})
-        state = next((n for n in STATE_FIELDS if n in names), None)
-        host = next((n for n in HOST_FIELDS if n in names), None)
-        states = (sorted(rows.order_by().values_list(state).annotate(n=Count("*")), key=lambda i: (-i[1], i[0]))
-                  if state else [])
-        hosts = (sorted(rows.order_by().exclude(**{host: ""}).values_list(host, flat=True).distinct()[:20])
-                 if host else [])
-        if not states and not hosts:  # a path this run does not take (a threads run has no chunks)
-            continue
-        summaries.append(RelatedSummary(title=str(model._meta.verbose_name_plural), states=states, hosts=hosts))
-    states = sorted(OpenAIBatch.objects.filter(target_date=run.target_date).order_by().values_list("state")
-                    .annotate(n=Count("*")), key=lambda i: (-i[1], i[0]))
-    if states:
-        summaries.append(RelatedSummary(title=BATCH_API_TITLE.format(target_date=run.target_date), states=states,
-                                        hosts=[]))
-    return summaries
+def _states_text(*, title: str, states: list[tuple[str, int]], hosts: list[str]) -> str:
+    parts = [", ".join(f"{n} {state}" for state, n in sorted(states, key=lambda i: (-i[1], i[0])))]
+    if hosts:
+        parts.append("hosts " + ", ".join(hosts))
+    return f"{title}: {'; '.join(parts)}"
+
+
+def _related_texts(run: BatchRun) -> tuple[str, ...]:
+    """What the run's chunks and its date's Batch API batches say at a glance: states counted, workers seen."""
+    texts = []
+    chunks = BatchChunk.objects.filter(run=run).order_by()
+    if states := list(chunks.values_list("state").annotate(n=Count("*"))):
+        workers = sorted(chunks.exclude(worker="").values_list("worker", flat=True).distinct()[:20])
+        texts.append(_states_text(title=CHUNKS_TITLE, states=states, hosts=workers))
+    batches = OpenAIBatch.objects.filter(target_date=run.target_date).order_by()
+    if states := list(batches.values_list("state").annotate(n=Count("*"))):
+        texts.append(_states_text(title=BATCH_API_TITLE.format(target_date=run.target_date), states=states,
+                                  hosts=[]))
+    return tuple(texts)
+
+
+def _run_card(run: BatchRun, *, now: dt.datetime) -> RunSummary:
+    return dataclasses.replace(RunSummary.from_run(run, now=now), related=_related_texts(run))
 
 
 @dataclass(slots=True)
 class OpsNow:
     now: dt.datetime
-    running: list[RunView]
-    last_finished: RunView | None
+    running: list[RunSummary]
+    last_finished: RunSummary | None
     health_ok: bool
     health_problems: list[str]
     cache: str = "ok"  # core.services.health.cache_status(): "ok", "down" or "not configured"
@@ -283,19 +140,11 @@ class OpsNow:
 
 def ops_now(*, now: dt.datetime | None = None) -> OpsNow:
     now = now or timezone.now()
-    running = []
-    for run in BatchRun.objects.filter(status=BatchRun.Status.RUNNING):
-        view = _run_view(run, now=now)
-        view.related = _related_summaries(run)
-        running.append(view)
+    running = [_run_card(run, now=now) for run in BatchRun.objects.filter(status=BatchRun.Status.RUNNING)]
     last = BatchRun.objects.exclude(status=BatchRun.Status.RUNNING).order_by("-started_at").first()
     health = batch_health(now=now)
-    last_view = None
-    if last is not None:
-        last_view = _run_view(last, now=now)
-        last_view.related = _related_summaries(last)
     return OpsNow(
-        now=now, running=running, last_finished=last_view,
+        now=now, running=running, last_finished=_run_card(last, now=now) if last is not None else None,
         health_ok=health.ok, health_problems=list(health.problems), cache=cache_status(),
     )
 
@@ -327,8 +176,8 @@ def ops_coverage_many(*, dates: list[dt.date], today: dt.date | None = None) -> 
     users who still have a fortune, each an index probe), and three indexed counts on FortuneResult."""
     today = today or timezone.localdate()
     dates = list(dict.fromkeys(dates))
-    # batch_eligible_users' rule as a Q, so one pass over users counts both sides (tests compare the two).
-    eligible_q = Q(is_active=True, birth_date_solar__isnull=False)
+    # User.objects.eligible()'s rule as a Q, so one pass over users counts both sides.
+    eligible_q = UserQuerySet.ELIGIBLE
     aggregates = {"eligible": Count("pk", filter=eligible_q)}
     for n, day in enumerate(dates):
         has_fortune = Exists(FortuneResult.objects.filter(user=OuterRef("pk"), for_date=day))
@@ -379,9 +228,14 @@ class Night:
     tokens_in: int = 0
     tokens_out: int = 0
     estimated_cost: Decimal = Decimal(0)
-    cost_by_path: dict[str, Decimal] = field(default_factory=dict)
+    cost_by_path: dict[str, Decimal] = field(default_factory=dict)  # per pricing path (COST_PATHS)
     on_demand: int = 0
     fallback: int = 0  # saju-rule fortunes served because the model could not answer
+
+    @property
+    def cost_lines(self) -> list[tuple[str, Decimal]]:
+        """(label, cost) of each pricing path this night paid for."""
+        return [(COST_PATH_LABELS[path], self.cost_by_path[path]) for path in COST_PATHS if self.cost_by_path.get(path)]
 
     @property
     def on_demand_share(self) -> float:
@@ -394,16 +248,56 @@ class OpsHistory:
     start: dt.date
     end: dt.date
     nights: list[Night]  # oldest first, one per target date in [start, end], empty nights included
-    paths: list[str]
+    paths: list[str]  # the COST_PATHS these nights paid for, in COST_PATHS' order
+
+    @property
+    def has_runs(self) -> bool:
+        return any(n.runs for n in self.nights)
+
+    @property
+    def path_labels(self) -> list[str]:
+        return [COST_PATH_LABELS[path] for path in self.paths]
 
     @property
     def total_cost(self) -> Decimal:
-        return sum((n.estimated_cost for n in self.nights), Decimal(0))
+        """The runs' cost and the on-demand generations'."""
+        return sum((sum(n.cost_by_path.values(), Decimal(0)) for n in self.nights), Decimal(0))
 
 
-def _path_of(run: BatchRun) -> str:
-    # A run's generation path; the Batch API and Celery paths may record their own in a `path` field.
-    return getattr(run, "path", "") or run.provider or "unknown"
+# The pricing paths of the cost chart: the run's own (BatchRun.cost_by_path, core.fortunes.pricing.PATH_TIERS)
+# and the web's on-demand generations, billed at the standard tier.
+ON_DEMAND_PATH = "on_demand"
+COST_PATHS = (*PATH_TIERS, ON_DEMAND_PATH)
+COST_PATH_LABELS = {"batch_api": "batch API", "flex": "flex", "standard": "standard", ON_DEMAND_PATH: "on demand"}
+
+
+def _run_cost_by_path(run: BatchRun) -> dict[str, Decimal]:
+    """What the run paid per pricing path; a run from before the paths were recorded paid standard."""
+    recorded = {path: Decimal((run.cost_by_path or {}).get(path, {}).get("cost") or 0) for path in PATH_TIERS}
+    if not any(recorded.values()) and run.estimated_cost:
+        return {"standard": Decimal(run.estimated_cost)}
+    return recorded
+
+
+def _on_demand_cost_by_date(*, start: dt.date, end: dt.date) -> dict[dt.date, Decimal]:
+    """The model's cost of the generations the web made on demand, per date: generations an on-demand
+    fortune points at and no batch fortune does (a generation the batch reused was the batch's cost).
+    Starts from the on-demand partial index; a model without a price counts nothing (its night's run
+    would have failed on it already)."""
+    made = FortuneResult.objects.filter(source=FortuneResult.Source.ON_DEMAND, for_date__gte=start,
+                                        for_date__lte=end).values("generation_id")
+    batch_use = FortuneResult.objects.filter(generation=OuterRef("pk"), source=FortuneResult.Source.BATCH)
+    rows = (FortuneGeneration.objects.filter(pk__in=made).exclude(Exists(batch_use)).values("for_date", "model")
+            .annotate(tokens_in=Sum("tokens_in"), tokens_out=Sum("tokens_out")).order_by())
+    costs: dict[dt.date, Decimal] = {}
+    for row in rows:
+        try:
+            cost = cost_estimate(model=row["model"], tier=Tier.STANDARD, tokens_in=row["tokens_in"] or 0,
+                                 tokens_out=row["tokens_out"] or 0)
+        except PriceUnknown:
+            continue
+        costs[row["for_date"]] = costs.get(row["for_date"], Decimal(0)) + cost
+    return costs
 
 
 def ops_history(*, days: int, today: dt.date | None = None) -> OpsHistory:
@@ -416,7 +310,6 @@ def ops_history(*, days: int, today: dt.date | None = None) -> OpsHistory:
     start = end - dt.timedelta(days=days - 1)
     nights = {start + dt.timedelta(days=n): Night(target_date=start + dt.timedelta(days=n)) for n in range(days)}
     last_full: dict[dt.date, BatchRun] = {}
-    paths: set[str] = set()
     for run in BatchRun.objects.filter(target_date__gte=start, target_date__lte=end).order_by("started_at", "pk"):
         night = nights[run.target_date]
         night.runs += 1
@@ -427,22 +320,24 @@ def ops_history(*, days: int, today: dt.date | None = None) -> OpsHistory:
         night.tokens_in += run.tokens_in
         night.tokens_out += run.tokens_out
         night.estimated_cost += run.estimated_cost
-        path = _path_of(run)
-        paths.add(path)
-        night.cost_by_path[path] = night.cost_by_path.get(path, Decimal(0)) + run.estimated_cost
+        for path, cost in _run_cost_by_path(run).items():
+            if cost:  # a night's paths are those it paid for
+                night.cost_by_path[path] = night.cost_by_path.get(path, Decimal(0)) + cost
         if run.duration is not None:
             night.duration_seconds += run.duration.total_seconds()
         if run.user_id_filter is None:
             last_full[run.target_date] = run
     for day, run in last_full.items():
-        view = _run_view(run, now=timezone.now())
-        nights[day].eligible, nights[day].missing = run.eligible, view.missing
+        nights[day].eligible, nights[day].missing = run.eligible, RunSummary.from_run(run).missing
     window = {"for_date__gte": start, "for_date__lte": end}
     for day, n in _count_by_date(source=FortuneResult.Source.ON_DEMAND, **window).items():
         nights[day].on_demand = n
     for day, n in _count_by_date(source=FortuneResult.Source.FALLBACK, **window).items():
         nights[day].fallback = n
-    return OpsHistory(days=days, start=start, end=end, nights=list(nights.values()), paths=sorted(paths))
+    for day, cost in _on_demand_cost_by_date(start=start, end=end).items():
+        nights[day].cost_by_path[ON_DEMAND_PATH] = cost
+    paid = [path for path in COST_PATHS if any(n.cost_by_path.get(path) for n in nights.values())]
+    return OpsHistory(days=days, start=start, end=end, nights=list(nights.values()), paths=paid)
 
 
 # --- one run ---------------------------------------------------------------------------------
@@ -458,7 +353,7 @@ class FailedUser:
 
 @dataclass(slots=True)
 class OpsRunDetail:
-    run: RunView
+    run: RunSummary
     failed_users: list[FailedUser]
     related: list[RelatedRows]
     coverage: Coverage
@@ -468,7 +363,7 @@ def ops_run_detail(*, run_id: int) -> OpsRunDetail:
     run = BatchRun.objects.filter(pk=run_id).first()
     if run is None:
         raise OpsRunNotFound(RUN_NOT_FOUND.format(run_id=run_id))
-    view = _run_view(run, now=timezone.now())
+    view = RunSummary.from_run(run)
     sampled: list[tuple[int, str, str]] = []
     for entry in run.failure_sample or []:
         for user_id in entry.get("user_ids", []):
@@ -486,9 +381,9 @@ def ops_run_detail(*, run_id: int) -> OpsRunDetail:
     )
 
 
-def ops_recent_runs(*, limit: int = 20) -> list[RunView]:
+def ops_recent_runs(*, limit: int = 20) -> list[RunSummary]:
     now = timezone.now()
-    return [_run_view(run, now=now) for run in BatchRun.objects.order_by("-started_at", "-pk")[:limit]]
+    return [RunSummary.from_run(run, now=now) for run in BatchRun.objects.order_by("-started_at", "-pk")[:limit]]
 
 
 # --- status (the JSON endpoint and the pages' live refresh) ----------------------------------

@@ -1,4 +1,7 @@
-"""The JSON form of the ops selectors' data: /ops/status.json and the pages' live refresh."""
+"""The JSON form of the ops selectors' data: /ops/status.json and the pages' live refresh.
+
+A run is core.services.runs.RunSummary (the one view model of a run): RunSerializer only names its
+fields and derived figures for JSON."""
 
 from django.urls import reverse
 from rest_framework import serializers
@@ -35,7 +38,8 @@ class RunSerializer(serializers.Serializer):
     rate = serializers.FloatField()
     eta_seconds = serializers.FloatField(allow_null=True)
     eta_text = serializers.CharField()
-    in_flight = serializers.IntegerField(allow_null=True)
+    in_flight = serializers.IntegerField(allow_null=True, help_text="Generations asked of the model and not "
+                                         "answered yet, at the last heartbeat; null when the run did not record it.")
     generations = serializers.IntegerField()
     llm_requests = serializers.IntegerField()
     tokens_in = serializers.IntegerField()
@@ -55,11 +59,9 @@ class RunSerializer(serializers.Serializer):
     failures = FailureReasonSerializer(many=True)
     missing = serializers.IntegerField()
     command = serializers.CharField()
-    related = serializers.SerializerMethodField()
-    cost_paths = serializers.CharField()
-
-    def get_related(self, run) -> list[str]:
-        return [summary.text for summary in run.related]
+    related = serializers.ListField(child=serializers.CharField(), help_text="The run's Celery chunks and its "
+                                    "date's Batch API batches at a glance.")
+    cost_paths = serializers.CharField(source="cost_paths_text", help_text="The cost per pricing path in words.")
 
     def get_url(self, run) -> str:
         return reverse("ops:run", args=[run.id])

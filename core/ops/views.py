@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 
 from core.ops.charts import Series, svg_bar_chart
 from core.ops.selectors import (
+    COST_PATH_LABELS,
     HISTORY_DAYS_CHOICES,
     OpsHistory,
     OpsInputError,
@@ -103,7 +104,8 @@ def history_charts(*, history: OpsHistory) -> list:
             Series("in", [n.tokens_in for n in nights], "s4"), Series("out", [n.tokens_out for n in nights], "s5"),
         ]),
         svg_bar_chart(title="Estimated cost per path", labels=labels, unit="$", series=[
-            Series(path, [float(n.cost_by_path.get(path, 0)) for n in nights], css) for path, css in path_css.items()
+            Series(COST_PATH_LABELS[path], [float(n.cost_by_path.get(path, 0)) for n in nights], css)
+            for path, css in path_css.items()
         ]),
         svg_bar_chart(title="On-demand share (of eligible users)", labels=labels, unit="%",
                       series=[Series("on demand", [n.on_demand_share for n in nights], "s1")]),

@@ -201,3 +201,21 @@ def test_invalid_answers_billed_by_the_server_count_in_the_runs_tokens(eager, op
     assert run.status == BatchRun.Status.SUCCEEDED, run.stop_reason
     assert counters["by_fault"].get("malformed") and counters["by_fault"].get("runaway")
     assert (run.tokens_in, run.tokens_out) == (counters["tokens_billed"]["in"], counters["tokens_billed"]["out"])
+
+
+def test_the_coordinators_heartbeat_records_the_inputs_its_workers_have_in_flight(eager):
+    users_with_shared_inputs(distinct=8, twins=0)
+    run = celery_run(chunk_size=4)
+    assert run.in_flight == 0  # finished: nothing in flight
+    first, second = BatchChunk.objects.filter(run=run).order_by("index")
+    BatchChunk.objects.filter(pk=first.pk).update(state=BatchChunk.State.RUNNING, stored_inputs=1,
+                                                  heartbeat_at=timezone.now())
+    BatchChunk.objects.filter(pk=second.pk).update(state=BatchChunk.State.RUNNING, stored_inputs=4,
+                                                   heartbeat_at=timezone.now())
+    coordinator = _Coordinator(run=run, target=BatchTarget(base_date=BASE, target_date=TARGET),
+                               options=BatchOptions(base_date=BASE), provider=get_provider(name="local"),
+                               stop=StopToken(), deadline=time.monotonic() + 60, chunk_size=4, stale_seconds=60,
+                               poll_seconds=0)
+    coordinator.progress = ProgressReporter(total=8, stream=io.StringIO(), is_tty=False)
+    assert coordinator._poll(force=True) is True  # two chunks still open
+    assert BatchRun.objects.get(pk=run.pk).in_flight == 3  # the first chunk's 3 unstored inputs

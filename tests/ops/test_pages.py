@@ -2,6 +2,7 @@
 
 import datetime as dt
 import re
+from decimal import Decimal
 
 import pytest
 from django.urls import reverse
@@ -14,10 +15,10 @@ from core.ops.selectors import (
     DATE_INVALID,
     DAYS_INVALID,
     RUN_NOT_FOUND,
-    STALE_AFTER,
     ops_coverage_many,
     ops_history,
 )
+from core.services.runs import STALE_AFTER
 from tests.factories import user_create, users_create_many
 from tests.faults.servers import free_port
 from tests.ops.helpers import fortunes_create, history_create, run_create
@@ -246,7 +247,9 @@ def test_history_sums_the_runs_of_each_night(staff_client):
     assert nights[_today()].fallback == 2
     tomorrow = nights[_tomorrow()]
     assert tomorrow.status == "succeeded" and tomorrow.last_run_id == extra.pk
-    assert tomorrow.cost_by_path["local"] == extra.estimated_cost and set(history.paths) == {"openai", "local"}
+    # Runs from before the pricing paths were recorded paid the standard tier, whatever their provider.
+    assert tomorrow.cost_by_path == {"standard": sum(r.estimated_cost for r in BatchRun.objects.filter(
+        target_date=_tomorrow()))} and history.paths == ["standard"]
     assert nights[_today()].on_demand_share == pytest.approx(100 * 3 / 40)
 
     html = staff_client.get(reverse("ops:history")).content.decode()
@@ -323,3 +326,98 @@ def test_a_degraded_cache_shows_on_the_now_page_and_in_status_json(staff_client,
     assert 'Cache: <span data-field="cache">down</span>' in page
     settings.REDIS_URL = ""
     assert _status(staff_client)["health"]["cache"] == "not configured"
+
+
+# --- issue 18: the one run view model, explicit chunk rows, the heartbeat's in-flight, cost per path ----------
+
+def test_in_flight_comes_from_the_runs_heartbeat(staff_client):
+    run = run_create(target_date=_tomorrow(), status=BatchRun.Status.RUNNING, eligible=50, generated=5,
+                     in_flight=7, heartbeat_at=timezone.now())
+    [live] = _status(staff_client)["running"]
+    assert live["id"] == run.pk and live["in_flight"] == 7
+    html = staff_client.get(reverse("ops:now")).content.decode()
+    assert '<dd data-field="in_flight">7</dd>' in html
+
+
+def test_the_pages_status_json_and_the_summary_line_read_one_run_view_model(staff_client):
+    from core.batch.summary import RunSummary as BatchSummary
+    from core.ops.selectors import ops_recent_runs
+    from core.services.runs import RunSummary
+
+    run = run_create(target_date=_tomorrow(), status=BatchRun.Status.PARTIAL, eligible=30, generated=20, failed=4,
+                     failure_sample=[{"reason": "timeout", "count": 4, "user_ids": []}])
+    [view] = ops_recent_runs(limit=1)
+    assert BatchSummary is RunSummary and isinstance(view, RunSummary)
+    assert view == RunSummary.from_run(run)
+    last = _status(staff_client)["last_finished"]
+    assert (last["done"], last["failed"], last["missing"], last["duration_text"]) == (
+        view.done, view.failed, view.missing, view.duration)
+    assert f"{view.duration}; failures: timeout 4" in view.line()
+
+
+def test_celery_chunks_are_listed_by_an_explicit_query_on_the_run_page_and_summed_on_now(staff_client):
+    from core.models import BatchChunk
+
+    run = run_create(target_date=_tomorrow(), status=BatchRun.Status.RUNNING, eligible=40, workers=2)
+    BatchChunk.objects.create(run=run, index=0, for_date=_tomorrow(), payload={"inputs": []}, inputs=10, users=12,
+                              state="done", stored_inputs=10, worker="w1:11")
+    BatchChunk.objects.create(run=run, index=1, for_date=_tomorrow(), payload={"inputs": []}, inputs=10, users=10,
+                              state="running", stored_inputs=4, worker="w2:22")
+    other = run_create(target_date=_today())
+    BatchChunk.objects.create(run=other, index=0, for_date=_today(), payload={"inputs": []}, state="queued")
+
+    page = staff_client.get(reverse("ops:run", args=[run.pk])).content.decode()
+    assert "Celery chunks (2)" in page
+    assert "<td>0</td><td>done</td><td>10</td><td>12</td><td>10</td>" in page
+    assert "<td>1</td><td>running</td><td>10</td><td>10</td><td>4</td>" in page
+    [live] = _status(staff_client)["running"]
+    assert live["related"] == ["Celery chunks: 1 done, 1 running; hosts w1:11, w2:22"]
+
+
+def test_the_cost_chart_is_per_pricing_path_with_the_on_demand_generations(staff_client):
+    from core.fortunes.pricing import Tier, cost_estimate
+    from core.models import FortuneGeneration
+
+    paths = cost_by_path(model="gpt-4o-mini", usage={
+        "batch_api": PathUsage(requests=90, tokens_in=90_000, tokens_out=45_000),
+        "flex": PathUsage(requests=5, tokens_in=5_000, tokens_out=2_500),
+        "standard": PathUsage(requests=10, tokens_in=10_000, tokens_out=5_000)})
+    run_create(target_date=_today(), eligible=100, generated=100, cost_by_path=paths,
+               estimated_cost=sum(Decimal(paths[p]["cost"]) for p in ("batch_api", "flex", "standard")))
+    users = users_create_many(count=3, seed=4)
+    made = FortuneGeneration.objects.create(input_hash="od-1".ljust(64, "0"), for_date=_today(), content={},
+                                            provider="openai", model="gpt-4o-mini", tokens_in=1000, tokens_out=600)
+    FortuneResult.objects.create(user=users[0], for_date=_today(), generation=made, source="on_demand")
+    FortuneResult.objects.create(user=users[1], for_date=_today(), generation=made, source="on_demand")
+    # A batch generation an on-demand request reused cost nothing more: it is the run's.
+    reused = FortuneGeneration.objects.create(input_hash="od-2".ljust(64, "0"), for_date=_today(), content={},
+                                              provider="openai", model="gpt-4o-mini", tokens_in=999, tokens_out=999)
+    FortuneResult.objects.create(user=users[2], for_date=_today(), generation=reused, source="batch")
+    FortuneResult.objects.create(user=user_create(username="late"), for_date=_today(), generation=reused,
+                                 source="on_demand")
+
+    history = ops_history(days=30)
+    night = next(n for n in history.nights if n.target_date == _today())
+    on_demand = cost_estimate(model="gpt-4o-mini", tier=Tier.STANDARD, tokens_in=1000, tokens_out=600)
+    assert night.cost_by_path == {"batch_api": Decimal(paths["batch_api"]["cost"]),
+                                  "flex": Decimal(paths["flex"]["cost"]),
+                                  "standard": Decimal(paths["standard"]["cost"]), "on_demand": on_demand}
+    assert history.paths == ["batch_api", "flex", "standard", "on_demand"]
+    assert history.total_cost == night.estimated_cost + on_demand
+    html = staff_client.get(reverse("ops:history")).content.decode()
+    assert "Estimated cost per path" in html and "pricing paths: batch API, flex, standard, on demand" in html
+    for label in ("batch API", "flex", "standard", "on demand"):
+        assert f">{label}<" in html  # a legend entry per pricing path, not per provider
+
+
+def test_the_planner_and_the_coverage_count_the_same_eligible_users():
+    from core.models import User
+
+    users_create_many(count=4, seed=8)
+    user_create(is_active=False)
+    user_create(birth_date_solar=None)
+    eligible = set(User.objects.eligible().values_list("pk", flat=True))
+    assert set(batch_eligible_users().values_list("pk", flat=True)) == eligible
+    assert ops_coverage_many(dates=[_tomorrow()])[0].eligible == len(eligible)
+    assert not User.objects.eligible().filter(is_active=False).exists()
+    assert not User.objects.eligible().filter(birth_date_solar__isnull=True).exists()
