@@ -1,5 +1,5 @@
-"""Django's RedisCache against fortuna_api.redis_cache.BackingOffRedisCache (what the back-off costs):
-client CPU per cache get, side by side in one run (alternating, twice each). Needs Redis; not a test.
+"""Django's RedisCache against fortuna_api.redis_cache.SharedClientRedisCache: client CPU per cache get,
+side by side in one run (alternating, twice each). Needs Redis; not a test.
 
     PYTHONPATH=. .venv/bin/python bench/cache_client.py [--url redis://127.0.0.1:6379/12] [--calls 3000]
 """
@@ -15,7 +15,7 @@ django.setup()
 
 from django.core.cache.backends.redis import RedisCache  # noqa: E402
 
-from fortuna_api.redis_cache import BackingOffRedisCache  # noqa: E402
+from fortuna_api.redis_cache import SharedClientRedisCache  # noqa: E402
 
 
 def main() -> None:
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--url", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--calls", type=int, default=3000)
     args = parser.parse_args()
-    for cls in (RedisCache, BackingOffRedisCache, RedisCache, BackingOffRedisCache):
+    for cls in (RedisCache, SharedClientRedisCache, RedisCache, SharedClientRedisCache):
         cache = cls(args.url, {})
         cache.set("bench:cache-client", {"a": 1}, 60)
         started = time.process_time()

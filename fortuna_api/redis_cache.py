@@ -1,22 +1,25 @@
-"""Django's RedisCache, backing off a Redis that failed.
+"""Django's Redis cache backend, keeping one redis.Redis client per connection pool, and backing off a
+Redis that failed.
+
+django.core.cache.backends.redis.RedisCacheClient.get_client() builds a new redis.Redis object for
+every cache command. With redis-py 8 that constructor costs more than the command's own client-side
+work, and every API request makes several commands (token cache, throttles): docs/BENCHMARKS.md has
+the measurement. A redis.Redis holds nothing but its pool and is safe to share between threads, so
+one client per pool sends exactly the same commands.
 
 The cache is optional at run time: its callers fall back when a command raises (token look-up from
 the database, throttles open, ...). Each failure still costs up to the connect/read timeout
 (settings REDIS_CONNECT_TIMEOUT / REDIS_SOCKET_TIMEOUT, passed to the pool through CACHES OPTIONS),
-and one request makes several commands. So after a connection error or a timeout the cache stops
-calling Redis for OPTIONS["down_seconds"] and every cache method raises CacheUnavailable at once; the
-first call after the window tries Redis again. Django builds one cache object per thread, so each
-thread of a worker pays the timeout once per window.
-
-Only the cache's public methods are wrapped, each calling Django's own; BaseCache's other methods
-(get_or_set, decr, incr_version, ...) go through these. Everything else is Django's.
+and one request makes several commands. So after a connection error or a timeout the process stops
+calling Redis for `down_seconds` and every command raises CacheUnavailable at once; the first command
+after the window tries Redis again. Everything else is Django's.
 """
 
 import functools
 import logging
 import time
 
-from django.core.cache.backends.redis import RedisCache
+from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -37,10 +40,10 @@ class CacheUnavailable(RedisConnectionError):
 def _backing_off_on_failure(method):
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        if self.is_down:
-            raise CacheUnavailable(CACHE_BACKING_OFF.format(seconds=self.down_seconds))
         try:
             return method(self, *args, **kwargs)
+        except CacheUnavailable:
+            raise
         except (RedisConnectionError, RedisTimeoutError) as exc:
             self.mark_down(exc)
             raise
@@ -48,12 +51,11 @@ def _backing_off_on_failure(method):
     return wrapper
 
 
-class BackingOffRedisCache(RedisCache):
-    def __init__(self, server, params) -> None:
-        options = dict(params.get("OPTIONS", {}))
-        # Ours, not the connection pool's (RedisCache passes every other option to redis-py).
-        self.down_seconds = float(options.pop("down_seconds", DEFAULT_DOWN_SECONDS))
-        super().__init__(server, {**params, "OPTIONS": options})
+class SharedClientRedisCacheClient(RedisCacheClient):
+    def __init__(self, servers, *, down_seconds: float = DEFAULT_DOWN_SECONDS, **options) -> None:
+        super().__init__(servers, **options)
+        self._clients: dict[int, object] = {}
+        self.down_seconds = down_seconds
         self._down_until = 0.0  # time.monotonic(); a float store is atomic, threads need no lock
 
     @property
@@ -65,8 +67,24 @@ class BackingOffRedisCache(RedisCache):
             logger.warning(CACHE_MARKED_DOWN, exc, self.down_seconds)
         self._down_until = time.monotonic() + self.down_seconds
 
+    def get_client(self, key=None, *, write=False):
+        if self.is_down:
+            raise CacheUnavailable(CACHE_BACKING_OFF.format(seconds=self.down_seconds))
+        pool = self._get_connection_pool(write)
+        client = self._clients.get(id(pool))
+        if client is None:
+            # Two threads may both build one on the first command; either is fine to keep.
+            client = self._clients.setdefault(id(pool), self._client(connection_pool=pool))
+        return client
 
-# Every command RedisCache sends goes through one of these: a failure opens the back-off window.
+
+# Every command Django's client sends goes through one of these: a failure opens the back-off window.
 for _name in ("add", "get", "set", "touch", "delete", "get_many", "has_key", "incr", "set_many", "delete_many",
               "clear"):
-    setattr(BackingOffRedisCache, _name, _backing_off_on_failure(getattr(RedisCache, _name)))
+    setattr(SharedClientRedisCacheClient, _name, _backing_off_on_failure(getattr(RedisCacheClient, _name)))
+
+
+class SharedClientRedisCache(RedisCache):
+    def __init__(self, server, params) -> None:
+        super().__init__(server, params)
+        self._class = SharedClientRedisCacheClient

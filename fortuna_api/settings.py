@@ -158,11 +158,11 @@ REDIS_URL = env_url("REDIS_URL", default="", schemes=("redis", "rediss", "unix")
 REDIS_CONNECT_TIMEOUT = env_int("REDIS_CONNECT_TIMEOUT_MS", 500, min_value=10, max_value=60000) / 1000
 REDIS_SOCKET_TIMEOUT = env_int("REDIS_SOCKET_TIMEOUT_MS", 500, min_value=10, max_value=60000) / 1000
 if REDIS_URL:
-    # Django's RedisCache, backing off a failed Redis for a few seconds (fortuna_api/redis_cache.py says
-    # why). OPTIONS but down_seconds go to redis-py's connection pool.
+    # Django's RedisCache, one redis.Redis client per pool, backing off a failed Redis for a few seconds
+    # (fortuna_api/redis_cache.py says why). OPTIONS go to redis-py's connection pool.
     CACHES = {
         "default": {
-            "BACKEND": "fortuna_api.redis_cache.BackingOffRedisCache",
+            "BACKEND": "fortuna_api.redis_cache.SharedClientRedisCache",
             "LOCATION": REDIS_URL,
             "OPTIONS": {
                 "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,

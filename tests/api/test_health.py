@@ -43,7 +43,7 @@ def test_healthz_is_503_when_the_database_is_down():
 
 def test_healthz_reports_a_cache_and_a_broker_that_answer(settings, redis_url):
     settings.REDIS_URL = redis_url
-    settings.CACHES = {"default": {"BACKEND": "fortuna_api.redis_cache.BackingOffRedisCache", "LOCATION": redis_url}}
+    settings.CACHES = {"default": {"BACKEND": "fortuna_api.redis_cache.SharedClientRedisCache", "LOCATION": redis_url}}
     settings.CELERY_BROKER_URL = os.environ.get("TEST_CELERY_BROKER_URL") or redis_url
     response = APIClient().get("/healthz")
     assert response.status_code == 200
@@ -53,7 +53,7 @@ def test_healthz_reports_a_cache_and_a_broker_that_answer(settings, redis_url):
 def test_healthz_stays_200_with_cache_and_broker_down_and_says_so(settings):
     dead = f"redis://127.0.0.1:{free_port()}/0"
     settings.REDIS_URL = settings.CELERY_BROKER_URL = dead
-    settings.CACHES = {"default": {"BACKEND": "fortuna_api.redis_cache.BackingOffRedisCache", "LOCATION": dead}}
+    settings.CACHES = {"default": {"BACKEND": "fortuna_api.redis_cache.SharedClientRedisCache", "LOCATION": dead}}
     response = APIClient().get("/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "database": "ok", "cache": "down", "broker": "down"}

@@ -28,7 +28,7 @@ THREADS = 10
 def dead_redis_cache(settings):
     settings.CACHES = {
         "default": {
-            "BACKEND": "fortuna_api.redis_cache.BackingOffRedisCache",
+            "BACKEND": "fortuna_api.redis_cache.SharedClientRedisCache",
             "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
         }
     }

@@ -22,7 +22,7 @@ from rest_framework.test import APIClient
 from core.api.authentication import CachedTokenAuthentication
 from core.models import User
 from core.throttles import THROTTLE_CACHE_DOWN
-from fortuna_api.redis_cache import BackingOffRedisCache, CacheUnavailable
+from fortuna_api.redis_cache import CacheUnavailable, SharedClientRedisCache
 from tests.api.conftest import fortune_store
 from tests.deploy.server import database_url_for, production_env, web_server_start, web_server_stop
 from tests.factories import user_create
@@ -37,7 +37,7 @@ def _redis_caches(url: str, *, down_seconds: float = 5.0) -> dict:
     # What fortuna_api/settings.py builds for a REDIS_URL.
     return {
         "default": {
-            "BACKEND": "fortuna_api.redis_cache.BackingOffRedisCache",
+            "BACKEND": "fortuna_api.redis_cache.SharedClientRedisCache",
             "LOCATION": url,
             "OPTIONS": {"socket_connect_timeout": TIMEOUT, "socket_timeout": TIMEOUT, "down_seconds": down_seconds},
         }
@@ -146,7 +146,7 @@ def test_a_deactivation_the_cache_missed_is_refused_within_the_token_cache_secon
 
 
 def test_after_a_failure_the_cache_is_not_called_until_the_window_ends(own_redis):
-    cache = BackingOffRedisCache(own_redis.url(), {"OPTIONS": _redis_caches("")["default"]["OPTIONS"]
+    cache = SharedClientRedisCache(own_redis.url(), {"OPTIONS": _redis_caches("")["default"]["OPTIONS"]
                                                     | {"down_seconds": 0.5}})
     cache.set("k", 1)
     own_redis.pause()

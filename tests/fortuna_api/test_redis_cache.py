@@ -1,22 +1,21 @@
-"""The backing-off Redis cache against Django's own RedisCache: the same answers while Redis answers.
-
-What it does when Redis fails: tests/faults/test_web_redis.py."""
+"""The shared-client Redis cache against Django's own RedisCache: the same answers, one client per pool."""
 
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 from django.core.cache.backends.redis import RedisCache
 
-from fortuna_api.redis_cache import BackingOffRedisCache
+from fortuna_api.redis_cache import SharedClientRedisCache
 from tests.fortuna_api.test_settings import ROOT
 
 
 @pytest.fixture
 def caches(redis_url):
     django_cache = RedisCache(redis_url, {"KEY_PREFIX": "django"})
-    ours = BackingOffRedisCache(redis_url, {"KEY_PREFIX": "ours"})
+    ours = SharedClientRedisCache(redis_url, {"KEY_PREFIX": "ours"})
     yield django_cache, ours
     for cache in (django_cache, ours):
         cache.delete_many(["a", "b", "n", "gone", "once"])
@@ -38,11 +37,22 @@ def test_answers_as_djangos_redis_cache(caches):
     assert _script(ours) == _script(django_cache)
 
 
+def test_one_client_per_pool_shared_by_threads(caches):
+    _, ours = caches
+    clients = []
+    threads = [threading.Thread(target=lambda: clients.append(ours._cache.get_client(write=True))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(client) for client in clients}) == 1
+    assert clients[0].connection_pool is ours._cache._get_connection_pool(True)
+
+
 def test_settings_give_the_cache_pool_the_redis_timeouts():
     probe = ("import django; django.setup(); from django.core.cache import cache; "
-             "kwargs = cache._cache.get_client(write=True).connection_pool.connection_kwargs; "
-             "print(kwargs['socket_connect_timeout'], kwargs['socket_timeout'], 'down_seconds' in kwargs, "
-             "cache.down_seconds)")
+             "kwargs = cache._cache._get_connection_pool(True).connection_kwargs; "
+             "print(kwargs['socket_connect_timeout'], kwargs['socket_timeout'], cache._cache.down_seconds)")
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {
         "DJANGO_SETTINGS_MODULE": "fortuna_api.settings", "DEBUG": "1", "REDIS_URL": "redis://127.0.0.1:1/0",
         "REDIS_CONNECT_TIMEOUT_MS": "250", "REDIS_SOCKET_TIMEOUT_MS": "300",
@@ -50,4 +60,4 @@ def test_settings_give_the_cache_pool_the_redis_timeouts():
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["0.25", "0.3", "False", "5.0"]  # down_seconds is not redis-py's
+    assert result.stdout.split() == ["0.25", "0.3", "5.0"]

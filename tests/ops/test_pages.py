@@ -315,7 +315,7 @@ def test_batch_api_batches_and_cost_per_path_show_on_now_and_run_pages(staff_cli
 
 def test_a_degraded_cache_shows_on_the_now_page_and_in_status_json(staff_client, settings):
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
-    settings.CACHES = {"default": {"BACKEND": "fortuna_api.redis_cache.BackingOffRedisCache",
+    settings.CACHES = {"default": {"BACKEND": "fortuna_api.redis_cache.SharedClientRedisCache",
                                    "LOCATION": settings.REDIS_URL,
                                    "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}}}
     assert _status(staff_client)["health"]["cache"] == "down"
