@@ -10,9 +10,10 @@ one client per pool sends exactly the same commands.
 The cache is optional at run time: its callers fall back when a command raises (token look-up from
 the database, throttles open, ...). Each failure still costs up to the connect/read timeout
 (settings REDIS_CONNECT_TIMEOUT / REDIS_SOCKET_TIMEOUT, passed to the pool through CACHES OPTIONS),
-and one request makes several commands. So after a connection error or a timeout the process stops
+and one request makes several commands. So after a connection error or a timeout the cache stops
 calling Redis for `down_seconds` and every command raises CacheUnavailable at once; the first command
-after the window tries Redis again. Everything else is Django's.
+after the window tries Redis again. Django builds one cache object per thread, so each thread of a
+worker pays the timeout once per window. Everything else is Django's.
 """
 
 import functools

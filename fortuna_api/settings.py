@@ -123,9 +123,6 @@ if sys.argv[1:2] == ["migrate"]:
     DB_STATEMENT_TIMEOUT_MS = 0
 DB_BATCH_STATEMENT_TIMEOUT_MS = env_int("DB_BATCH_STATEMENT_TIMEOUT_MS", 300000, min_value=0, max_value=86400000)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # Django's backend, its health check skipping the round trip while the socket is quiet
-    # (fortuna_api/postgresql/base.py says why and how).
-    DATABASES["default"]["ENGINE"] = "fortuna_api.postgresql"
     # libpq connection parameters (https://www.postgresql.org/docs/current/libpq-connect.html): a
     # server that does not answer fails the connect in seconds, and TCP keepalives find a peer that
     # vanished without a word (a partition) in about idle + interval x count seconds instead of the

@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import select
 import socket
 import tempfile
 import threading
@@ -31,7 +32,6 @@ from django.utils import timezone
 
 from core.models import BatchRun
 from core.resilience import db_call, db_retryable
-from fortuna_api.postgresql.base import connection_is_quiet
 
 logger = logging.getLogger("fortuna.batch")
 
@@ -94,7 +94,12 @@ def _new_connection(alias: str):
 def _quiet(conn) -> bool:
     """The lock's session is open and the server has said nothing on it (PostgreSQL writes to an idle
     session only to end it, or for a notice): no round trip needed to know the lock is still held."""
-    return conn.connection is not None and connection_is_quiet(conn.connection)
+    psycopg = conn.connection
+    if psycopg is None or psycopg.closed:
+        return False
+    poller = select.poll()
+    poller.register(psycopg.fileno(), select.POLLIN | select.POLLPRI)
+    return not poller.poll(0)
 
 
 def _try_lock(conn, key: int) -> bool:

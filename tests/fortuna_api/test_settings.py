@@ -147,7 +147,8 @@ def test_a_model_without_a_price_fails_manage_py_check_naming_openai_model():
 DB_PROBE = ("import django; django.setup(); from django.conf import settings; "
             "o = settings.DATABASES['default']['OPTIONS']; "
             "print(o['connect_timeout'], o['keepalives'], o['keepalives_idle'], o['options'], "
-            "settings.DB_RETRY_WINDOW, settings.DB_BATCH_STATEMENT_TIMEOUT_MS)")
+            "settings.DB_RETRY_WINDOW, settings.DB_BATCH_STATEMENT_TIMEOUT_MS, "
+            "settings.DATABASES['default']['ENGINE'])")
 
 
 def test_postgresql_connections_get_a_connect_timeout_keepalives_and_a_statement_timeout():
@@ -159,4 +160,4 @@ def test_postgresql_connections_get_a_connect_timeout_keepalives_and_a_statement
     assert result.returncode == 0, result.stderr
     # Production defaults; the URL's own options kept, ours after them.
     assert result.stdout.split() == ["5", "1", "30", "-c", "search_path=fortuna", "-c", "statement_timeout=15000",
-                                     "60", "300000"]
+                                     "60", "300000", "django.db.backends.postgresql"]  # Django's own backend
