@@ -192,8 +192,8 @@ def batch_django_setup() -> None:
     django.setup()
 
 
-def batch_api_arguments(parser: argparse.ArgumentParser) -> None:
-    """The batch-api scenario's flags (bench/batch.py and bench/batch_api.py; --users and --workers are shared)."""
+def openai_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The batch-api scenario's flags (bench/nightly.py and bench/openai_batch.py; --users and --workers are shared)."""
     parser.add_argument("--completion-delay", type=float, default=2.0, help="batch-api: seconds until the stub "
                         "completes")
     parser.add_argument("--fail-share", type=float, default=0.0, help="batch-api: share of lines answered 5xx")
@@ -202,14 +202,14 @@ def batch_api_arguments(parser: argparse.ArgumentParser) -> None:
 def wipe() -> None:
     from django.db import connection
 
-    from core.models import BatchRun, FortuneGeneration, FortuneResult, User
+    from core.models import FortuneGeneration, FortuneResult, NightlyRun, User
 
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            tables = [m._meta.db_table for m in (FortuneResult, FortuneGeneration, BatchRun)]
+            tables = [m._meta.db_table for m in (FortuneResult, FortuneGeneration, NightlyRun)]
             cursor.execute(f"TRUNCATE {', '.join(tables)}, {User._meta.db_table} CASCADE")
         else:
-            for model in (FortuneResult, FortuneGeneration, BatchRun):
+            for model in (FortuneResult, FortuneGeneration, NightlyRun):
                 model.objects.all().delete()
             User.objects.all().delete()
 
@@ -300,7 +300,7 @@ def command_run(*, env: dict, args: list[str]) -> dict:
     20 ms could be missed). Not wait4's ru_maxrss: Linux carries the parent's high-water mark across
     the spawn (vfork + exec), so ru_maxrss reported this seeding process's own size (134-700 MB).
     """
-    from core.models import BatchRun
+    from core.models import NightlyRun
 
     argv = [sys.executable, "manage.py", "generate_daily_fortunes", "--date", BASE.isoformat(), *args]
     started = time.perf_counter()
@@ -314,7 +314,7 @@ def command_run(*, env: dict, args: list[str]) -> dict:
     out_file.seek(0)
     out = out_file.read()
     out_file.close()
-    run = BatchRun.objects.order_by("-pk").first()
+    run = NightlyRun.objects.order_by("-pk").first()
     return {"wall": wall, "rss_mb": peak_kb / 1024, "code": proc.returncode, "run": run,
             "summary": out.strip().splitlines()[-1] if out.strip() else ""}
 

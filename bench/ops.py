@@ -4,10 +4,10 @@
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/fortuna_bench .venv/bin/python bench/ops.py
     ... --users 500 --nights 10 --repeat 5          # small, for a quick check (SQLite works too)
 
-Target (issue 11): every /ops/ page and /ops/status.json answers in <= 100 ms with 365 BatchRun rows
+Target (issue 11): every /ops/ page and /ops/status.json answers in <= 100 ms with 365 NightlyRun rows
 and 1M fortunes. The default data: --users eligible users (+10% ineligible) with a fortune for each
 of the last --nights nights (11,112 x 90 = 1.0M, the default retention), 2% of them on demand, and
---runs BatchRun rows (one finished run per night, a running one for tomorrow). Each page is fetched
+--runs NightlyRun rows (one finished run per night, a running one for tomorrow). Each page is fetched
 in process through Django's test client as a signed-in staff user (--repeat times after one warm-up);
 the median and p95 of the whole request are printed with its query count. On PostgreSQL every query
 of every page is EXPLAINed and any sequential scan of the fortune table is reported.
@@ -45,7 +45,7 @@ from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from bench.common import wipe  # noqa: E402
-from core.models import BatchRun, FortuneGeneration, FortuneResult, User  # noqa: E402
+from core.models import FortuneGeneration, FortuneResult, NightlyRun, User  # noqa: E402
 
 TARGET_MS = 100.0
 ON_DEMAND_SHARE = 0.02
@@ -98,16 +98,16 @@ def fortunes_seed(*, user_ids: list[int], nights: int, today: dt.date) -> int:
     return created
 
 
-def runs_seed(*, runs: int, eligible: int, today: dt.date, rng: random.Random) -> BatchRun:
+def runs_seed(*, runs: int, eligible: int, today: dt.date, rng: random.Random) -> NightlyRun:
     rows = []
     for n in range(runs - 1):
         target = today - dt.timedelta(days=runs - 2 - n)
         started = timezone.make_aware(dt.datetime.combine(target - dt.timedelta(days=1), dt.time(22)))
         failed = rng.randrange(0, max(eligible // 500, 2))
         generated = eligible - failed
-        rows.append(BatchRun(
+        rows.append(NightlyRun(
             base_date=target - dt.timedelta(days=1), target_date=target,
-            status=BatchRun.Status.PARTIAL if failed else BatchRun.Status.SUCCEEDED, eligible=eligible,
+            status=NightlyRun.Status.PARTIAL if failed else NightlyRun.Status.SUCCEEDED, eligible=eligible,
             generated=generated, generations=generated // 3, failed=failed, llm_requests=generated // 3 + failed,
             tokens_in=generated * 140, tokens_out=generated * 200, estimated_cost=Decimal("0.05"), workers=16,
             provider="openai", model="gpt-4o-mini", started_at=started, heartbeat_at=started,
@@ -115,10 +115,10 @@ def runs_seed(*, runs: int, eligible: int, today: dt.date, rng: random.Random) -
             failure_sample=[{"reason": "timeout", "error": "Request timed out.", "input": "", "count": failed,
                              "user_ids": []}] if failed else [],
         ))
-    BatchRun.objects.bulk_create(rows)
+    NightlyRun.objects.bulk_create(rows)
     now = timezone.now()
-    return BatchRun.objects.create(
-        base_date=today, target_date=today + dt.timedelta(days=1), status=BatchRun.Status.RUNNING, eligible=eligible,
+    return NightlyRun.objects.create(
+        base_date=today, target_date=today + dt.timedelta(days=1), status=NightlyRun.Status.RUNNING, eligible=eligible,
         generated=eligible // 3, failed=3, workers=16, provider="openai", started_at=now - dt.timedelta(minutes=5),
         heartbeat_at=now, hostname="worker", pid=2,
         failure_sample=[{"reason": "rate_limited", "error": "429", "input": "", "count": 3, "user_ids": []}],
@@ -165,7 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=11_112, help="eligible users (+10%% ineligible)")
     parser.add_argument("--nights", type=int, default=90, help="nights with a fortune per user")
-    parser.add_argument("--runs", type=int, default=365, help="BatchRun rows")
+    parser.add_argument("--runs", type=int, default=365, help="NightlyRun rows")
     parser.add_argument("--repeat", type=int, default=30, help="timed requests per page")
     parser.add_argument("--reuse-data", action="store_true", help="keep the data of the previous run")
     args = parser.parse_args()
@@ -177,7 +177,7 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     today = timezone.localdate()
     rng = random.Random(1)
-    if not args.reuse_data or not BatchRun.objects.exists():
+    if not args.reuse_data or not NightlyRun.objects.exists():
         started = time.perf_counter()
         wipe()
         user_ids = users_seed(count=args.users, rng=rng)
@@ -191,13 +191,13 @@ def main() -> None:
     staff, _ = User.objects.get_or_create(username="bench-operator", defaults={"is_staff": True, "password": "!"})
     client = Client()
     client.force_login(staff)
-    run = BatchRun.objects.order_by("-pk").first()
+    run = NightlyRun.objects.order_by("-pk").first()
     pages = [
         "/ops/", "/ops/status.json", f"/ops/coverage/?date={(today - dt.timedelta(days=5)).isoformat()}",
         "/ops/history/?days=30", "/ops/history/?days=90", f"/ops/runs/{run.pk}/",
     ]
     print(f"{connection.vendor} {name}: {FortuneResult.objects.count():,} fortunes, "
-          f"{BatchRun.objects.count()} runs; {args.repeat} requests per page; target <= {TARGET_MS:.0f} ms")
+          f"{NightlyRun.objects.count()} runs; {args.repeat} requests per page; target <= {TARGET_MS:.0f} ms")
     worst = 0.0
     for url in pages:
         figures = measure(client=client, url=url, repeat=args.repeat)

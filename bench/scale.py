@@ -2,15 +2,15 @@
 
     createdb -h 127.0.0.1 -U postgres fortuna_bench
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/fortuna_bench REDIS_URL=redis://127.0.0.1:6379/0 \
-        .venv/bin/python bench/batch.py --scenario scale          # 6,000 inputs, 3 s ± 0.5 s, 6,000 RPM
-    ... bench/batch.py --scenario scale --users 300 --latency-ms 300 --jitter-ms 50 --inflight 16  # small
+        .venv/bin/python bench/nightly.py --scenario scale          # 6,000 inputs, 3 s ± 0.5 s, 6,000 RPM
+    ... bench/nightly.py --scenario scale --users 300 --latency-ms 300 --jitter-ms 50 --inflight 16  # small
     (bench/scale.py takes the same flags.)
 
 The stub (own process) answers after --latency-ms ± --jitter-ms and enforces an account limit of
 --rpm over a sliding minute. Two Celery worker processes (threads pool, --inflight calls in flight
 each) generate every input (all distinct), started and answering before anything is timed; the
 night runs through the command, `generate_daily_fortunes --backend celery`, as the cron runs it.
-Printed per backend: generations/s over the run (the BatchRun's own start to finish: planning,
+Printed per backend: generations/s over the run (the NightlyRun's own start to finish: planning,
 dispatch, the first answers' latency and the last chunk's tail included; the command's whole wall,
 with Django's start-up, beside it), the bound min(RPM/60, total in flight / latency), their ratio
 (target ≥ 0.9), the stub's 429s, each worker's peak RSS; then the threads backend (the same command)
@@ -59,13 +59,13 @@ from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
 from kombu import pools  # noqa: E402
 
-from core.models import BatchRun, FortuneGeneration, FortuneResult  # noqa: E402
+from core.models import FortuneGeneration, FortuneResult, NightlyRun  # noqa: E402
 from fortuna_api.celery import app  # noqa: E402
 from tests.stub_openai.server import start_stub_process  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench/batch.py --scenario scale", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="bench/nightly.py --scenario scale", description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=6000, help="eligible users, every input distinct")
     parser.add_argument("--latency-ms", type=float, default=3000)
     parser.add_argument("--jitter-ms", type=float, default=500)
@@ -152,7 +152,7 @@ def chunk_size_for(*, users: int, processes: int, inflight: int) -> int:
     """At most the calls in flight per process (two chunk slots then keep the pool full while one
     chunk's last answers come in, and the last chunk is short), at least four chunks per process (no
     process idles while another works through a big chunk), never above the command's default."""
-    from core.batch.options import CHUNK_SIZE
+    from core.nightly.options import CHUNK_SIZE
 
     return max(1, min(CHUNK_SIZE, inflight, users // (processes * 4)))
 
@@ -202,7 +202,7 @@ def _report(label: str, *, result: dict, bound: float, extra: str = "") -> None:
 
 
 def celery_round(*, args, stub_env: dict, chunk_size: int) -> None:
-    from core.batch.celery_backend import celery_backend_check
+    from core.nightly.celery_chunks import celery_backend_check
 
     queue = f"fortuna-bench-{uuid.uuid4().hex[:6]}"
     app.conf.broker_url, app.conf.task_default_queue = args.broker, queue
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    stub: {stub.counters()['account']}")
         if args.skip_threads:
             return 0
-        for model in (FortuneResult, FortuneGeneration, BatchRun):
+        for model in (FortuneResult, FortuneGeneration, NightlyRun):
             model.objects.all().delete()
         stub.reset(config=True)
         _limiter_clear()

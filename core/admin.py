@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.http import HttpRequest, HttpResponse
 
-from core.models import BatchRun, FortuneGeneration, FortuneResult, OpenAIBatch, User
+from core.models import FortuneGeneration, FortuneResult, NightlyRun, OpenAIBatch, User
 from core.throttles import AuthRateThrottle
 
 ADMIN_LOGIN_THROTTLED = "Too many login attempts from this address. Try again in {seconds} seconds."
@@ -71,15 +71,15 @@ class FortuneGenerationAdmin(admin.ModelAdmin):
     date_hierarchy = "for_date"
 
 
-@admin.register(BatchRun)
-class BatchRunAdmin(admin.ModelAdmin):
+@admin.register(NightlyRun)
+class NightlyRunAdmin(admin.ModelAdmin):
     list_display = (
         "id", "target_date", "status", "eligible", "already_present", "generated", "failed",
         "llm_requests", "estimated_cost", "workers", "started_at", "duration",
     )
     list_filter = ("status", "catch_up", "provider", "target_date")
     date_hierarchy = "target_date"
-    readonly_fields = [f.name for f in BatchRun._meta.fields]
+    readonly_fields = [f.name for f in NightlyRun._meta.fields]
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -217,7 +217,7 @@ class ServedFortune(models.Model):
         return f"{self.user_id} {self.for_date}"
 
 
-class BatchRun(models.Model):
+class NightlyRun(models.Model):
     class Status(models.TextChoices):
         RUNNING = "running"
         SUCCEEDED = "succeeded"
@@ -263,7 +263,7 @@ class BatchRun(models.Model):
         indexes = [models.Index(fields=["target_date", "status"], name="batchrun_target_status_idx")]
 
     def __str__(self) -> str:
-        return f"BatchRun {self.pk} {self.target_date} {self.status}"
+        return f"NightlyRun {self.pk} {self.target_date} {self.status}"
 
     @property
     def duration(self) -> dt.timedelta | None:
@@ -322,8 +322,8 @@ class OpenAIBatch(models.Model):
         return f"OpenAIBatch {self.pk} {self.target_date} {self.state} {self.batch_id or self.metadata_key}"
 
 
-class BatchChunk(models.Model):
-    """A slice of one BatchRun's new generations, dispatched to Celery workers (the celery backend).
+class CeleryChunk(models.Model):
+    """A slice of one NightlyRun's new generations, dispatched to Celery workers (the celery backend).
 
     Completion lives here, not in the broker: the coordinator waits until every chunk of its run is
     done, and re-dispatches a chunk whose worker stopped heartbeating. Generating a chunk twice is
@@ -336,7 +336,7 @@ class BatchChunk(models.Model):
         DONE = "done"  # every input stored, or failed for good
         CANCELLED = "cancelled"  # the run stopped (deadline, signal, budget) before it finished
 
-    run = models.ForeignKey(BatchRun, on_delete=models.CASCADE, related_name="chunks")
+    run = models.ForeignKey(NightlyRun, on_delete=models.CASCADE, related_name="chunks")
     index = models.PositiveIntegerField()
     for_date = models.DateField()
     # {"inputs": [[year, month, day, hour, gender, language, prompt_version, generator, nonce, hash,
@@ -363,4 +363,4 @@ class BatchChunk(models.Model):
         indexes = [models.Index(fields=["run", "state"], name="batchchunk_run_state_idx")]
 
     def __str__(self) -> str:
-        return f"BatchChunk {self.run_id}/{self.index} {self.state}"
+        return f"CeleryChunk {self.run_id}/{self.index} {self.state}"

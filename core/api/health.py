@@ -47,7 +47,7 @@ class HealthApi(APIView):
         return response
 
 
-class BatchHealthApi(APIView):
+class NightlyHealthApi(APIView):
     """Dead-man's switch for an external uptime monitor: 503 when the nightly batch missed its deadline."""
 
     authentication_classes: list = []
@@ -56,7 +56,7 @@ class BatchHealthApi(APIView):
 
     class OutputSerializer(serializers.Serializer):
         class Meta:
-            ref_name = "BatchHealth"
+            ref_name = "NightlyHealth"
 
         ok = serializers.BooleanField()
         now = serializers.DateTimeField()

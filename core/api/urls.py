@@ -2,7 +2,7 @@ from django.urls import re_path
 
 from core.api.accounts import LogoutApi, MeApi, RegisterApi, TokenApi
 from core.api.fortunes import FortuneByDateApi, FortuneTodayApi
-from core.api.health import BatchHealthApi, HealthApi
+from core.api.health import HealthApi, NightlyHealthApi
 
 # Every route answers with and without a trailing slash, without a redirect.
 urlpatterns = [
@@ -13,5 +13,5 @@ urlpatterns = [
     re_path(r"^auth/token/?$", TokenApi.as_view(), name="auth-token"),
     re_path(r"^auth/logout/?$", LogoutApi.as_view(), name="auth-logout"),
     re_path(r"^healthz/?$", HealthApi.as_view(), name="healthz"),
-    re_path(r"^healthz/batch/?$", BatchHealthApi.as_view(), name="healthz-batch"),
+    re_path(r"^healthz/batch/?$", NightlyHealthApi.as_view(), name="healthz-batch"),
 ]

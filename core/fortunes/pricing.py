@@ -41,7 +41,7 @@ def cost_estimate(*, model: str, tier: Tier | str, tokens_in: int, tokens_out: i
     return ((Decimal(tokens_in) * price_in + Decimal(tokens_out) * price_out) / _PER_TOKEN).quantize(_QUANTUM)
 
 
-# BatchRun.cost_by_path keys, and the tier each path is billed at.
+# NightlyRun.cost_by_path keys, and the tier each path is billed at.
 PATH_TIERS = {"batch_api": Tier.BATCH, "flex": Tier.FLEX, "standard": Tier.STANDARD}
 
 
@@ -59,14 +59,14 @@ def cost_paid(*, model: str, usage: dict[str, PathUsage]) -> Decimal:
 
 
 def path_usage_from(*, cost_by_path: dict, path: str) -> PathUsage:
-    """One path's usage back from a BatchRun.cost_by_path (empty when the run has none)."""
+    """One path's usage back from a NightlyRun.cost_by_path (empty when the run has none)."""
     entry = cost_by_path.get(path) or {}
     return PathUsage(requests=entry.get("requests", 0), tokens_in=entry.get("tokens_in", 0),
                      tokens_out=entry.get("tokens_out", 0))
 
 
 def cost_by_path(*, model: str, usage: dict[str, PathUsage]) -> dict:
-    """BatchRun.cost_by_path: per path (PATH_TIERS) its requests, tokens and estimated cost, then what the
+    """NightlyRun.cost_by_path: per path (PATH_TIERS) its requests, tokens and estimated cost, then what the
     same tokens would cost all on the standard tier ("standard_equivalent") and the "saving". Decimals
     as strings (JSON)."""
     result: dict = {}

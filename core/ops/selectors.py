@@ -1,6 +1,6 @@
 """Reads for the operators' view (/ops/): one data source for the HTML pages and /ops/status.json.
 
-Every figure comes from BatchRun counters (a few hundred rows) or from indexed aggregates on
+Every figure comes from NightlyRun counters (a few hundred rows) or from indexed aggregates on
 FortuneResult — the per-date count uses fortune_for_date_idx, the on-demand and fallback counts the
 partial indexes fortune_on_demand_date_idx and fortune_fallback_date_idx — never from a scan of
 FortuneResult. Coverage is exact and live (the
@@ -19,7 +19,7 @@ from django.db.models import Count, Exists, OuterRef, Q, Sum
 from django.utils import timezone
 
 from core.fortunes.pricing import PATH_TIERS, PriceUnknown, Tier, cost_estimate
-from core.models import BatchChunk, BatchRun, FortuneGeneration, FortuneResult, OpenAIBatch, User, UserQuerySet
+from core.models import CeleryChunk, FortuneGeneration, FortuneResult, NightlyRun, OpenAIBatch, User, UserQuerySet
 from core.services.health import batch_health, cache_status
 from core.services.runs import RunSummary, rerun_command
 
@@ -92,10 +92,10 @@ def _rows_table(*, title: str, queryset, model, columns: tuple[str, ...]) -> Rel
     )
 
 
-def _related_rows(run: BatchRun) -> list[RelatedRows]:
+def _related_rows(run: NightlyRun) -> list[RelatedRows]:
     tables = [
-        _rows_table(title=CHUNKS_TITLE, queryset=BatchChunk.objects.filter(run=run).order_by("index", "pk"),
-                    model=BatchChunk, columns=CHUNK_COLUMNS),
+        _rows_table(title=CHUNKS_TITLE, queryset=CeleryChunk.objects.filter(run=run).order_by("index", "pk"),
+                    model=CeleryChunk, columns=CHUNK_COLUMNS),
         _rows_table(title=BATCH_API_TITLE.format(target_date=run.target_date),
                     queryset=OpenAIBatch.objects.filter(target_date=run.target_date).order_by("pk"),
                     model=OpenAIBatch, columns=BATCH_API_COLUMNS),
@@ -110,10 +110,10 @@ def _states_text(*, title: str, states: list[tuple[str, int]], hosts: list[str])
     return f"{title}: {'; '.join(parts)}"
 
 
-def _related_texts(run: BatchRun) -> tuple[str, ...]:
+def _related_texts(run: NightlyRun) -> tuple[str, ...]:
     """What the run's chunks and its date's Batch API batches say at a glance: states counted, workers seen."""
     texts = []
-    chunks = BatchChunk.objects.filter(run=run).order_by()
+    chunks = CeleryChunk.objects.filter(run=run).order_by()
     if states := list(chunks.values_list("state").annotate(n=Count("*"))):
         workers = sorted(chunks.exclude(worker="").values_list("worker", flat=True).distinct()[:20])
         texts.append(_states_text(title=CHUNKS_TITLE, states=states, hosts=workers))
@@ -124,7 +124,7 @@ def _related_texts(run: BatchRun) -> tuple[str, ...]:
     return tuple(texts)
 
 
-def _run_card(run: BatchRun, *, now: dt.datetime) -> RunSummary:
+def _run_card(run: NightlyRun, *, now: dt.datetime) -> RunSummary:
     return dataclasses.replace(RunSummary.from_run(run, now=now), related=_related_texts(run))
 
 
@@ -140,8 +140,8 @@ class OpsNow:
 
 def ops_now(*, now: dt.datetime | None = None) -> OpsNow:
     now = now or timezone.now()
-    running = [_run_card(run, now=now) for run in BatchRun.objects.filter(status=BatchRun.Status.RUNNING)]
-    last = BatchRun.objects.exclude(status=BatchRun.Status.RUNNING).order_by("-started_at").first()
+    running = [_run_card(run, now=now) for run in NightlyRun.objects.filter(status=NightlyRun.Status.RUNNING)]
+    last = NightlyRun.objects.exclude(status=NightlyRun.Status.RUNNING).order_by("-started_at").first()
     health = batch_health(now=now)
     return OpsNow(
         now=now, running=running, last_finished=_run_card(last, now=now) if last is not None else None,
@@ -264,14 +264,14 @@ class OpsHistory:
         return sum((sum(n.cost_by_path.values(), Decimal(0)) for n in self.nights), Decimal(0))
 
 
-# The pricing paths of the cost chart: the run's own (BatchRun.cost_by_path, core.fortunes.pricing.PATH_TIERS)
+# The pricing paths of the cost chart: the run's own (NightlyRun.cost_by_path, core.fortunes.pricing.PATH_TIERS)
 # and the web's on-demand generations, billed at the standard tier.
 ON_DEMAND_PATH = "on_demand"
 COST_PATHS = (*PATH_TIERS, ON_DEMAND_PATH)
 COST_PATH_LABELS = {"batch_api": "batch API", "flex": "flex", "standard": "standard", ON_DEMAND_PATH: "on demand"}
 
 
-def _run_cost_by_path(run: BatchRun) -> dict[str, Decimal]:
+def _run_cost_by_path(run: NightlyRun) -> dict[str, Decimal]:
     """What the run paid per pricing path; a run from before the paths were recorded paid standard."""
     recorded = {path: Decimal((run.cost_by_path or {}).get(path, {}).get("cost") or 0) for path in PATH_TIERS}
     if not any(recorded.values()) and run.estimated_cost:
@@ -301,7 +301,7 @@ def _on_demand_cost_by_date(*, start: dt.date, end: dt.date) -> dict[dt.date, De
 
 
 def ops_history(*, days: int, today: dt.date | None = None) -> OpsHistory:
-    """The last `days` nights up to tomorrow (the night being prepared), from BatchRun counters
+    """The last `days` nights up to tomorrow (the night being prepared), from NightlyRun counters
     plus indexed counts of on-demand and fallback fortunes per date."""
     if not 1 <= days <= HISTORY_DAYS_MAX:
         raise OpsInputError(DAYS_INVALID.format(value=days))
@@ -309,8 +309,8 @@ def ops_history(*, days: int, today: dt.date | None = None) -> OpsHistory:
     end = today + dt.timedelta(days=1)
     start = end - dt.timedelta(days=days - 1)
     nights = {start + dt.timedelta(days=n): Night(target_date=start + dt.timedelta(days=n)) for n in range(days)}
-    last_full: dict[dt.date, BatchRun] = {}
-    for run in BatchRun.objects.filter(target_date__gte=start, target_date__lte=end).order_by("started_at", "pk"):
+    last_full: dict[dt.date, NightlyRun] = {}
+    for run in NightlyRun.objects.filter(target_date__gte=start, target_date__lte=end).order_by("started_at", "pk"):
         night = nights[run.target_date]
         night.runs += 1
         night.status, night.last_run_id = run.status, run.pk
@@ -360,7 +360,7 @@ class OpsRunDetail:
 
 
 def ops_run_detail(*, run_id: int) -> OpsRunDetail:
-    run = BatchRun.objects.filter(pk=run_id).first()
+    run = NightlyRun.objects.filter(pk=run_id).first()
     if run is None:
         raise OpsRunNotFound(RUN_NOT_FOUND.format(run_id=run_id))
     view = RunSummary.from_run(run)
@@ -383,7 +383,7 @@ def ops_run_detail(*, run_id: int) -> OpsRunDetail:
 
 def ops_recent_runs(*, limit: int = 20) -> list[RunSummary]:
     now = timezone.now()
-    return [RunSummary.from_run(run, now=now) for run in BatchRun.objects.order_by("-started_at", "-pk")[:limit]]
+    return [RunSummary.from_run(run, now=now) for run in NightlyRun.objects.order_by("-started_at", "-pk")[:limit]]
 
 
 # --- status (the JSON endpoint and the pages' live refresh) ----------------------------------

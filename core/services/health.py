@@ -14,7 +14,7 @@ from django.db import DatabaseError, connection
 from django.utils import timezone
 from kombu import Connection
 
-from core.models import BatchRun
+from core.models import NightlyRun
 
 logger = logging.getLogger("fortuna.health")
 
@@ -84,7 +84,7 @@ def broker_status() -> str:
 
 
 @dataclass(slots=True)
-class BatchHealth:
+class NightlyHealth:
     ok: bool
     now: dt.datetime
     target_date: dt.date
@@ -103,13 +103,13 @@ def batch_deadline_time() -> dt.time:
         raise ImproperlyConfigured(BATCH_DEADLINE_INVALID.format(value=value)) from None
 
 
-def batch_health(*, now: dt.datetime | None = None) -> BatchHealth:
+def batch_health(*, now: dt.datetime | None = None) -> NightlyHealth:
     """Unhealthy when tomorrow's (KST) full run has not succeeded by the deadline, or when the
     last success is over 26 h old. Runs limited to one user (--user-id) do not count."""
     now = timezone.localtime(now)
     target = now.date() + dt.timedelta(days=1)
     deadline = dt.datetime.combine(now.date(), batch_deadline_time(), tzinfo=now.tzinfo)
-    full_successes = BatchRun.objects.filter(status=BatchRun.Status.SUCCEEDED, user_id_filter__isnull=True)
+    full_successes = NightlyRun.objects.filter(status=NightlyRun.Status.SUCCEEDED, user_id_filter__isnull=True)
     last = full_successes.exclude(finished_at__isnull=True).order_by("-finished_at").first()
     target_succeeded = full_successes.filter(target_date=target).exists()
     problems = []
@@ -120,7 +120,7 @@ def batch_health(*, now: dt.datetime | None = None) -> BatchHealth:
         problems.append(BATCH_STALE.format(hours=hours))
     if now >= deadline and not target_succeeded:
         problems.append(BATCH_MISSED_DEADLINE.format(target=target.isoformat(), deadline=deadline.strftime("%H:%M")))
-    return BatchHealth(
+    return NightlyHealth(
         ok=not problems,
         now=now,
         target_date=target,

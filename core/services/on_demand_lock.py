@@ -34,7 +34,7 @@ from core.resilience import wait_until
 logger = logging.getLogger("fortuna.api")
 
 CACHE_KEY = "fortune:on-demand-lock:{name}"
-# A namespace of its own, so the key never equals the batch's run lock (core/batch/lock.py).
+# A namespace of its own, so the key never equals the batch's run lock (core/nightly/lock.py).
 ADVISORY_NAMESPACE = "fortuna:on-demand"
 LOCK_POLL_SECONDS = 0.05
 # The holder's work is bounded by its budget; the TTL only frees the lock of a process that died.

@@ -1,6 +1,6 @@
-"""A nightly run as people read it: the one view model of a BatchRun.
+"""A nightly run as people read it: the one view model of a NightlyRun.
 
-The command's summary line, the webhooks (core.batch.summary, core.batch.notify), the ops pages and
+The command's summary line, the webhooks (core.nightly.summary, core.nightly.notify), the ops pages and
 /ops/status.json (core.ops) all read a RunSummary built here, so a figure (the rate, the ETA, what is
 missing, the cost per pricing path) is worked out once. It lives with the selectors, below both the
 batch engine and the ops interface, because both read it and neither may import the other's view.
@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from django.utils import timezone
 
-from core.models import BatchRun
+from core.models import NightlyRun
 
 # A live run saves its counters every few seconds (its heartbeat); this long without one means its
 # process probably died (the next run for that date marks it interrupted).
@@ -64,7 +64,7 @@ def failure_reason_counts(sample) -> list[tuple[str, int]]:
 
 
 def cost_paths_text(*, cost_by_path: dict) -> str:
-    """A BatchRun.cost_by_path in words: per path its requests and cost, and the saving against
+    """A NightlyRun.cost_by_path in words: per path its requests and cost, and the saving against
     all-standard; "" when the night was all standard (nothing to compare)."""
     paths = cost_by_path or {}
     if not any((paths.get(path) or {}).get("requests") for path in ("batch_api", "flex")):
@@ -105,7 +105,7 @@ class RunSummary:
     stop_reason: str
     finished_at: dt.datetime | None
     reasons: list[tuple[str, int]] = field(default_factory=list)
-    cost_paths: dict = field(default_factory=dict)  # BatchRun.cost_by_path
+    cost_paths: dict = field(default_factory=dict)  # NightlyRun.cost_by_path
     forced: bool = False
     user_id_filter: int | None = None
     hostname: str = ""
@@ -119,11 +119,11 @@ class RunSummary:
     related: tuple[str, ...] = ()
 
     @classmethod
-    def from_run(cls, run: BatchRun, *, now: dt.datetime | None = None) -> "RunSummary":
+    def from_run(cls, run: NightlyRun, *, now: dt.datetime | None = None) -> "RunSummary":
         now = now or timezone.now()
         end = run.finished_at or run.heartbeat_at or now
         seconds = max((end - run.started_at).total_seconds(), 0.0) if run.started_at else 0.0
-        running = run.status == BatchRun.Status.RUNNING
+        running = run.status == NightlyRun.Status.RUNNING
         silence = now - run.heartbeat_at if run.heartbeat_at else dt.timedelta(0)
         return cls(
             pk=run.pk, base_date=run.base_date, target_date=run.target_date, catch_up=bool(run.catch_up),
@@ -140,7 +140,7 @@ class RunSummary:
 
     @classmethod
     def for_night(cls, *, base_date: dt.date, target_date: dt.date, status: str, reason: str) -> "RunSummary":
-        """A target the night never ran (it crashed or was stopped first): no BatchRun to read."""
+        """A target the night never ran (it crashed or was stopped first): no NightlyRun to read."""
         return cls(
             pk=None, base_date=base_date, target_date=target_date, catch_up=False, status=status, eligible=0,
             already_present=0, generated=0, failed=0, generations=0, llm_requests=0, tokens_in=0, tokens_out=0,
@@ -160,11 +160,11 @@ class RunSummary:
 
     @property
     def running(self) -> bool:
-        return self.status == BatchRun.Status.RUNNING
+        return self.status == NightlyRun.Status.RUNNING
 
     @property
     def succeeded(self) -> bool:
-        return self.status == BatchRun.Status.SUCCEEDED
+        return self.status == NightlyRun.Status.SUCCEEDED
 
     @property
     def total(self) -> int:
@@ -252,5 +252,5 @@ class RunSummary:
         return text
 
 
-def run_summary(*, run: BatchRun, now: dt.datetime | None = None) -> RunSummary:
+def run_summary(*, run: NightlyRun, now: dt.datetime | None = None) -> RunSummary:
     return RunSummary.from_run(run, now=now)

@@ -11,8 +11,8 @@ from django.urls import reverse
 from core.models import FortuneGeneration, FortuneResult
 from core.throttles import ON_DEMAND_KEY
 from tests.api.conftest import assert_fallback_served, client_for, kst_today
-from tests.batch.helpers import run_batch
 from tests.factories import user_create
+from tests.nightly.helpers import run_batch
 
 pytestmark = pytest.mark.django_db
 

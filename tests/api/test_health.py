@@ -8,7 +8,7 @@ from django.db import OperationalError
 from rest_framework.test import APIClient
 from rest_framework.throttling import AnonRateThrottle
 
-from core.models import BatchRun
+from core.models import NightlyRun
 from core.services.health import BATCH_MISSED_DEADLINE, BATCH_NEVER_SUCCEEDED, BATCH_STALE
 from tests.faults.servers import free_port
 
@@ -66,8 +66,8 @@ def test_healthz_ignores_credentials_and_throttles(monkeypatch):
     assert [client.get("/healthz").status_code for _ in range(3)] == [200, 200, 200]
 
 
-def _run(*, target: dt.date, finished: dt.datetime, status="succeeded", user_id_filter=None) -> BatchRun:
-    return BatchRun.objects.create(
+def _run(*, target: dt.date, finished: dt.datetime, status="succeeded", user_id_filter=None) -> NightlyRun:
+    return NightlyRun.objects.create(
         base_date=target - dt.timedelta(days=1), target_date=target, status=status,
         started_at=finished - dt.timedelta(minutes=10), finished_at=finished, user_id_filter=user_id_filter,
     )

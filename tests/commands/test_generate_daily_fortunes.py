@@ -7,16 +7,16 @@ import logging
 import pytest
 from django.core.management.base import CommandError
 
-from core.batch import scheduler as scheduler_module
-from core.batch import store as store_module
-from core.batch.dates import database_today
-from core.batch.nightly import batch_nightly
-from core.batch.options import INVALID_CHUNK_SIZE, MAX_CHUNK_SIZE, BatchOptions
-from core.batch.plan import USER_INACTIVE, USER_NO_BIRTH_DATE, USER_NOT_FOUND
 from core.management.commands import generate_daily_fortunes as command
-from core.models import BatchRun, FortuneGeneration, FortuneResult, User
-from tests.batch.helpers import BASE, TARGET, eligible_ids, fortune_map, run_batch, table_counts
+from core.models import FortuneGeneration, FortuneResult, NightlyRun, User
+from core.nightly import scheduler as scheduler_module
+from core.nightly import store as store_module
+from core.nightly.dates import database_today
+from core.nightly.nightly import nightly_fortunes
+from core.nightly.options import INVALID_CHUNK_SIZE, MAX_CHUNK_SIZE, NightlyOptions
+from core.nightly.plan import USER_INACTIVE, USER_NO_BIRTH_DATE, USER_NOT_FOUND
 from tests.factories import user_create, users_create_many
+from tests.nightly.helpers import BASE, TARGET, eligible_ids, fortune_map, run_batch, table_counts
 
 pytestmark = pytest.mark.django_db
 DATE = BASE.isoformat()
@@ -37,7 +37,7 @@ def test_every_eligible_user_gets_exactly_one_fortune_for_base_plus_one(populati
     assert set(results) == eligible_ids() == {u.pk for u in population["users"]}
     assert FortuneResult.objects.exclude(for_date=TARGET).count() == 0
     assert len({results[t.pk] for t in population["twins"]}) == 1  # identical inputs: one generation
-    run = BatchRun.objects.get()
+    run = NightlyRun.objects.get()
     assert (run.status, run.base_date, run.target_date) == ("succeeded", BASE, TARGET)
     assert (run.eligible, run.already_present, run.generated, run.failed) == (34, 0, 34, 0)
     assert run.generations == FortuneGeneration.objects.count() == len(set(results.values()))
@@ -54,7 +54,7 @@ def test_rerun_is_idempotent_and_changes_nothing(population):
     run_batch("--date", DATE)
     assert fortune_map() == before
     assert FortuneGeneration.objects.count() == generations
-    rerun = BatchRun.objects.order_by("-pk").first()
+    rerun = NightlyRun.objects.order_by("-pk").first()
     assert (rerun.status, rerun.already_present, rerun.generated, rerun.llm_requests) == ("succeeded", 34, 0, 0)
 
 
@@ -63,7 +63,7 @@ def test_rerun_fills_only_the_gaps(population):
     late = user_create(birth_date_solar=dt.date(2001, 2, 3))
     FortuneResult.objects.filter(user=population["users"][0]).delete()
     run_batch("--date", DATE)
-    rerun = BatchRun.objects.order_by("-pk").first()
+    rerun = NightlyRun.objects.order_by("-pk").first()
     assert rerun.generated == 2
     assert set(fortune_map()) == eligible_ids() | {late.pk}
 
@@ -79,7 +79,7 @@ def test_force_regenerates_selected_user_only_and_others_keep_the_shared_generat
     assert new == {uid: gid for uid, gid in old.items() if uid != a.pk}
     assert new[b.pk] == old[a.pk]  # the twin keeps the generation they shared
     assert FortuneGeneration.objects.filter(pk=old[a.pk]).exists()
-    forced = BatchRun.objects.order_by("-pk").first()
+    forced = NightlyRun.objects.order_by("-pk").first()
     assert (forced.forced, forced.user_id_filter, forced.generated, forced.status) == (True, a.pk, 1, "succeeded")
 
 
@@ -108,7 +108,7 @@ def test_user_id_runs_for_that_user_only(population):
     user = population["users"][3]
     run_batch("--date", DATE, "--user-id", str(user.pk))
     assert set(fortune_map()) == {user.pk}
-    assert BatchRun.objects.get().user_id_filter == user.pk
+    assert NightlyRun.objects.get().user_id_filter == user.pk
 
 
 @pytest.mark.parametrize(
@@ -185,11 +185,11 @@ def test_openai_without_a_key_is_a_clear_error_and_writes_nothing(population, se
 
 
 def test_a_stale_running_row_is_marked_interrupted(population):
-    stale = BatchRun.objects.create(base_date=BASE, target_date=TARGET, pid=1)
+    stale = NightlyRun.objects.create(base_date=BASE, target_date=TARGET, pid=1)
     run_batch("--date", DATE)
     stale.refresh_from_db()
     assert stale.status == "interrupted" and stale.finished_at is not None
-    assert BatchRun.objects.exclude(pk=stale.pk).get().status == "succeeded"
+    assert NightlyRun.objects.exclude(pk=stale.pk).get().status == "succeeded"
 
 
 def test_users_whose_pillars_are_missing_get_them_refreshed_first(population):
@@ -235,7 +235,7 @@ def test_the_ends_of_the_supported_range_are_accepted():
     assert run_batch("--date", command.DATE_FIRST.isoformat(), "--dry-run")
 
 
-# --- the writer (core.batch.store.BatchWriter) ----------------------------------------------------
+# --- the writer (core.nightly.store.ResultWriter) ----------------------------------------------------
 # transaction=True: on PostgreSQL the run then writes through its writer thread and connection.
 
 @pytest.mark.django_db(transaction=True)
@@ -245,7 +245,7 @@ def test_users_asking_for_a_generation_already_handed_to_the_writer_get_it(monke
     # One user per page and a flush per generation: every twin after the first asks for a
     # generation that is with the writer (or just stored), never for a new one.
     monkeypatch.setattr(scheduler_module, "FLUSH_GENERATIONS", 1)
-    (run,) = batch_nightly(options=BatchOptions(base_date=BASE, page_size=1)).runs
+    (run,) = nightly_fortunes(options=NightlyOptions(base_date=BASE, page_size=1)).runs
     results = fortune_map()
     assert set(results) == {u.pk for u in users + twins}
     assert len({results[t.pk] for t in twins}) == 1
@@ -261,11 +261,11 @@ def test_a_failing_write_fails_the_run_cleanly(monkeypatch):
         calls.append(1)
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(store_module, "batch_output_write", failing_store)
+    monkeypatch.setattr(store_module, "nightly_output_write", failing_store)
     monkeypatch.setattr(scheduler_module, "FLUSH_GENERATIONS", 1)
     with pytest.raises(RuntimeError, match="database went away"):
-        batch_nightly(options=BatchOptions(base_date=BASE, page_size=2))
-    run = BatchRun.objects.get()
+        nightly_fortunes(options=NightlyOptions(base_date=BASE, page_size=2))
+    run = NightlyRun.objects.get()
     assert run.status == "failed" and "database went away" in run.stop_reason
     assert calls and FortuneResult.objects.count() == 0
 
@@ -273,7 +273,7 @@ def test_a_failing_write_fails_the_run_cleanly(monkeypatch):
 def test_the_final_progress_line_counts_every_stored_user(population, caplog):
     logger = logging.getLogger("fortuna")  # does not propagate to the root logger caplog listens on
     logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="fortuna.batch")
+    caplog.set_level(logging.INFO, logger="fortuna.nightly")
     try:
         run_batch("--date", DATE)
     finally:
@@ -292,7 +292,7 @@ def test_run_reports_reach_slack_and_discord_and_a_failing_webhook_never_fails_t
 
     run_batch("--date", DATE)  # raises CommandError on a non-zero exit
 
-    assert BatchRun.objects.get().status == "succeeded"
+    assert NightlyRun.objects.get().status == "succeeded"
     assert len(webhook_receiver.received("/slack")) == 3  # retried briefly, then given up
     (discord,) = webhook_receiver.json("/discord")
     assert discord["embeds"][0]["fields"] and "succeeded" in (discord["content"] + str(discord["embeds"]))

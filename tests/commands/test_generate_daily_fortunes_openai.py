@@ -6,19 +6,19 @@ from collections import Counter
 import pytest
 from django.core.management.base import CommandError
 
-from core.batch.guards import STOP_BUDGET, STOP_DEADLINE
 from core.management.commands import generate_daily_fortunes as command
-from core.models import BatchRun, FortuneGeneration, User
-from tests.batch.helpers import BASE, TARGET, connections_opened, eligible_ids, fortune_map, run_batch
+from core.models import FortuneGeneration, NightlyRun, User
+from core.nightly.guards import STOP_BUDGET, STOP_DEADLINE
 from tests.factories import user_create, users_create_many
+from tests.nightly.helpers import BASE, TARGET, connections_opened, eligible_ids, fortune_map, run_batch
 
 pytestmark = pytest.mark.django_db
 DATE = BASE.isoformat()
 FAST = ("--date", DATE, "--workers", "4", "--retry-cooldown", "0")
 
 
-def _last_run() -> BatchRun:
-    return BatchRun.objects.order_by("-pk").first()
+def _last_run() -> NightlyRun:
+    return NightlyRun.objects.order_by("-pk").first()
 
 
 def test_identical_inputs_cost_one_request_and_a_rerun_costs_none(openai_settings):
@@ -154,7 +154,7 @@ def test_dry_run_sends_no_request_and_estimates_cost(openai_settings):
     out = run_batch("--date", DATE, "--dry-run")
     assert openai_settings.counters()["requests"] == 0
     assert "6 distinct generations = LLM requests" in out
-    assert BatchRun.objects.count() == 0
+    assert NightlyRun.objects.count() == 0
     tokens = out.split("~")[1].split(" ")[0]
     tokens_in, tokens_out = (int(t) for t in tokens.split("/"))
     assert tokens_in > 6 * 500 and tokens_out > 6 * 500

@@ -13,13 +13,13 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from core.batch.lock import BATCH_LOCKED
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.prompt import build_messages
 from core.management.commands.generate_daily_fortunes import EXIT_INCOMPLETE, EXIT_LOCKED, EXIT_USAGE, WORKERS_INVALID
-from core.models import BatchRun, FortuneGeneration, FortuneResult, User
-from tests.batch.helpers import BASE, TARGET, eligible_ids, fortune_map, table_counts
+from core.models import FortuneGeneration, FortuneResult, NightlyRun, User
+from core.nightly.lock import BATCH_LOCKED
 from tests.factories import users_create_many
+from tests.nightly.helpers import BASE, TARGET, eligible_ids, fortune_map, table_counts
 from tests.stub_openai.server import messages_sha256
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.django_db(transaction=True)]
@@ -78,7 +78,7 @@ def test_sigkill_mid_run_then_rerun_completes_without_repeating_a_request(slow_s
     first.communicate(timeout=WAIT)
     stored_before = set(fortune_map())
     assert 6 <= len(stored_before) < 60
-    assert BatchRun.objects.get().status == "running"  # killed: nobody finished the row
+    assert NightlyRun.objects.get().status == "running"  # killed: nobody finished the row
 
     # Requests the killed process left in flight still finish at the stub: let them land first.
     _wait_for(lambda: slow_stub.counters()["in_flight"] == 0, what="the stub to go idle")
@@ -92,7 +92,7 @@ def test_sigkill_mid_run_then_rerun_completes_without_repeating_a_request(slow_s
     requested = Counter(r["sha256"] for r in slow_stub.requests())
     assert not {sha[uid] for uid in stored_before} & set(requested)
     assert set(requested.values()) == {1}
-    runs = list(BatchRun.objects.order_by("pk"))
+    runs = list(NightlyRun.objects.order_by("pk"))
     assert [r.status for r in runs] == ["interrupted", "succeeded"]
     assert out.strip().splitlines()[-1].startswith(f"fortune batch {TARGET}: succeeded")
 
@@ -103,7 +103,7 @@ def test_sigterm_marks_interrupted_and_keeps_every_completed_generation(slow_stu
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=WAIT)
     assert proc.returncode == EXIT_INCOMPLETE, err
-    run = BatchRun.objects.get()
+    run = NightlyRun.objects.get()
     assert run.status == "interrupted" and run.stop_reason == "interrupted by SIGTERM"
     assert run.finished_at is not None
     # Every generation the stub answered before the stop was stored (none was lost in memory):
@@ -124,7 +124,7 @@ def test_sigterm_still_sends_the_report_with_the_status_and_the_reason(slow_stub
     assert proc.returncode == EXIT_INCOMPLETE, err
     (report,) = webhook_receiver.json("/slack")
     assert f"interrupted for {TARGET}" in report["text"] and "Stopped: interrupted by SIGTERM" in report["text"]
-    assert not BatchRun.objects.filter(status=BatchRun.Status.RUNNING).exists()
+    assert not NightlyRun.objects.filter(status=NightlyRun.Status.RUNNING).exists()
 
 
 def test_a_concurrent_second_run_is_refused_at_once_and_writes_nothing(slow_stub):
@@ -132,7 +132,7 @@ def test_a_concurrent_second_run_is_refused_at_once_and_writes_nothing(slow_stub
     # a loaded machine; it is stopped below.
     slow_stub.configure(latency_ms=300)
     first = _start(slow_stub, "--workers", "1")
-    _wait_for(lambda: BatchRun.objects.exists(), what="the first run to start")
+    _wait_for(lambda: NightlyRun.objects.exists(), what="the first run to start")
     before = table_counts()
     started = time.monotonic()
     second = _start(slow_stub, "--workers", "1")
@@ -140,7 +140,7 @@ def test_a_concurrent_second_run_is_refused_at_once_and_writes_nothing(slow_stub
     elapsed = time.monotonic() - started
     assert second.returncode == EXIT_LOCKED
     assert BATCH_LOCKED.format(target_date=TARGET.isoformat()) in err
-    assert table_counts()["core.BatchRun"] == before["core.BatchRun"] == 1
+    assert table_counts()["core.NightlyRun"] == before["core.NightlyRun"] == 1
     assert elapsed < WAIT  # it did not wait for the first run (which takes far longer than this)
     assert first.poll() is None
     first.send_signal(signal.SIGTERM)
@@ -167,7 +167,7 @@ def test_a_bad_flag_on_the_command_line_exits_with_the_usage_code_and_its_messag
 def test_the_celery_backend_with_its_broker_down_exits_with_the_usage_code_writing_nothing(stub_openai):
     import socket
 
-    from core.batch.celery_backend import BROKER_UNAVAILABLE
+    from core.nightly.celery_chunks import BROKER_UNAVAILABLE
 
     users_create_many(count=3, seed=9)
     with socket.socket() as probe:  # a port nothing listens on

@@ -6,9 +6,9 @@ import pytest
 import time_machine
 from django.core.management import CommandError, call_command
 
-from core.batch.dates import database_today
 from core.management.commands.prune_fortunes import BATCH_SIZE_TOO_SMALL, DAYS_TOO_LARGE, DAYS_TOO_SMALL
 from core.models import FortuneGeneration, FortuneResult
+from core.nightly.dates import database_today
 from tests.factories import user_create
 
 pytestmark = pytest.mark.django_db

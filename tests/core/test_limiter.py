@@ -261,7 +261,7 @@ def test_two_processes_share_one_limit(redis_limiter, rpm, tpm, bound):
     assert sum(counts) <= bound + 2  # together, not each
 
 
-# --- the in-process limiter's request spacing (moved from core/batch/retry.py's tests) ---------
+# --- the in-process limiter's request spacing (moved from core/nightly/retry.py's tests) ---------
 
 
 def granted_times(limiter: RateLimiter, clock: FakeClock, n: int) -> list[float]:

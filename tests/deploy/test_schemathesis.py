@@ -17,7 +17,7 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from core.models import BatchRun
+from core.models import NightlyRun
 from tests.deploy.server import PROXY_HEADERS, database_url_for, production_env, web_server_start, web_server_stop
 from tests.factories import user_create
 
@@ -62,9 +62,9 @@ def _assert_passed(run: subprocess.CompletedProcess, *, selected: int) -> None:
 def test_responses_match_the_openapi_schema(tmp_path):
     now = timezone.now()
     # The nightly batch succeeded, so /healthz/batch answers 200 (its 503 is a documented alarm, a 5xx all the same).
-    BatchRun.objects.create(
+    NightlyRun.objects.create(
         base_date=timezone.localdate(now), target_date=timezone.localdate(now) + dt.timedelta(days=1),
-        status=BatchRun.Status.SUCCEEDED, started_at=now, heartbeat_at=now, finished_at=now,
+        status=NightlyRun.Status.SUCCEEDED, started_at=now, heartbeat_at=now, finished_at=now,
     )
     token, destructive_token = _logged_in_token("contract"), _logged_in_token("contract-end")
     strict_config, config = tmp_path / "schemathesis.toml", tmp_path / "schemathesis-401.toml"

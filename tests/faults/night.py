@@ -25,9 +25,9 @@ from types import SimpleNamespace
 
 import psycopg2
 
-from tests.batch.helpers import BASE, TARGET
 from tests.faults.reports import assert_reported, slack_env
 from tests.faults.servers import PostgresServer
+from tests.nightly.helpers import BASE, TARGET
 from tests.webhook_receiver import WebhookReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,14 +127,14 @@ class Night:
             (TARGET,))]
 
     def runs(self) -> list[tuple]:
-        """(status, stop_reason, generated, failure_sample) of every BatchRun, oldest first."""
-        return self.sql("SELECT status, stop_reason, generated, failure_sample FROM core_batchrun ORDER BY id")
+        """(status, stop_reason, generated, failure_sample) of every NightlyRun, oldest first."""
+        return self.sql("SELECT status, stop_reason, generated, failure_sample FROM core_nightlyrun ORDER BY id")
 
     def reported_runs(self) -> list[SimpleNamespace]:
-        """Every BatchRun, oldest first, with what its report must carry (tests/faults/reports.py)."""
+        """Every NightlyRun, oldest first, with what its report must carry (tests/faults/reports.py)."""
         columns = ("status", "stop_reason", "base_date", "target_date", "catch_up", "eligible", "generated", "failed",
                    "failure_sample")
-        rows = self.sql(f"SELECT {', '.join(columns)} FROM core_batchrun ORDER BY id")
+        rows = self.sql(f"SELECT {', '.join(columns)} FROM core_nightlyrun ORDER BY id")
         return [SimpleNamespace(**dict(zip(columns, row, strict=True))) for row in rows]
 
     def requested_not_stored(self) -> int:

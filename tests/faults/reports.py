@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from core.batch.summary import failure_reason_counts
+from core.nightly.summary import failure_reason_counts
 from tests.webhook_receiver import WebhookReceiver
 
 SLACK_PATH = "/slack"
@@ -21,7 +21,7 @@ def slack_env(receiver: WebhookReceiver) -> dict[str, str]:
     return {"SLACK_WEBHOOK_URL": receiver.url(SLACK_PATH), "DISCORD_WEBHOOK_URL": ""}
 
 
-def _escaped(text: str) -> str:  # Slack's mrkdwn escaping (core/batch/notify.py)
+def _escaped(text: str) -> str:  # Slack's mrkdwn escaping (core/nightly/notify.py)
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
@@ -32,7 +32,7 @@ def _fields(report: dict) -> dict[str, str]:
 
 
 def assert_reported(receiver: WebhookReceiver, runs: Iterable) -> None:
-    """Every finished run (oldest first; BatchRun objects or rows with the same attributes) got exactly one
+    """Every finished run (oldest first; NightlyRun objects or rows with the same attributes) got exactly one
     Slack report, in order, carrying its status, dates and counts, its failure reasons, and for a run
     that stopped (failed/interrupted) its reason."""
     finished = [run for run in runs if run.status != "running"]

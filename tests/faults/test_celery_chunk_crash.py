@@ -7,11 +7,11 @@ from unittest import mock
 
 import pytest
 
-from core.batch import celery_backend
-from core.batch.celery_backend import batch_chunk_generate
-from core.models import BatchChunk, FortuneGeneration, FortuneResult
-from tests.batch.celery_helpers import celery_run
+from core.models import CeleryChunk, FortuneGeneration, FortuneResult
+from core.nightly import celery_chunks
+from core.nightly.celery_chunks import celery_chunk_generate
 from tests.factories import users_create_many
+from tests.nightly.celery_helpers import celery_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,17 +23,17 @@ STORE_FAILED = "the store failed (a test's fault)"
 def test_a_chunk_that_fails_stops_its_calls_in_flight(eager, openai_settings, settings):
     users_create_many(count=INPUTS, seed=91)
     run = celery_run(chunk_size=INPUTS, provider_name="openai")  # a chunk of the run's, then undone
-    chunk = BatchChunk.objects.get(run=run)
+    chunk = CeleryChunk.objects.get(run=run)
     assert chunk.inputs == INPUTS
     FortuneResult.objects.all().delete()
     FortuneGeneration.objects.all().delete()
-    BatchChunk.objects.filter(pk=chunk.pk).update(state=BatchChunk.State.QUEUED)
+    CeleryChunk.objects.filter(pk=chunk.pk).update(state=CeleryChunk.State.QUEUED)
     settings.FORTUNE_CELERY_INFLIGHT = INFLIGHT
     openai_settings.reset()
     openai_settings.configure(latency_ms=150)
-    with mock.patch.object(celery_backend, "batch_output_store", side_effect=RuntimeError(STORE_FAILED)), \
+    with mock.patch.object(celery_chunks, "nightly_output_store", side_effect=RuntimeError(STORE_FAILED)), \
             pytest.raises(RuntimeError, match=re.escape(STORE_FAILED)):
-        batch_chunk_generate(chunk_id=chunk.pk)  # fails at its first flush, about a second in
+        celery_chunk_generate(chunk_id=chunk.pk)  # fails at its first flush, about a second in
     asked_at_failure = openai_settings.counters()["requests"]
     time.sleep(1.0)  # what was still queued would be asked meanwhile
     asked = openai_settings.counters()["requests"]

@@ -17,12 +17,12 @@ import uuid
 import pytest
 from django.db import connection
 
-from core.models import BatchChunk, BatchRun, FortuneResult
-from tests.batch.celery_helpers import celery_run, duplicates
-from tests.batch.helpers import BASE, TARGET, eligible_ids, run_batch
-from tests.batch.test_celery_workers import Workers, _database_url, _use_broker
+from core.models import CeleryChunk, FortuneResult, NightlyRun
 from tests.factories import users_create_many
 from tests.faults.reports import assert_reported
+from tests.nightly.celery_helpers import celery_run, duplicates
+from tests.nightly.helpers import BASE, TARGET, eligible_ids, run_batch
+from tests.nightly.test_celery_workers import Workers, _database_url, _use_broker
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.django_db(transaction=True)]
 
@@ -56,25 +56,25 @@ def shared_broker(redis_url) -> str:
     return os.environ.get("TEST_CELERY_BROKER_URL") or redis_url.rsplit("/", 1)[0] + "/9"
 
 
-def _assert_nothing_lost(*, run: BatchRun, stub, reports) -> None:
+def _assert_nothing_lost(*, run: NightlyRun, stub, reports) -> None:
     """`reports`: the night's Slack receiver, or None for the coordinator alone (no night, so no report)."""
     counters = stub.counters()
-    assert run.status == BatchRun.Status.SUCCEEDED, run.stop_reason
+    assert run.status == NightlyRun.Status.SUCCEEDED, run.stop_reason
     assert set(FortuneResult.objects.filter(for_date=TARGET).values_list("user_id", flat=True)) == eligible_ids()
     assert duplicates(for_date=TARGET) == 0
-    assert not BatchChunk.objects.filter(run=run).exclude(state=BatchChunk.State.DONE).exists()  # none abandoned
+    assert not CeleryChunk.objects.filter(run=run).exclude(state=CeleryChunk.State.DONE).exists()  # none abandoned
     assert counters["requests"] <= counters["distinct_inputs"] + INFLIGHT
-    assert not BatchRun.objects.filter(status=BatchRun.Status.RUNNING).exists()
+    assert not NightlyRun.objects.filter(status=NightlyRun.Status.RUNNING).exists()
     if reports is not None:
-        assert_reported(reports, BatchRun.objects.order_by("pk"))
+        assert_reported(reports, NightlyRun.objects.order_by("pk"))
 
 
 def _a_chunk_runs_and_three_wait(*, timeout: float = 30) -> bool:
     """Wait (from a side thread) until one chunk runs and at least three are still queued: the moment
     a broker fault loses messages that matter."""
     deadline = time.monotonic() + timeout
-    while not (BatchChunk.objects.filter(state=BatchChunk.State.RUNNING).exists()
-               and BatchChunk.objects.filter(state=BatchChunk.State.QUEUED).count() >= 3):
+    while not (CeleryChunk.objects.filter(state=CeleryChunk.State.RUNNING).exists()
+               and CeleryChunk.objects.filter(state=CeleryChunk.State.QUEUED).count() >= 3):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
@@ -91,7 +91,7 @@ def test_the_broker_restarted_after_the_chunks_were_sent_loses_no_chunk(own_brok
     def restart_once_a_chunk_runs():
         if not _a_chunk_runs_and_three_wait():
             return
-        restarted.append(BatchChunk.objects.filter(state=BatchChunk.State.QUEUED).count())
+        restarted.append(CeleryChunk.objects.filter(state=CeleryChunk.State.QUEUED).count())
         own_redis.restart()  # empty: the queued chunks' messages are gone
         connection.close()  # this thread's own
 
@@ -101,10 +101,10 @@ def test_the_broker_restarted_after_the_chunks_were_sent_loses_no_chunk(own_brok
         run_batch(*NIGHT, "--chunk-size", "4")
     finally:
         restarter.join(timeout=30)
-    run = BatchRun.objects.order_by("-pk").first()
+    run = NightlyRun.objects.order_by("-pk").first()
     assert restarted and restarted[0] >= 1, "the broker was restarted before any chunk was left queued"
     _assert_nothing_lost(run=run, stub=openai_settings, reports=slack_receiver)
-    assert BatchChunk.objects.filter(run=run, dispatches__gte=2).exists()  # the lost ones were sent again
+    assert CeleryChunk.objects.filter(run=run, dispatches__gte=2).exists()  # the lost ones were sent again
 
 
 def test_a_send_that_fails_is_retried_and_the_coordinator_survives(own_broker_workers, own_redis, openai_settings):
@@ -125,7 +125,7 @@ def test_a_send_that_fails_is_retried_and_the_coordinator_survives(own_broker_wo
     finally:
         healer.join(timeout=30)
     _assert_nothing_lost(run=run, stub=openai_settings, reports=None)
-    assert set(BatchChunk.objects.filter(run=run).values_list("dispatches", flat=True)) >= {1}
+    assert set(CeleryChunk.objects.filter(run=run).values_list("dispatches", flat=True)) >= {1}
 
 
 @pytest.mark.skipif(shutil.which("faketime") is None, reason="faketime (Debian package) is not installed")
@@ -134,10 +134,10 @@ def test_a_worker_whose_clock_is_90_s_behind_loses_no_chunk(own_broker_workers, 
     users_create_many(count=16, seed=83)
     own_broker_workers.start("late", concurrency=1, inflight=INFLIGHT, prefix=("faketime", "-f", "-90s"))
     run_batch(*NIGHT, "--chunk-size", "4")
-    run = BatchRun.objects.order_by("-pk").first()
+    run = NightlyRun.objects.order_by("-pk").first()
     _assert_nothing_lost(run=run, stub=openai_settings, reports=slack_receiver)
     # Nothing re-sent or taken over needlessly: each chunk sent once, claimed once.
-    assert set(BatchChunk.objects.filter(run=run).values_list("dispatches", "attempts")) == {(1, 1)}
+    assert set(CeleryChunk.objects.filter(run=run).values_list("dispatches", "attempts")) == {(1, 1)}
 
 
 def test_the_limiters_redis_killed_mid_run_workers_carry_on_under_the_account_limit(
@@ -175,7 +175,7 @@ def test_the_limiters_redis_killed_mid_run_workers_carry_on_under_the_account_li
         workers.stop_all()
         _use_broker("", "fortuna")
     assert killed and killed[0] < 20, "Redis was killed after the run"
-    _assert_nothing_lost(run=BatchRun.objects.get(), stub=openai_settings, reports=slack_receiver)
+    _assert_nothing_lost(run=NightlyRun.objects.get(), stub=openai_settings, reports=slack_receiver)
     account = openai_settings.counters()["account"]
     assert account["rejected_429"] == 0
     assert account["max_requests_in_window"] <= rpm * window / 60
@@ -217,4 +217,4 @@ def test_rabbitmq_connections_closed_mid_run_lose_no_chunk(uses_postgres, own_ra
         workers.stop_all()
         _use_broker("", "fortuna")
     assert closed, "the connections were never closed mid-run"
-    _assert_nothing_lost(run=BatchRun.objects.get(), stub=openai_settings, reports=slack_receiver)
+    _assert_nothing_lost(run=NightlyRun.objects.get(), stub=openai_settings, reports=slack_receiver)

@@ -7,10 +7,10 @@ import time
 import psycopg2
 import pytest
 
-from core.batch.lock import BATCH_LOCK_LOST, LOCK_TAKEN, lock_key
 from core.management.commands.generate_daily_fortunes import EXIT_LOCKED
-from tests.batch.helpers import TARGET
+from core.nightly.lock import BATCH_LOCK_LOST, LOCK_TAKEN, lock_key
 from tests.faults.night import Night
+from tests.nightly.helpers import TARGET
 
 pytestmark = pytest.mark.subprocess
 
@@ -49,7 +49,7 @@ def test_a_terminated_lock_session_taken_by_another_stops_the_run_and_nothing_is
                                     (TARGET, taken_at + DETECTION_SLACK))
         assert written_after == 0
         [(status, stop_reason, _, _)] = night.runs()
-        assert status == "failed" and "BatchLockLost" in stop_reason
+        assert status == "failed" and "NightlyLockLost" in stop_reason
         unstored = night.requested_not_stored()
     finally:
         other.close()  # the other "run" ends: its lock goes with its session

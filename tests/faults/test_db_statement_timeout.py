@@ -29,7 +29,7 @@ def test_a_lock_held_past_the_statement_timeout_stops_the_run_with_a_clear_error
         with migration.cursor() as cursor:  # psycopg2 opens a transaction: the lock lasts until rollback
             cursor.execute("LOCK TABLE core_fortuneresult IN ACCESS EXCLUSIVE MODE")
         locked_at = time.monotonic()
-        stored_before = night.value("SELECT count(*) FROM core_batchrun")  # any table but the locked one
+        stored_before = night.value("SELECT count(*) FROM core_nightlyrun")  # any table but the locked one
         assert stored_before == 1
         code, out, err = night.finish(proc, timeout=STOPS_WITHIN * 2)
         elapsed = time.monotonic() - locked_at

@@ -4,8 +4,8 @@ fortune made from the new birth data (planned again), never from the old."""
 
 import pytest
 
-from tests.batch.helpers import TARGET
 from tests.faults.night import Night
+from tests.nightly.helpers import TARGET
 
 pytestmark = pytest.mark.subprocess
 
@@ -58,5 +58,5 @@ def test_a_user_deleted_and_one_edited_mid_run_cost_nobody_else_and_no_stale_for
     (year, month, day, hour) = night.sql(
         "SELECT saju_year, saju_month, saju_day, saju_hour FROM core_user WHERE id = %s", (edited,))[0]
     assert stored == [({"year": year, "month": month, "day": day, "hour": hour or None},)]
-    notes = night.value("SELECT notes FROM core_batchrun")
+    notes = night.value("SELECT notes FROM core_nightlyrun")
     assert "planned 1 users again" in notes

@@ -7,26 +7,26 @@ from collections import Counter
 import pytest
 from django.core.management.base import CommandError
 
-from core.batch.guards import PROVIDER_DOWN_MIN_STREAK
 from core.fortunes.pricing import path_usage_from
 from core.fortunes.prompt import output_token_cap
 from core.management.commands import generate_daily_fortunes as command
-from core.models import BatchRun, FortuneGeneration
-from tests.batch.helpers import BASE, eligible_ids, fortune_map, run_batch
+from core.models import FortuneGeneration, NightlyRun
+from core.nightly.guards import PROVIDER_DOWN_MIN_STREAK
 from tests.factories import users_create_many
 from tests.faults.reports import assert_reported
+from tests.nightly.helpers import BASE, eligible_ids, fortune_map, run_batch
 
 pytestmark = pytest.mark.django_db
 WORKERS = 2
 FAST = ("--date", BASE.isoformat(), "--workers", str(WORKERS), "--retry-cooldown", "0")
-STREAK = max(PROVIDER_DOWN_MIN_STREAK, 2 * WORKERS)  # core.batch.guards' streak for this many workers
+STREAK = max(PROVIDER_DOWN_MIN_STREAK, 2 * WORKERS)  # core.nightly.guards' streak for this many workers
 
 
-def _run() -> BatchRun:
-    return BatchRun.objects.get()
+def _run() -> NightlyRun:
+    return NightlyRun.objects.get()
 
 
-def _night_stopped() -> BatchRun:
+def _night_stopped() -> NightlyRun:
     with pytest.raises(CommandError) as err:
         run_batch(*FAST, "--max-attempts", "3")
     assert err.value.returncode == command.EXIT_INCOMPLETE

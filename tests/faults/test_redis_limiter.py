@@ -11,11 +11,11 @@ import uuid
 import pytest
 
 from core.limiter import LIMITER_REDIS_BACK, LIMITER_REDIS_DOWN, RedisRateLimiter
-from core.models import BatchRun, FortuneGeneration, FortuneResult
-from tests.batch.celery_helpers import duplicates
-from tests.batch.helpers import BASE, TARGET, eligible_ids, run_batch
+from core.models import FortuneGeneration, FortuneResult, NightlyRun
 from tests.factories import users_create_many
 from tests.faults.reports import assert_reported
+from tests.nightly.celery_helpers import duplicates
+from tests.nightly.helpers import BASE, TARGET, eligible_ids, run_batch
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -75,7 +75,7 @@ def test_a_frozen_redis_costs_one_socket_timeout_not_five_seconds(limiter, own_r
     assert after < 3 * 60 / 200 + 0.5
 
 
-def _night_with_redis_fault(*, own_redis, openai_settings, settings, fault, heal=None) -> tuple[BatchRun, dict]:
+def _night_with_redis_fault(*, own_redis, openai_settings, settings, fault, heal=None) -> tuple[NightlyRun, dict]:
     openai_settings.configure(latency_ms=80, account_rpm=RPM, account_window_s=WINDOW_S)
     settings.REDIS_URL = own_redis.url()
     users_create_many(count=30, seed=71)
@@ -98,21 +98,21 @@ def _night_with_redis_fault(*, own_redis, openai_settings, settings, fault, heal
     finally:
         striker.join(timeout=30)
     assert struck, "the fault never struck"
-    return BatchRun.objects.order_by("-pk").first(), openai_settings.counters()
+    return NightlyRun.objects.order_by("-pk").first(), openai_settings.counters()
 
 
-def _assert_night_complete(run: BatchRun, counters: dict, slack_receiver) -> None:
-    assert run.status == BatchRun.Status.SUCCEEDED, run.stop_reason
+def _assert_night_complete(run: NightlyRun, counters: dict, slack_receiver) -> None:
+    assert run.status == NightlyRun.Status.SUCCEEDED, run.stop_reason
     assert set(FortuneResult.objects.filter(for_date=TARGET).values_list("user_id", flat=True)) == eligible_ids()
     assert duplicates(for_date=TARGET) == 0
-    assert not BatchRun.objects.filter(status=BatchRun.Status.RUNNING).exists()
+    assert not NightlyRun.objects.filter(status=NightlyRun.Status.RUNNING).exists()
     distinct = FortuneGeneration.objects.count()
     assert counters["distinct_inputs"] == distinct
     assert counters["requests"] <= distinct + WORKERS
     # Never over the account's limit: no 429 for it, no window holding more than it admits.
     assert counters["account"]["rejected_429"] == 0
     assert counters["account"]["max_requests_in_window"] <= RPM * WINDOW_S / 60
-    assert_reported(slack_receiver, BatchRun.objects.order_by("pk"))
+    assert_reported(slack_receiver, NightlyRun.objects.order_by("pk"))
 
 
 def test_redis_killed_mid_run_the_night_completes_under_the_account_limit(own_redis, openai_settings, settings,

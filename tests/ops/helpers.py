@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from django.utils import timezone
 
-from core.models import BatchRun, FortuneGeneration, FortuneResult, User
+from core.models import FortuneGeneration, FortuneResult, NightlyRun, User
 
 _hashes = itertools.count(1)
 
@@ -24,20 +24,20 @@ def fortunes_create(*, users: list[User], for_date: dt.date, source: str = Fortu
     )
 
 
-def run_create(*, target_date: dt.date, **fields) -> BatchRun:
+def run_create(*, target_date: dt.date, **fields) -> NightlyRun:
     now = timezone.now()
     defaults = {
-        "base_date": target_date - dt.timedelta(days=1), "status": BatchRun.Status.SUCCEEDED, "provider": "openai",
+        "base_date": target_date - dt.timedelta(days=1), "status": NightlyRun.Status.SUCCEEDED, "provider": "openai",
         "model": "gpt-4o-mini", "workers": 8, "hostname": "worker-1", "pid": 4242,
         "started_at": now - dt.timedelta(minutes=10), "heartbeat_at": now - dt.timedelta(minutes=1),
     }
     defaults.update(fields)
-    if defaults["status"] != BatchRun.Status.RUNNING:
+    if defaults["status"] != NightlyRun.Status.RUNNING:
         defaults.setdefault("finished_at", defaults["heartbeat_at"])
-    return BatchRun.objects.create(target_date=target_date, **defaults)
+    return NightlyRun.objects.create(target_date=target_date, **defaults)
 
 
-def history_create(*, nights: int, end: dt.date, eligible: int = 1000, seed: int = 0) -> list[BatchRun]:
+def history_create(*, nights: int, end: dt.date, eligible: int = 1000, seed: int = 0) -> list[NightlyRun]:
     """One plausible finished run per night, ending at `end` (for history pages and screenshots)."""
     runs = []
     for n in range(nights):
@@ -47,7 +47,7 @@ def history_create(*, nights: int, end: dt.date, eligible: int = 1000, seed: int
         tokens_in, tokens_out = generated * 420, generated * 610
         started = timezone.make_aware(dt.datetime.combine(day - dt.timedelta(days=1), dt.time(22, 0)))
         runs.append(run_create(
-            target_date=day, status=BatchRun.Status.PARTIAL if failed else BatchRun.Status.SUCCEEDED,
+            target_date=day, status=NightlyRun.Status.PARTIAL if failed else NightlyRun.Status.SUCCEEDED,
             eligible=eligible, generated=generated, generations=generated // 3, failed=failed,
             llm_requests=generated // 3 + failed, tokens_in=tokens_in, tokens_out=tokens_out,
             estimated_cost=(Decimal(tokens_in) * Decimal("0.15") + Decimal(tokens_out) * Decimal("0.6")) / 10**6,

@@ -16,7 +16,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from core.models import BatchRun, FortuneResult
+from core.models import FortuneResult, NightlyRun
 from tests.commands.test_generate_daily_fortunes_process import _database_url
 from tests.factories import user_create, users_create_many
 from tests.ops.helpers import fortunes_create, history_create
@@ -117,7 +117,7 @@ def test_ops_pages_live_counter_rises_without_a_reload(page, live_server, stub_o
             proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=WAIT_MS / 1000)
 
-    run = BatchRun.objects.order_by("-pk").first()
+    run = NightlyRun.objects.order_by("-pk").first()
     assert run.status in {"interrupted", "succeeded"}
     page.wait_for_function("() => document.querySelector('#running [data-run-id]') === null", timeout=WAIT_MS)
     for name, path in [("ops-run", f"/ops/runs/{run.pk}/"), ("ops-coverage", "/ops/coverage/"),

@@ -8,9 +8,9 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from core.batch.plan import batch_eligible_users
 from core.fortunes.pricing import PathUsage, cost_by_path
-from core.models import BatchRun, FortuneResult, OpenAIBatch
+from core.models import FortuneResult, NightlyRun, OpenAIBatch
+from core.nightly.plan import nightly_eligible_users
 from core.ops.selectors import (
     DATE_INVALID,
     DAYS_INVALID,
@@ -108,7 +108,7 @@ def test_empty_state_when_no_run_ever(staff_client):
 def test_a_running_run_shows_live_progress(staff_client):
     now = timezone.now()
     run = run_create(
-        target_date=_tomorrow(), status=BatchRun.Status.RUNNING, eligible=200, already_present=20, generated=60,
+        target_date=_tomorrow(), status=NightlyRun.Status.RUNNING, eligible=200, already_present=20, generated=60,
         failed=6, llm_requests=30, workers=6, hostname="box-7", pid=999, started_at=now - dt.timedelta(seconds=66),
         heartbeat_at=now - dt.timedelta(seconds=2),
         failure_sample=[{"reason": "timeout", "count": 4, "user_ids": [1]},
@@ -131,7 +131,7 @@ def test_a_running_run_shows_live_progress(staff_client):
 
 
 def test_a_running_run_without_heartbeat_is_flagged_stale(staff_client):
-    run_create(target_date=_tomorrow(), status=BatchRun.Status.RUNNING, eligible=10,
+    run_create(target_date=_tomorrow(), status=NightlyRun.Status.RUNNING, eligible=10,
                heartbeat_at=timezone.now() - STALE_AFTER - dt.timedelta(seconds=5))
     [live] = _status(staff_client)["running"]
     assert live["stale"].startswith("no heartbeat for")
@@ -141,7 +141,7 @@ def test_a_running_run_without_heartbeat_is_flagged_stale(staff_client):
 def test_a_failed_run_page_groups_reasons_and_links_failed_users(staff_client):
     users = users_create_many(count=3, seed=5)
     run = run_create(
-        target_date=_tomorrow(), status=BatchRun.Status.FAILED, eligible=3, failed=3,
+        target_date=_tomorrow(), status=NightlyRun.Status.FAILED, eligible=3, failed=3,
         stop_reason="provider unusable: 10 generations in a row failed (connection)", notes="catch-up: a note",
         failure_sample=[
             {"reason": "connection", "error": "Connection refused", "count": 2, "user_ids": [users[0].pk, users[1].pk]},
@@ -162,8 +162,8 @@ def test_a_failed_run_page_groups_reasons_and_links_failed_users(staff_client):
 def test_a_partial_night_shows_red_with_the_gap_and_the_command(staff_client):
     users = users_create_many(count=5, seed=9)
     fortunes_create(users=users[:3], for_date=_tomorrow())
-    run_create(target_date=_tomorrow(), status=BatchRun.Status.PARTIAL, eligible=5, generated=3, failed=2)
-    gap = batch_eligible_users().count() - 3
+    run_create(target_date=_tomorrow(), status=NightlyRun.Status.PARTIAL, eligible=5, generated=3, failed=2)
+    gap = nightly_eligible_users().count() - 3
     html = staff_client.get(reverse("ops:now")).content.decode()
     tile = re.search(rf'<section class="tile (\w+)" data-coverage="{_tomorrow().isoformat()}">(.*?)</section>',
                      html, re.S)
@@ -200,7 +200,7 @@ def test_coverage_numbers_match_the_database():
     fortunes_create(users=eligible, for_date=day + dt.timedelta(days=1))  # another night: not counted
 
     [coverage] = ops_coverage_many(dates=[day])
-    expected_eligible = set(batch_eligible_users().values_list("pk", flat=True))
+    expected_eligible = set(nightly_eligible_users().values_list("pk", flat=True))
     with_fortune = set(FortuneResult.objects.filter(for_date=day, user__in=expected_eligible)
                        .values_list("user_id", flat=True))
     assert coverage.eligible == len(expected_eligible)
@@ -227,7 +227,7 @@ def test_coverage_page_takes_a_chosen_date_and_explains_a_bad_one(staff_client):
 def test_history_sums_the_runs_of_each_night(staff_client):
     runs = history_create(nights=5, end=_tomorrow(), eligible=40)
     later = runs[-1].started_at + dt.timedelta(hours=1)
-    extra = run_create(target_date=_tomorrow(), status=BatchRun.Status.SUCCEEDED, eligible=40, generated=2,
+    extra = run_create(target_date=_tomorrow(), status=NightlyRun.Status.SUCCEEDED, eligible=40, generated=2,
                        llm_requests=2, tokens_in=100, tokens_out=200, provider="local", started_at=later,
                        heartbeat_at=later + dt.timedelta(seconds=5))
     fortunes_create(users=users_create_many(count=3, seed=1), for_date=_today(), source="on_demand")
@@ -237,7 +237,7 @@ def test_history_sums_the_runs_of_each_night(staff_client):
     nights = {n.target_date: n for n in history.nights}
     assert len(history.nights) == 30 and history.end == _tomorrow()
     for day, night in nights.items():
-        runs = BatchRun.objects.filter(target_date=day)
+        runs = NightlyRun.objects.filter(target_date=day)
         assert night.runs == runs.count()
         assert night.stored == sum(r.generated for r in runs)
         assert night.failed == sum(r.failed for r in runs)
@@ -248,7 +248,7 @@ def test_history_sums_the_runs_of_each_night(staff_client):
     tomorrow = nights[_tomorrow()]
     assert tomorrow.status == "succeeded" and tomorrow.last_run_id == extra.pk
     # Runs from before the pricing paths were recorded paid the standard tier, whatever their provider.
-    assert tomorrow.cost_by_path == {"standard": sum(r.estimated_cost for r in BatchRun.objects.filter(
+    assert tomorrow.cost_by_path == {"standard": sum(r.estimated_cost for r in NightlyRun.objects.filter(
         target_date=_tomorrow()))} and history.paths == ["standard"]
     assert nights[_today()].on_demand_share == pytest.approx(100 * 3 / 40)
 
@@ -274,8 +274,8 @@ COVERAGE_KEYS = {"for_date", "label", "eligible", "with_fortune", "gap", "ok", "
 
 
 def test_status_json_shape(staff_client):
-    running = run_create(target_date=_tomorrow(), status=BatchRun.Status.RUNNING, eligible=3)
-    finished = run_create(target_date=_today(), status=BatchRun.Status.SUCCEEDED, eligible=3, generated=3,
+    running = run_create(target_date=_tomorrow(), status=NightlyRun.Status.RUNNING, eligible=3)
+    finished = run_create(target_date=_today(), status=NightlyRun.Status.SUCCEEDED, eligible=3, generated=3,
                           started_at=timezone.now() - dt.timedelta(hours=20))
     chosen = _today() - dt.timedelta(days=9)
     data = _status(staff_client, date=chosen.isoformat())
@@ -331,7 +331,7 @@ def test_a_degraded_cache_shows_on_the_now_page_and_in_status_json(staff_client,
 # --- issue 18: the one run view model, explicit chunk rows, the heartbeat's in-flight, cost per path ----------
 
 def test_in_flight_comes_from_the_runs_heartbeat(staff_client):
-    run = run_create(target_date=_tomorrow(), status=BatchRun.Status.RUNNING, eligible=50, generated=5,
+    run = run_create(target_date=_tomorrow(), status=NightlyRun.Status.RUNNING, eligible=50, generated=5,
                      in_flight=7, heartbeat_at=timezone.now())
     [live] = _status(staff_client)["running"]
     assert live["id"] == run.pk and live["in_flight"] == 7
@@ -340,11 +340,11 @@ def test_in_flight_comes_from_the_runs_heartbeat(staff_client):
 
 
 def test_the_pages_status_json_and_the_summary_line_read_one_run_view_model(staff_client):
-    from core.batch.summary import RunSummary as BatchSummary
+    from core.nightly.summary import RunSummary as BatchSummary
     from core.ops.selectors import ops_recent_runs
     from core.services.runs import RunSummary
 
-    run = run_create(target_date=_tomorrow(), status=BatchRun.Status.PARTIAL, eligible=30, generated=20, failed=4,
+    run = run_create(target_date=_tomorrow(), status=NightlyRun.Status.PARTIAL, eligible=30, generated=20, failed=4,
                      failure_sample=[{"reason": "timeout", "count": 4, "user_ids": []}])
     [view] = ops_recent_runs(limit=1)
     assert BatchSummary is RunSummary and isinstance(view, RunSummary)
@@ -356,15 +356,15 @@ def test_the_pages_status_json_and_the_summary_line_read_one_run_view_model(staf
 
 
 def test_celery_chunks_are_listed_by_an_explicit_query_on_the_run_page_and_summed_on_now(staff_client):
-    from core.models import BatchChunk
+    from core.models import CeleryChunk
 
-    run = run_create(target_date=_tomorrow(), status=BatchRun.Status.RUNNING, eligible=40, workers=2)
-    BatchChunk.objects.create(run=run, index=0, for_date=_tomorrow(), payload={"inputs": []}, inputs=10, users=12,
+    run = run_create(target_date=_tomorrow(), status=NightlyRun.Status.RUNNING, eligible=40, workers=2)
+    CeleryChunk.objects.create(run=run, index=0, for_date=_tomorrow(), payload={"inputs": []}, inputs=10, users=12,
                               state="done", stored_inputs=10, worker="w1:11")
-    BatchChunk.objects.create(run=run, index=1, for_date=_tomorrow(), payload={"inputs": []}, inputs=10, users=10,
+    CeleryChunk.objects.create(run=run, index=1, for_date=_tomorrow(), payload={"inputs": []}, inputs=10, users=10,
                               state="running", stored_inputs=4, worker="w2:22")
     other = run_create(target_date=_today())
-    BatchChunk.objects.create(run=other, index=0, for_date=_today(), payload={"inputs": []}, state="queued")
+    CeleryChunk.objects.create(run=other, index=0, for_date=_today(), payload={"inputs": []}, state="queued")
 
     page = staff_client.get(reverse("ops:run", args=[run.pk])).content.decode()
     assert "Celery chunks (2)" in page
@@ -417,7 +417,7 @@ def test_the_planner_and_the_coverage_count_the_same_eligible_users():
     user_create(is_active=False)
     user_create(birth_date_solar=None)
     eligible = set(User.objects.eligible().values_list("pk", flat=True))
-    assert set(batch_eligible_users().values_list("pk", flat=True)) == eligible
+    assert set(nightly_eligible_users().values_list("pk", flat=True)) == eligible
     assert ops_coverage_many(dates=[_tomorrow()])[0].eligible == len(eligible)
     assert not User.objects.eligible().filter(is_active=False).exists()
     assert not User.objects.eligible().filter(birth_date_solar__isnull=True).exists()

@@ -571,13 +571,13 @@ class StubHandler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         url = urlsplit(self.path)
-        if not batch_api_route(self, "DELETE", url, self.read_body()):
+        if not openai_batch_route(self, "DELETE", url, self.read_body()):
             self.send_json(404, _error_body(f"Unknown path {url.path}", type_="invalid_request_error"))
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         state = self.server.state
-        if batch_api_route(self, "GET", url, b""):
+        if openai_batch_route(self, "GET", url, b""):
             return
         if url.path == "/_stub/counters":
             self.send_json(200, state.counters())
@@ -597,7 +597,7 @@ class StubHandler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = url.path
         body = self.read_body()
-        if batch_api_route(self, "POST", url, body):
+        if openai_batch_route(self, "POST", url, body):
             return
         if path == "/_stub/config":
             try:
@@ -1227,7 +1227,7 @@ def _cursor_page(items: list[dict], query: dict) -> dict:
             "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}
 
 
-def batch_api_route(handler: "StubHandler", method: str, url: Any, body: bytes) -> bool:
+def openai_batch_route(handler: "StubHandler", method: str, url: Any, body: bytes) -> bool:
     """Answer a Batch API or batch-control request; False if the path is not one of them."""
     store: BatchStore = handler.server.state.batch_store
     parts = url.path.strip("/").split("/")

@@ -12,7 +12,7 @@ from core.fortunes.schema import FortuneContent
 
 
 class FailureReason(StrEnum):
-    """ProviderError.reason values: short and stable, they are counted in BatchRun.failure_sample and logs."""
+    """ProviderError.reason values: short and stable, they are counted in NightlyRun.failure_sample and logs."""
 
     RATE_LIMITED = "rate_limited"          # 429
     QUOTA = "quota_exhausted"              # 429 whose Retry-After is beyond the cap, or insufficient_quota
@@ -56,7 +56,7 @@ class ProviderError(Exception):
 
     @property
     def signature(self) -> str:
-        """What two failures share when they fail "the same way" (core.batch.guards' streak): the
+        """What two failures share when they fail "the same way" (core.nightly.guards' streak): the
         reason and the HTTP status, not the message (it carries request ids and validation details)."""
         return f"{self.reason}:{self.status_code}" if self.status_code else str(self.reason)
 

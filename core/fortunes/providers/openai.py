@@ -128,7 +128,7 @@ def chat_completion_create(
     The request body is exactly what `chat.completions.create()` sends (a test pins it), posted
     through the SDK's documented `client.post()` for requests it needs no help typing: create() first
     walks the whole body against its TypedDicts (`maybe_transform`, a no-op for these plain fields),
-    which cost a large share of the client CPU per request (bench/batch.py). Errors, timeouts and
+    which cost a large share of the client CPU per request (bench/nightly.py). Errors, timeouts and
     headers are the SDK's own; the answer is still the SDK's typed ChatCompletion.
     """
     return client.post(

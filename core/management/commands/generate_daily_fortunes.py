@@ -8,14 +8,14 @@ from functools import partial
 
 from django.core.management.base import BaseCommand, CommandError
 
-from core.batch import options as batch
-from core.batch.batch_ahead import batch_api_collect_due
-from core.batch.lock import BatchLocked
-from core.batch.nightly import batch_nightly
-from core.batch.options import BatchOptions, CeleryBackendUnavailable
-from core.batch.plan import UserNotEligible
 from core.fortunes.providers import ProviderConfigError
 from core.management.argtypes import EXIT_USAGE, finite_decimal, flag, iso_date, usage_error
+from core.nightly import options as batch
+from core.nightly.lock import NightlyLocked
+from core.nightly.nightly import nightly_fortunes
+from core.nightly.openai_batch_ahead import openai_batch_collect_due
+from core.nightly.options import CeleryBackendUnavailable, NightlyOptions
+from core.nightly.plan import UserNotEligible
 from core.resilience import DatabaseUnavailable
 from core.saju.terms import FIRST_YEAR, LAST_YEAR
 
@@ -54,7 +54,7 @@ def _command_errors():
     """The service's refusals as the command's exit codes."""
     try:
         yield
-    except BatchLocked as exc:
+    except NightlyLocked as exc:
         raise CommandError(str(exc), returncode=EXIT_LOCKED) from None
     except (UserNotEligible, CeleryBackendUnavailable) as exc:  # each message says what to fix
         raise CommandError(str(exc), returncode=EXIT_USAGE) from None
@@ -115,7 +115,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         if options["collect_batches"]:
             return self.collect(options)
-        batch_options = BatchOptions(
+        batch_options = NightlyOptions(
             base_date=options["date"], workers=options["workers"], user_id=options["user_id"],
             force=options["force"], dry_run=options["dry_run"], rpm=options["rpm"], tpm=options["tpm"],
             backend=options["backend"], chunk_size=options["chunk_size"],
@@ -125,7 +125,7 @@ class Command(BaseCommand):
             cancel_wait_seconds=options["cancel_wait"],
         )
         with _command_errors():
-            night = batch_nightly(options=batch_options)
+            night = nightly_fortunes(options=batch_options)
         for line in [plan.line() for plan in night.plans] + night.lines:
             self.stdout.write(line)
         for summary in night.summaries:
@@ -139,5 +139,5 @@ class Command(BaseCommand):
         if others:
             raise CommandError(COLLECT_ALONE.format(flags=", ".join(others)), returncode=EXIT_USAGE)
         with _command_errors():
-            lines = batch_api_collect_due()
+            lines = openai_batch_collect_due()
         self.stdout.write("\n".join(lines))

@@ -1,8 +1,8 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from core.batch.dates import database_today
-from core.batch.retention import MAX_RETENTION_DAYS, fortunes_prune, fortunes_prune_count
+from core.nightly.dates import database_today
+from core.nightly.retention import MAX_RETENTION_DAYS, fortunes_prune, fortunes_prune_count
 
 DAYS_TOO_SMALL = "--days must be at least 1 (got {days}): it is how many days of fortunes to keep."
 DAYS_TOO_LARGE = f"--days must be at most {MAX_RETENTION_DAYS} (a century), got {{days}}."
