@@ -1,6 +1,8 @@
 """The job table of one run: input hash -> Job, each in exactly one state.
 
     QUEUED ──> GENERATED ──> WRITING ──> STORED (leaves the table)
+       │  ├──> STORED (an executor that stores itself: a Celery chunk)
+       │  ├──> DEFERRED (handed to the OpenAI Batch API; kept, so later users of the input join it)
        │  └──> FAILED ──(retry round)──> QUEUED
        └─────> ABANDONED (stopped before its result came; the next run retries its users)
 
@@ -18,21 +20,24 @@ from core.fortunes.providers import Generated, ProviderError
 
 
 class JobState(StrEnum):
-    QUEUED = "queued"  # planned; with a generation backend, submitted and awaiting its result
+    QUEUED = "queued"  # planned; with an executor, submitted and awaiting its result
     GENERATED = "generated"  # result in hand, waiting for the next flush
     WRITING = "writing"  # handed to the writer, no generation id yet
     STORED = "stored"
     FAILED = "failed"
     ABANDONED = "abandoned"
+    DEFERRED = "deferred"
 
 
 _NEXT = {
-    JobState.QUEUED: frozenset({JobState.GENERATED, JobState.FAILED, JobState.ABANDONED}),
+    JobState.QUEUED: frozenset({JobState.GENERATED, JobState.FAILED, JobState.ABANDONED, JobState.STORED,
+                                JobState.DEFERRED}),
     JobState.GENERATED: frozenset({JobState.WRITING}),
     JobState.WRITING: frozenset({JobState.STORED}),
     JobState.FAILED: frozenset({JobState.QUEUED}),
     JobState.STORED: frozenset(),
     JobState.ABANDONED: frozenset(),
+    JobState.DEFERRED: frozenset(),
 }
 INVALID_TRANSITION = "job {hash}: {current} -> {new} is not a transition"
 DUPLICATE_JOB = "job {hash} is already in the table"
@@ -50,13 +55,17 @@ class Job:
     state: JobState = JobState.QUEUED
     generated: Generated | None = None
     error: ProviderError | None = None
-    # Users who asked for this input while it was WRITING: their result rows need its id, which the
-    # writer reports; user_ids itself is the writer's by then and must not change.
+    # Users who asked for this input after its users were handed on (to the writer, WRITING; or to an
+    # executor that stores itself, QUEUED): their result rows need its generation id, which comes back
+    # with the outcome; user_ids itself is the writer's or the executor's by then and must not change.
     late: list[int] | None = None
 
 
 class JobTable:
-    def __init__(self) -> None:
+    def __init__(self, *, executor_stores: bool = False) -> None:
+        # The executor stores the results of the users it was given (Celery): users joining a queued
+        # job are late, linked by the engine once the generation id comes back.
+        self._late_states = (JobState.WRITING, JobState.QUEUED) if executor_stores else (JobState.WRITING,)
         self._jobs: dict[str, Job] = {}
         self._generated: list[Job] = []  # the GENERATED jobs in arrival order: the next flush
         self.queued = 0
@@ -100,7 +109,7 @@ class JobTable:
 
     def join(self, job: Job, user_ids: list[int]) -> None:
         """More users need the job's input: they share its generation, whatever its state."""
-        if job.state is JobState.WRITING:
+        if job.state in self._late_states:
             if job.late is None:
                 job.late = []
             job.late.extend(user_ids)
@@ -115,8 +124,14 @@ class JobTable:
         self._generated.append(job)
 
     def failed(self, job: Job, error: ProviderError | None) -> None:
+        if job.late:  # they fail with it, and a retry round submits them with the rest
+            job.user_ids.extend(job.late)
+            job.late = None
         self._move(job, JobState.FAILED)
         job.error = error
+
+    def deferred(self, job: Job) -> None:
+        self._move(job, JobState.DEFERRED)
 
     def abandoned(self, job: Job) -> None:
         self._move(job, JobState.ABANDONED)
@@ -140,7 +155,8 @@ class JobTable:
         return jobs
 
     def stored(self, digest: str) -> Job:
-        """The writer stored the job's generation: it leaves the table (the caller keeps `late`)."""
+        """The writer (or the executor) stored the job's generation: it leaves the table (the caller
+        keeps `late`)."""
         job = self._jobs[digest]
         self._move(job, JobState.STORED)
         del self._jobs[digest]

@@ -1,8 +1,10 @@
-"""One target date's work, page by page, around the job table: dedupe, reuse what is stored,
-generate the rest through a backend, hand finished generations to the writer in bulk.
+"""The engine: one target date's work, page by page, around the job table — dedupe, reuse what is
+stored, generate the rest through an executor (core.nightly.executors), hand finished generations to
+the writer in bulk, link users who join late, one retry round, failure accounting.
 
 No database here: the pages, the "already stored?" lookup and the writer are injected, so the
-same scheduler runs a real night, a dry run (plan-only: no backend, no writer) and the unit tests.
+same scheduler runs a real night on any executor, a dry run (plan-only: no executor, no writer), the
+OpenAI Batch API's submission and collection, and the unit tests.
 """
 
 import gc
@@ -15,10 +17,10 @@ from typing import Protocol
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.pricing import PathUsage
 from core.nightly.bulk import ResultRow, natal_key_of_input
+from core.nightly.executors.base import Deferred, Executor, Outcome, Stored
 from core.nightly.guards import StopGuards
-from core.nightly.jobs import JobState, JobTable
+from core.nightly.jobs import Job, JobState, JobTable
 from core.nightly.plan import InputGroup, PlanPage
-from core.nightly.pool import GenerationBackend, Outcome
 from core.nightly.store import Flush, GeneratedItem
 from core.resilience import is_transient
 
@@ -67,6 +69,7 @@ class Tally:
     # once (replanned counts them), else left to the on-demand path.
     changed: list[int] = field(default_factory=list)
     replanned: int = 0
+    deferred_users: int = 0  # users whose input went to a later collection (the OpenAI Batch API)
 
 
 def _noop(*args, **kwargs) -> None:
@@ -76,7 +79,7 @@ def _noop(*args, **kwargs) -> None:
 class Scheduler:
     def __init__(
         self, *, pages: Iterable[PlanPage], lookup: Lookup, guards: StopGuards | None = None,
-        backend: GenerationBackend | None = None, writer: Writer | None = None, max_in_flight: int = 0,
+        executor: Executor | None = None, writer: Writer | None = None, max_in_flight: int = 0,
         retry_cooldown: float = 0.0, grace_seconds: float = 2.0, estimate: Estimate | None = None,
         on_tick: Callable[[bool], None] = _noop, on_note: Callable[[str], None] = _noop,
         clock: Callable[[], float] = time.monotonic, replan: Replan | None = None,
@@ -85,7 +88,7 @@ class Scheduler:
         self.replan = replan
         self.lookup = lookup
         self.guards = guards
-        self.backend = backend
+        self.executor = executor
         self.writer = writer
         self.max_in_flight = max_in_flight
         self.retry_cooldown = retry_cooldown
@@ -94,11 +97,11 @@ class Scheduler:
         self.on_tick = on_tick
         self.on_note = on_note
         self._clock = clock
-        self.table = JobTable()
+        self.table = JobTable(executor_stores=executor is not None and executor.stores)
         self.tally = Tally()
         self.outbox: list[ResultRow] = []  # (user_id, generation_id, natal key) result rows for the next flush
-        self.plan_only = backend is None
-        self.inline = backend is not None and backend.inline
+        self.plan_only = executor is None
+        self.inline = executor is not None and executor.inline
         # The cost budget is checked per result, so results are taken at once, never gathered.
         self.gather = DRAIN_GATHER_SECONDS if guards is not None and not guards.budget else 0.0
         self.last_flush = clock()
@@ -157,6 +160,8 @@ class Scheduler:
             if job is None:
                 fresh[digest] = group
             else:
+                if job.state is JobState.DEFERRED:
+                    tally.deferred_users += len(group.user_ids)
                 table.join(job, group.user_ids)
         if self.plan_only:
             for group in fresh.values():
@@ -179,30 +184,35 @@ class Scheduler:
                     tally.tokens_in += tokens_in
                     tally.tokens_out += tokens_out
                 continue
-            table.add(digest=digest, inp=group.inp, user_ids=group.user_ids)
-            self.submit(digest, group.inp)
+            self.submit(table.add(digest=digest, inp=group.inp, user_ids=group.user_ids))
             if self.inline and self.guards.should_stop():
                 break
         if not self.plan_only:
             self.tick()
 
-    def submit(self, digest: str, inp: GenerationInput) -> None:
-        outcome = self.backend.submit(digest, inp)
+    def submit(self, job: Job) -> None:
+        outcome = self.executor.submit(job.hash, job.inp, job.user_ids)
         if outcome is not None:
-            self.on_result(digest, outcome)
+            self.on_result(job.hash, outcome)
         else:
             self.drain(timeout=0)
 
     def drain(self, *, timeout: float) -> None:
         """Take every finished result (waiting up to timeout for the first), then flush/heartbeat."""
         if not self.inline and self.table.queued:
-            for digest, outcome in self.backend.results(timeout=timeout, gather=self.gather):
+            for digest, outcome in self.executor.results(timeout=timeout, gather=self.gather):
                 self.on_result(digest, outcome)
         self.tick()
 
     def on_result(self, digest: str, outcome: Outcome) -> None:
         if isinstance(outcome, BaseException):
             raise outcome
+        if isinstance(outcome, Deferred):
+            self.on_deferred(digest)
+            return
+        if isinstance(outcome, Stored):
+            self.on_stored(digest, outcome)
+            return
         self.tally.requests += outcome.attempts
         # Answers the server billed though they failed (invalid, truncated): paid for, so counted.
         for tier, tokens_in, tokens_out in outcome.billed_failures:
@@ -231,6 +241,34 @@ class Scheduler:
             digest[:12], len(job.user_ids), outcome.attempts, reason, outcome.error,
         )
         self.guards.failed(reason=reason, error=outcome.error)
+
+    def on_deferred(self, digest: str) -> None:
+        job = self.table.get(digest)
+        if job is not None and job.state is JobState.QUEUED:
+            self.table.deferred(job)
+            self.tally.deferred_users += len(job.user_ids)
+
+    def on_stored(self, digest: str, outcome: Stored) -> None:
+        """The executor stored the generation and its users' results: link those who joined later."""
+        tally = self.tally
+        tally.requests += outcome.attempts
+        for tier, tokens_in, tokens_out in outcome.billed_failures:
+            self._count_usage(tier=tier, tokens_in=tokens_in, tokens_out=tokens_out)
+        if outcome.new:
+            self._count_usage(tier=outcome.tier, tokens_in=outcome.tokens_in, tokens_out=outcome.tokens_out)
+        tally.stored_users += outcome.users
+        job = self.table.get(digest)
+        if job is None or job.state is not JobState.QUEUED:
+            return  # a result after the job was abandoned: stored all the same, counted above
+        tally.generations += outcome.new
+        late = self.table.stored(digest).late
+        if late:
+            key = natal_key_of_input(job.inp)
+            self.outbox.extend((user_id, outcome.generation_id, key) for user_id in late)
+        if outcome.new:
+            self.guards.succeeded(usage=tally.paths)
+        else:
+            self.guards.spent(usage=tally.paths)
 
     def _count_usage(self, *, tier: str, tokens_in: int, tokens_out: int) -> None:
         tally = self.tally
@@ -271,7 +309,7 @@ class Scheduler:
             return
         for job in transient:
             self.table.requeue(job)
-            self.submit(job.hash, job.inp)
+            self.submit(job)
         self.finish_in_flight()
 
     # --- flushes ------------------------------------------------------------------------------

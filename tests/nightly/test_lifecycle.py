@@ -6,21 +6,21 @@ import pytest
 
 from core.models import NightlyRun
 from core.nightly.lifecycle import RunRecorder
-from tests.nightly.test_scheduler import FakeBackend, ok, page, scheduler
+from tests.nightly.test_scheduler import FakeExecutor, ok, page, scheduler
 
 pytestmark = pytest.mark.django_db
 
 
 def test_the_heartbeat_records_the_generations_in_flight_and_the_finish_clears_them():
     run = NightlyRun.objects.create(base_date=dt.date(2026, 3, 1), target_date=dt.date(2026, 3, 2), model="gpt-4o-mini")
-    backend = FakeBackend(answer=None)
+    executor = FakeExecutor(answer=None)
     recorder = RunRecorder(run=run)
-    recorder.scheduler = scheduler([], backend=backend)
+    recorder.scheduler = scheduler([], executor=executor)
     recorder.scheduler.take_page(page(a=[1, 2], b=[3], c=[4]))
 
     recorder.save()
     assert NightlyRun.objects.get(pk=run.pk).in_flight == 3
-    backend.deliver("a", ok())
+    executor.deliver("a", ok())
     recorder.scheduler.drain(timeout=0)
     recorder.save()
     assert NightlyRun.objects.get(pk=run.pk).in_flight == 2

@@ -10,10 +10,11 @@ from django.utils import timezone
 
 from core.models import FortuneResult, NightlyRun
 from core.nightly import lifecycle, nightly
+from core.nightly.executors import executor_for
 from core.nightly.guards import STOP_SIGNAL, StopToken
 from core.nightly.lifecycle import RunRecorder
 from core.nightly.lock import LOCK_TAKEN, NightlyLockLost
-from core.nightly.nightly import generation_backend, nightly_fortunes
+from core.nightly.nightly import nightly_fortunes
 from core.nightly.options import NightlyOptions
 from tests.factories import users_create_many
 from tests.nightly.helpers import BASE, TARGET, run_batch
@@ -22,22 +23,23 @@ from tests.nightly.helpers import BASE, TARGET, run_batch
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-class FailingBackend:
-    """The default backend, raising `error` (or asking `stop` to stop) on the nth submit."""
+class FailingExecutor:
+    """The default executor, raising `error` (or asking `stop` to stop) on the nth submit."""
 
     def __init__(self, *, after: int, error: BaseException | None = None, stop: StopToken | None = None,
                  **kwargs) -> None:
-        self.inner = generation_backend(**kwargs)
+        self.inner = executor_for(**kwargs)
         self.inline = self.inner.inline
+        self.stores = self.inner.stores
         self.after, self.error, self.stop, self.submitted = after, error, stop, 0
 
-    def submit(self, digest, inp):
+    def submit(self, digest, inp, user_ids):
         self.submitted += 1
         if self.submitted == self.after:
             if self.error is not None:
                 raise self.error
             self.stop.request(STOP_SIGNAL.format(signal="SIGTERM"), interrupted=True)
-        return self.inner.submit(digest, inp)
+        return self.inner.submit(digest, inp, user_ids)
 
     def results(self, *, timeout, gather=0.0):
         return self.inner.results(timeout=timeout, gather=gather)
@@ -70,12 +72,12 @@ def _no_run_left_running() -> None:
 
 
 def test_a_crash_mid_run_is_reported_with_its_status_and_reason(users, webhooks):
-    def backend(**kwargs):
-        return FailingBackend(after=12, error=RuntimeError("provider blew up"), **kwargs)
+    def executor(**kwargs):
+        return FailingExecutor(after=12, error=RuntimeError("provider blew up"), **kwargs)
 
     options = NightlyOptions(base_date=BASE, page_size=5)
     with pytest.raises(RuntimeError, match="provider blew up"):
-        nightly_fortunes(options=options, backend=backend)
+        nightly_fortunes(options=options, executor=executor)
 
     run = NightlyRun.objects.get()
     assert run.status == "failed" and run.stop_reason == "crashed: RuntimeError: provider blew up"
@@ -113,11 +115,11 @@ def test_a_crash_whose_own_bookkeeping_fails_still_leaves_no_run_running(users, 
 
     monkeypatch.setattr(lifecycle.RunRecorder, "crash", crash)
 
-    def backend(**kwargs):
-        return FailingBackend(after=3, error=ValueError("unexpected"), **kwargs)
+    def executor(**kwargs):
+        return FailingExecutor(after=3, error=ValueError("unexpected"), **kwargs)
 
     with pytest.raises(OperationalError):
-        nightly_fortunes(options=NightlyOptions(base_date=BASE, page_size=5), backend=backend)
+        nightly_fortunes(options=NightlyOptions(base_date=BASE, page_size=5), executor=executor)
 
     run = NightlyRun.objects.get()
     assert run.status == "failed" and "OperationalError" in run.stop_reason and run.finished_at
@@ -143,10 +145,10 @@ def test_a_crash_before_the_first_run_is_still_reported(users, webhooks, monkeyp
 def test_a_stop_mid_run_is_reported_as_interrupted_with_its_reason(users, webhooks):
     stop = StopToken()
 
-    def backend(**kwargs):
-        return FailingBackend(after=10, stop=stop, **kwargs)
+    def executor(**kwargs):
+        return FailingExecutor(after=10, stop=stop, **kwargs)
 
-    night = nightly_fortunes(options=NightlyOptions(base_date=BASE, page_size=5), stop=stop, backend=backend)
+    night = nightly_fortunes(options=NightlyOptions(base_date=BASE, page_size=5), stop=stop, executor=executor)
 
     (run,) = night.runs
     assert run.status == "interrupted" and run.stop_reason == "interrupted by SIGTERM"
@@ -188,12 +190,12 @@ def test_the_second_run_fills_what_a_crashed_night_left_then_is_a_no_op(users, w
 
     made = []
 
-    def backend(**kwargs):  # the first target (today's catch-up) runs through, the second crashes
-        made.append(FailingBackend(after=20 if made else 10**6, error=RuntimeError("worker lost"), **kwargs))
+    def executor(**kwargs):  # the first target (today's catch-up) runs through, the second crashes
+        made.append(FailingExecutor(after=20 if made else 10**6, error=RuntimeError("worker lost"), **kwargs))
         return made[-1]
 
     with pytest.raises(RuntimeError):  # catch-up for today, then tomorrow: the crash is in tomorrow's
-        nightly_fortunes(options=NightlyOptions(page_size=5), backend=backend)
+        nightly_fortunes(options=NightlyOptions(page_size=5), executor=executor)
     assert NightlyRun.objects.filter(target_date=tomorrow).get().status == "failed"
     eligible = len(users)
     assert FortuneResult.objects.filter(for_date=tomorrow).count() < eligible

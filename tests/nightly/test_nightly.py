@@ -1,4 +1,4 @@
-"""The nightly service itself: its extension points (backend, hooks), the dry run through the same
+"""The nightly service itself: its extension points (executor, hooks), the dry run through the same
 service, and signal handling only where Python allows it (the main thread)."""
 
 import datetime as dt
@@ -8,8 +8,9 @@ import threading
 
 import pytest
 
+from core.nightly.executors import executor_for
 from core.nightly.guards import STOP_SIGNAL, StopToken
-from core.nightly.nightly import NightHooks, generation_backend, nightly_fortunes
+from core.nightly.nightly import NightHooks, nightly_fortunes
 from core.nightly.options import NightlyOptions
 from core.nightly.process import stop_on_signals
 from tests.factories import users_create_many
@@ -19,16 +20,17 @@ pytestmark = pytest.mark.django_db
 
 
 class CountingBackend:
-    """The default backend, counting what goes through it."""
+    """The default executor, counting what goes through it."""
 
     def __init__(self, **kwargs) -> None:
-        self.inner = generation_backend(**kwargs)
+        self.inner = executor_for(**kwargs)
         self.inline = self.inner.inline
+        self.stores = self.inner.stores
         self.submitted = 0
 
-    def submit(self, digest, inp):
+    def submit(self, digest, inp, user_ids):
         self.submitted += 1
-        return self.inner.submit(digest, inp)
+        return self.inner.submit(digest, inp, user_ids)
 
     def results(self, *, timeout, gather=0.0):
         return self.inner.results(timeout=timeout, gather=gather)
@@ -57,7 +59,7 @@ def test_a_backend_and_hooks_plug_in_around_each_target():
         return backends[-1]
 
     hooks = RecordingHooks()
-    night = nightly_fortunes(options=NightlyOptions(base_date=BASE), backend=factory, hooks=hooks)
+    night = nightly_fortunes(options=NightlyOptions(base_date=BASE), executor=factory, hooks=hooks)
     (run,) = night.runs
     assert hooks.calls == [("before", TARGET), ("after", TARGET, "succeeded")]
     assert len(backends) == 1 and backends[0].submitted == run.generations > 0

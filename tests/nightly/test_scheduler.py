@@ -1,4 +1,4 @@
-"""The scheduler and its job table without a database: fake pages, lookup, backend and writer."""
+"""The scheduler and its job table without a database: fake pages, lookup, executor and writer."""
 
 from decimal import Decimal
 from types import SimpleNamespace
@@ -38,10 +38,11 @@ def failure(reason: str, *, retryable: bool = True) -> Attempted:
     return Attempted(generated=None, error=ProviderError(reason, reason=reason, retryable=retryable), attempts=1)
 
 
-class FakeBackend:
+class FakeExecutor:
     """A thread pool stand-in: outcomes come from `answer` at once, or wait until released."""
 
     inline = False
+    stores = False
 
     def __init__(self, answer=None) -> None:
         self.answer = answer
@@ -49,7 +50,7 @@ class FakeBackend:
         self.held: list[str] = []
         self.ready: list[tuple[str, Attempted]] = []
 
-    def submit(self, digest, inp):
+    def submit(self, digest, inp, user_ids):
         self.submitted.append(digest)
         if self.answer is None:
             self.held.append(digest)
@@ -113,24 +114,24 @@ def guards(*, budget: str = "0", workers: int = 1, clock=None) -> StopGuards:
                       workers=workers, model="priced-model", clock=clock or FakeClock(NOW))
 
 
-def scheduler(pages, *, backend, writer=None, stored=None, clock=None, **kwargs) -> Scheduler:
+def scheduler(pages, *, executor, writer=None, stored=None, clock=None, **kwargs) -> Scheduler:
     stored = stored or {}
     clock = clock or FakeClock(NOW)
     kwargs.setdefault("guards", guards(clock=clock))
     return Scheduler(pages=pages, lookup=lambda hashes: {h: stored[h] for h in hashes if h in stored},
-                     backend=backend, writer=writer or FakeWriter(), max_in_flight=100, clock=clock, **kwargs)
+                     executor=executor, writer=writer or FakeWriter(), max_in_flight=100, clock=clock, **kwargs)
 
 
 def test_users_sharing_an_input_across_pages_share_one_generation():
-    backend = FakeBackend(answer=None)
+    executor = FakeExecutor(answer=None)
     writer = FakeWriter()
-    run = scheduler([], backend=backend, writer=writer)
+    run = scheduler([], executor=executor, writer=writer)
     run.take_page(page(a=[1, 2], b=[3]))
     run.take_page(page(a=[4], c=[5]))
-    assert sorted(backend.submitted) == ["a", "b", "c"]
+    assert sorted(executor.submitted) == ["a", "b", "c"]
     assert run.table.get("a").user_ids == [1, 2, 4]
     for digest in ("a", "b", "c"):
-        backend.deliver(digest, ok())
+        executor.deliver(digest, ok())
     run.finish_in_flight()
     run.flush_all()
     assert writer.rows == {1: 1, 2: 1, 4: 1, 3: writer.ids["b"], 5: writer.ids["c"]}
@@ -138,19 +139,19 @@ def test_users_sharing_an_input_across_pages_share_one_generation():
 
 
 def test_an_input_already_stored_is_reused_without_a_request():
-    backend = FakeBackend(answer=lambda digest, n: ok())
+    executor = FakeExecutor(answer=lambda digest, n: ok())
     writer = FakeWriter()
-    run = scheduler([page(a=[1], old=[2, 3])], backend=backend, writer=writer, stored={"old": 77})
+    run = scheduler([page(a=[1], old=[2, 3])], executor=executor, writer=writer, stored={"old": 77})
     run.run()
-    assert backend.submitted == ["a"]
+    assert executor.submitted == ["a"]
     assert writer.rows == {1: writer.ids["a"], 2: 77, 3: 77}
     assert run.tally.reused_users == 2
 
 
 def test_late_joiners_of_a_generation_with_the_writer_get_its_id():
-    backend = FakeBackend(answer=lambda digest, n: ok())
+    executor = FakeExecutor(answer=lambda digest, n: ok())
     writer = FakeWriter(hold=True)
-    run = scheduler([], backend=backend, writer=writer)
+    run = scheduler([], executor=executor, writer=writer)
     run.take_page(page(a=[1]))
     run.flush()
     assert run.table.get("a").state is JobState.WRITING
@@ -158,25 +159,25 @@ def test_late_joiners_of_a_generation_with_the_writer_get_its_id():
     assert run.table.get("a").late == [2, 3] and run.table.get("a").user_ids == [1]
     writer.hold = False
     run.flush_all()
-    assert backend.submitted == ["a"]
+    assert executor.submitted == ["a"]
     assert writer.rows == {1: 1, 2: 1, 3: 1}
     assert len(run.table) == 0 and run.tally.stored_users == 3
 
 
 def test_abandon_on_stop_ignores_a_result_delivered_late():
     clock = FakeClock(NOW, step=0.1)  # the grace period runs out while the main thread waits
-    backend = FakeBackend(answer=None)
+    executor = FakeExecutor(answer=None)
     writer = FakeWriter()
-    run = scheduler([], backend=backend, writer=writer, clock=clock, grace_seconds=1.0)
+    run = scheduler([], executor=executor, writer=writer, clock=clock, grace_seconds=1.0)
     run.take_page(page(a=[1], b=[2]))
-    backend.deliver("a", ok())
+    executor.deliver("a", ok())
     run.guards.stop.request("test stop", interrupted=True)
     run.drain(timeout=0)  # a arrives; b is still out
     run.finish_in_flight()
     assert run.table.get("b").state is JobState.ABANDONED and run.table.queued == 0
-    backend.deliver("b", ok())  # the stuck call answers after all, behind newer work
+    executor.deliver("b", ok())  # the stuck call answers after all, behind newer work
     run.take_page(page(c=[3]))
-    backend.deliver("c", ok())
+    executor.deliver("c", ok())
     run.drain(timeout=0)
     run.flush_all()
     assert run.table.get("b").state is JobState.ABANDONED and run.table.generated_count == 0
@@ -189,12 +190,12 @@ def test_the_retry_round_resubmits_transient_failures_only():
         "a": [failure(FailureReason.SERVER_ERROR), ok()],
         "b": [failure(FailureReason.BAD_REQUEST, retryable=False)],
     }
-    backend = FakeBackend(answer=lambda digest, n: answers[digest][n - 1])
+    executor = FakeExecutor(answer=lambda digest, n: answers[digest][n - 1])
     writer = FakeWriter()
     notes = []
-    run = scheduler([page(a=[1, 2], b=[3])], backend=backend, writer=writer, on_note=notes.append)
+    run = scheduler([page(a=[1, 2], b=[3])], executor=executor, writer=writer, on_note=notes.append)
     run.run()
-    assert backend.submitted == ["a", "b", "a"]
+    assert executor.submitted == ["a", "b", "a"]
     assert writer.rows == {1: 1, 2: 1}
     assert run.failed_users == 1 and run.table.get("b").state is JobState.FAILED
     assert notes == ["retry round for 1 generations after 0 s"]
@@ -202,21 +203,21 @@ def test_the_retry_round_resubmits_transient_failures_only():
 
 def test_a_cost_budget_stops_taking_pages(settings):
     settings.FORTUNE_PRICES = {"priced-model": {"standard": (Decimal("1"), Decimal("1"))}}
-    backend = FakeBackend(answer=lambda digest, n: ok(tokens=1000))
-    run = scheduler([page(a=[1]), page(b=[2]), page(c=[3])], backend=backend, guards=guards(budget="0.003"))
+    executor = FakeExecutor(answer=lambda digest, n: ok(tokens=1000))
+    run = scheduler([page(a=[1]), page(b=[2]), page(c=[3])], executor=executor, guards=guards(budget="0.003"))
     run.run()
-    assert backend.submitted == ["a", "b"]  # a costs $0.002, b reaches $0.004 >= $0.003
+    assert executor.submitted == ["a", "b"]  # a costs $0.002, b reaches $0.004 >= $0.003
     assert run.guards.reason == STOP_BUDGET.format(cost=Decimal("0.004000"), budget=Decimal("0.003"))
     assert not run.guards.interrupted
     assert run.tally.stored_users == 2
 
 
 def test_an_unusable_provider_trips_the_breaker():
-    backend = FakeBackend(answer=lambda digest, n: failure(FailureReason.CONNECTION))
+    executor = FakeExecutor(answer=lambda digest, n: failure(FailureReason.CONNECTION))
     pages = [page(**{f"h{n}": [n]}) for n in range(30)]
-    run = scheduler(pages, backend=backend)
+    run = scheduler(pages, executor=executor)
     run.run()
-    assert len(backend.submitted) == 10
+    assert len(executor.submitted) == 10
     assert run.guards.reason == STOP_PROVIDER_DOWN.format(count=10, reason=FailureReason.CONNECTION)
     assert run.failed_users == 10
 
@@ -244,7 +245,7 @@ def test_the_job_table_refuses_a_transition_that_is_not_one():
 
 
 def test_users_whose_birth_data_changed_mid_run_are_planned_again_and_deleted_ones_counted():
-    backend = FakeBackend(answer=lambda digest, n: ok())
+    executor = FakeExecutor(answer=lambda digest, n: ok())
     writer = FakeWriter(changed={2}, gone={3})
     replanned = []
 
@@ -252,7 +253,7 @@ def test_users_whose_birth_data_changed_mid_run_are_planned_again_and_deleted_on
         replanned.append(list(user_ids))
         return [page(new=user_ids)]  # their input as it is now
 
-    run = scheduler([page(a=[1, 2], b=[3])], backend=backend, writer=writer, replan=replan).run()
+    run = scheduler([page(a=[1, 2], b=[3])], executor=executor, writer=writer, replan=replan).run()
     assert replanned == [[2]]
     assert writer.rows == {1: writer.ids["a"], 2: writer.ids["new"]}  # never a row from the old input
     assert (run.gone, run.changed, run.replanned, run.stored_users) == ([3], [], 1, 2)
