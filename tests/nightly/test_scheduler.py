@@ -7,6 +7,7 @@ import pytest
 
 from core.fortunes.providers import Generated, ProviderError
 from core.fortunes.providers.base import FailureReason
+from core.nightly.executors.base import Deferred, Stored
 from core.nightly.guards import STOP_BUDGET, STOP_PROVIDER_DOWN, StopGuards, StopToken
 from core.nightly.jobs import InvalidTransition, JobState, JobTable
 from core.nightly.plan import InputGroup, PlanPage
@@ -257,3 +258,65 @@ def test_users_whose_birth_data_changed_mid_run_are_planned_again_and_deleted_on
     assert replanned == [[2]]
     assert writer.rows == {1: writer.ids["a"], 2: writer.ids["new"]}  # never a row from the old input
     assert (run.gone, run.changed, run.replanned, run.stored_users) == ([3], [], 1, 2)
+
+
+class StoringExecutor(FakeExecutor):
+    """An executor that stores the generation and its given users' rows itself (as a Celery chunk does)."""
+
+    stores = True
+
+    def __init__(self, answer=None) -> None:
+        super().__init__(answer)
+        self.given: dict[str, list[int]] = {}
+
+    def submit(self, digest, inp, user_ids):
+        self.given.setdefault(digest, []).extend(user_ids)
+        return super().submit(digest, inp, user_ids)
+
+
+def test_an_executor_that_stores_gets_the_users_it_was_given_and_the_engine_links_later_ones():
+    executor = StoringExecutor(answer=None)
+    writer = FakeWriter()
+    run = scheduler([page(a=[1, 2]), page(a=[3], b=[4])], executor=executor, writer=writer)
+    for p in run.pages:
+        run.take_page(p)
+    assert executor.given == {"a": [1, 2], "b": [4]}
+    executor.deliver("a", Stored(generation_id=70, users=2, attempts=1, tokens_in=5, tokens_out=5))
+    executor.deliver("b", Stored(generation_id=71, users=1, attempts=2))
+    run.finish_in_flight()
+    run.flush_all()
+    assert writer.rows == {3: 70}  # only the user who joined after submission, linked by the engine
+    tally = run.tally
+    assert (tally.stored_users, tally.generations, tally.requests) == (4, 2, 3)
+    assert len(run.table) == 0
+
+
+def test_a_failed_job_of_a_storing_executor_takes_its_late_users_into_the_retry_round():
+    answers = {"a": [failure(FailureReason.SERVER_ERROR), Stored(generation_id=9, users=3)]}
+    executor = StoringExecutor(answer=None)
+    run = scheduler([page(a=[1]), page(a=[2, 3])], executor=executor, retry_cooldown=0.0)
+    for p in run.pages:
+        run.take_page(p)
+    executor.deliver("a", answers["a"][0])
+    run.finish_in_flight()
+    assert run.failed_users == 3  # the late users fail with their input
+    executor.answer = lambda digest, n: answers[digest][n - 1]
+    run.retry_round()
+    assert executor.given["a"] == [1, 1, 2, 3]  # resubmitted with every user
+    assert run.failed_users == 0 and run.tally.stored_users == 3
+
+
+def test_a_deferred_input_stays_in_the_table_so_later_users_join_it():
+    class DeferringExecutor(FakeExecutor):
+        inline = True
+
+        def submit(self, digest, inp, user_ids):
+            self.submitted.append(digest)
+            return Deferred()
+
+    executor = DeferringExecutor()
+    run = scheduler([page(a=[1, 2], b=[3]), page(a=[4])], executor=executor)
+    run.run()
+    assert executor.submitted == ["a", "b"]  # one line per input, whatever the pages
+    assert run.tally.deferred_users == 4
+    assert {job.hash: job.state for job in run.table} == {"a": JobState.DEFERRED, "b": JobState.DEFERRED}
