@@ -1,4 +1,5 @@
-"""API benchmark: /fortune/today against a trivial authenticated view, on gunicorn from the Procfile.
+"""API benchmark: /fortune/today against a trivial authenticated view and against the idiomatic DRF
+implementation of the same read (bench/views.py), on gunicorn from the Procfile.
 
 Run from the repo root:  .venv/bin/python bench/api.py  [--users 2000] [--rounds 5] [--duration 4]
 
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
     BENCH_DB,
+    DRF_PATH,
     FORTUNE_PATH,
     GUNICORN_BENCH_CONFIG,
     PG_SERVER,
@@ -245,7 +247,7 @@ def main() -> None:
         app_env, app_args = served(ROOT)
         servers["app"] = web_server_start(env=app_env, port=free_port(), extra_args=app_args,
                                           log_path=tmp / "gunicorn.log")
-        endpoints = [(PING_PATH, "app", PING_PATH), (FORTUNE_PATH, "app", FORTUNE_PATH)]
+        endpoints = [(PING_PATH, "app", PING_PATH), (FORTUNE_PATH, "app", FORTUNE_PATH), (DRF_PATH, "app", DRF_PATH)]
         if args.against:
             against = tree_export(revision=args.against, into=tmp / "against")
             against_env, against_args = served(against)
@@ -325,6 +327,15 @@ def main() -> None:
                 reference = statistics.median(r["p99_ms"] for r in runs[(REFERENCE_LABEL, conns)])
                 line += f" (reference ping {reference:.2f} ms)"
         print(line)
+    print("against the idiomatic DRF implementation of the same read (RetrieveAPIView + ModelSerializer, "
+          f"{DRF_PATH}), per round:")
+    for conns in connection_counts:
+        fortune, drf = runs[(FORTUNE_PATH, conns)], runs[(DRF_PATH, conns)]
+        rps = [f["rps"] / d["rps"] for f, d in zip(fortune, drf, strict=True)]
+        cpu = [f["cpu_ms"] / d["cpu_ms"] for f, d in zip(fortune, drf, strict=True)]
+        print(f"{conns:>3} conns: fortune/drf rps {statistics.median(rps):.2f} [{min(rps):.2f}–{max(rps):.2f}], "
+              f"cpu per request {statistics.median(cpu):.2f}x [{min(cpu):.2f}–{max(cpu):.2f}]  "
+              f"[keep: rps ≥ 1.00: {_verdict(statistics.median(rps) >= 1.0)}]")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -57,6 +57,7 @@ BENCH_DB = "fortuna_bench_api"
 PG_SERVER = "postgres://postgres@127.0.0.1:5432"
 PING_PATH = "/api/ping"
 FORTUNE_PATH = "/fortune/today"
+DRF_PATH = "/api/fortune-drf"  # the idiomatic DRF reference for FORTUNE_PATH (bench/views.py)
 API_PATHS = (PING_PATH, FORTUNE_PATH)
 GUNICORN_BENCH_CONFIG = ROOT / "bench" / "gunicorn.conf.py"  # gunicorn.conf.py with the balanced worker
 

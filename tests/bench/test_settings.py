@@ -7,7 +7,7 @@ from django.conf import settings as django_settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
-from tests.api.conftest import client_for
+from tests.api.conftest import client_for, fortune_store, kst_today
 from tests.factories import user_create
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("bench.urls")]
@@ -42,3 +42,16 @@ def test_ping_is_the_trivial_authenticated_reference(user, django_assert_max_num
 
 def test_the_production_routes_are_served_beside_it(user):
     assert client_for(user).get("/me").status_code == 200
+
+
+def test_the_idiomatic_drf_reference_serves_the_same_body_as_fortune_today(user):
+    fortune_store(user=user, for_date=kst_today())
+    client = client_for(user)
+    production, idiomatic = client.get("/fortune/today"), client.get("/api/fortune-drf")
+    assert production.status_code == idiomatic.status_code == 200
+    assert idiomatic.json() == production.json()
+    assert APIClient().get("/api/fortune-drf").status_code == 401
+
+
+def test_the_idiomatic_drf_reference_is_404_without_a_stored_fortune(user):
+    assert client_for(user).get("/api/fortune-drf").status_code == 404
