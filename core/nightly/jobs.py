@@ -43,6 +43,15 @@ INVALID_TRANSITION = "job {hash}: {current} -> {new} is not a transition"
 DUPLICATE_JOB = "job {hash} is already in the table"
 
 
+class UserFailure(StrEnum):
+    """Why users got no fortune though no generation failed: the failure sample's reasons beside the
+    provider's (core.fortunes.providers.base.FailureReason)."""
+
+    INVALID_BIRTH_DATA = "invalid_birth_data"  # natal pillars could not be computed
+    USER_DELETED = "user_deleted"  # deleted (or no longer eligible) before their row was written
+    INPUT_CHANGED = "input_changed"  # birth data changed before their row was written
+
+
 class InvalidTransition(RuntimeError):
     pass
 

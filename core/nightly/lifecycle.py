@@ -19,10 +19,10 @@ from core.fortunes.pricing import PATH_TIERS, PathUsage, cost_by_path, cost_paid
 from core.fortunes.providers import Provider
 from core.models import CeleryChunk, FortuneResult, NightlyRun
 from core.nightly.dates import NightlyTarget
-from core.nightly.jobs import JobState
+from core.nightly.jobs import JobState, UserFailure
 from core.nightly.lock import nightly_lock_verify
 from core.nightly.options import NightlyOptions
-from core.nightly.plan import REASON_NO_NATAL, nightly_eligible_users
+from core.nightly.plan import nightly_eligible_users
 from core.nightly.progress import ProgressReporter
 from core.nightly.scheduler import Scheduler
 from core.nightly.summary import nightly_run_summary
@@ -35,8 +35,6 @@ FAILURE_SAMPLE_SIZE = 20
 STILL_MISSING = "{count} eligible users still have no fortune for {target_date}"
 STALE = "stale: its process died without finishing (the lock was free)"
 CRASHED = "crashed: {error}"
-REASON_USER_DELETED = "user_deleted"
-REASON_INPUT_CHANGED = "input_changed"
 USER_DELETED = "the user was deleted (or is no longer eligible) before the fortune was stored: skipped"
 INPUT_CHANGED = ("the user's birth data changed during the run, twice or after a stop: not stored from the old "
                  "data, left to the on-demand path")
@@ -99,7 +97,7 @@ def failure_entry(*, error, digest: str, user_ids: list[int]) -> dict:
 
 def unplannable_entry(user_ids: list[int]) -> dict:
     """The users whose natal pillars could not be computed, as one failure-sample entry."""
-    return {"reason": REASON_NO_NATAL, "error": "natal pillars could not be computed", "input": "",
+    return {"reason": UserFailure.INVALID_BIRTH_DATA, "error": "natal pillars could not be computed", "input": "",
             "count": len(user_ids), "user_ids": user_ids[:5]}
 
 
@@ -114,8 +112,8 @@ def failure_sample(*, scheduler: Scheduler, limit: int = FAILURE_SAMPLE_SIZE) ->
     tally = scheduler.tally
     if tally.unplannable and len(sample) < limit:
         sample.append(unplannable_entry(tally.unplannable))
-    for reason, error, user_ids in ((REASON_USER_DELETED, USER_DELETED, tally.gone),
-                                    (REASON_INPUT_CHANGED, INPUT_CHANGED, tally.changed)):
+    for reason, error, user_ids in ((UserFailure.USER_DELETED, USER_DELETED, tally.gone),
+                                    (UserFailure.INPUT_CHANGED, INPUT_CHANGED, tally.changed)):
         if user_ids and len(sample) < limit:
             sample.append({"reason": reason, "error": error, "input": "", "count": len(user_ids),
                            "user_ids": user_ids[:5]})

@@ -22,7 +22,6 @@ PAGE_SIZE = 5000
 USER_NOT_FOUND = "User {user_id} does not exist."
 USER_INACTIVE = "User {user_id} is inactive: the batch only makes fortunes for active users."
 USER_NO_BIRTH_DATE = "User {user_id} has no birth date (birth_date_solar is empty): set it before generating."
-REASON_NO_NATAL = "invalid_birth_data"
 
 _ROW_FIELDS = ("pk", "saju_year", "saju_month", "saju_day", "saju_hour", "gender")
 
