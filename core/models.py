@@ -439,7 +439,8 @@ class PushRun(models.Model):
         ordering = ["-started_at"]
         constraints = [
             # One morning summary a day, whichever of two concurrent senders gets there first.
-            models.UniqueConstraint(fields=["for_date"], condition=Q(report_sent=True), name="pushrun_one_report_per_day"),
+            models.UniqueConstraint(fields=["for_date"], condition=Q(report_sent=True),
+                                    name="pushrun_one_report_per_day"),
         ]
 
     def __str__(self) -> str:
@@ -461,6 +462,8 @@ class PushDelivery(models.Model):
     for_date = models.DateField()
     run = models.ForeignKey(PushRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="deliveries")
     state = models.CharField(max_length=16, choices=State.choices, default=State.CLAIMED)
+    # Which page execution claimed it: a Celery page delivered twice (acks_late) claims nothing the second time.
+    claim_key = models.CharField(max_length=32, blank=True, default="")
     reason = models.CharField(max_length=32, blank=True, default="")
     devices_sent = models.PositiveSmallIntegerField(default=0)
     devices_failed = models.PositiveSmallIntegerField(default=0)

@@ -1,0 +1,347 @@
+"""The morning push: today's fortune to every due user, at most once a day each.
+
+One run (push_send_due, called by send_fortune_notifications every few minutes):
+
+1. expire stale claims: a delivery claimed over PUSH_CLAIM_STALE_MINUTES ago and never confirmed belongs
+   to a sender that died between claim and send; it becomes `unconfirmed` (maybe delivered, never
+   resent), and a run left `running` by a dead process becomes `interrupted`;
+2. walk the due users (core.push.selectors.push_due_users) in keyset pages of PUSH_PAGE_SIZE;
+3. per page (push_page_send): users without a fortune for the day are skipped and counted (never
+   claimed: the next run sends them once the fortune exists — a push never promises what /fortune/today
+   would then have to generate); the others are **claimed** by inserting their PushDelivery rows
+   (unique per user and day; a row someone else holds is left alone), then each claimed user's active
+   devices are sent to concurrently (threads doing only HTTP; the ORM stays on this thread), then the
+   outcomes are written: sent, failed (by reason), devices deactivated, claims given back when nothing
+   was sent (the run stopped before those sends).
+
+A crash between claim and send costs the claimed users that day's push (a missed push, never a second);
+/ops/ shows them as "unconfirmed" and the run that found them counts them.
+"""
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from core.models import FortuneResult, PushDelivery, PushDevice, PushRun
+from core.push.fcm import (
+    FcmAuthError,
+    FcmClient,
+    FcmConfig,
+    Outcome,
+    SendResult,
+    fcm_client_build,
+    fcm_config_load,
+    fcm_say_off_once,
+)
+from core.push.selectors import push_due_page, push_due_users, push_local_now
+
+logger = logging.getLogger("fortuna.push")
+
+SEND_DUE_TASK = "core.push.send_due"
+TITLE = "오늘의 운세 · {score}점"
+UNCONFIRMED_REASON = "claimed, never confirmed"
+STOPPED_BY_SIGNAL = "Stopped by a signal; claims not sent were given back."
+RUN_DIED = "The sender process stopped heartbeating (killed?)."
+
+
+class PushOff(Exception):
+    """FCM_CREDENTIALS is not set: the feature is off."""
+
+
+@dataclass(frozen=True, slots=True)
+class PushOptions:
+    now: dt.datetime | None = None  # default: the clock; tests pin it
+    page_size: int | None = None
+    concurrency: int | None = None
+    rate_per_second: int | None = None
+    backend: str = "threads"
+
+
+@dataclass(slots=True)
+class PageOutcome:
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    released: int = 0
+    no_fortune: int = 0
+    devices_deactivated: int = 0
+    messages: int = 0
+    failures: Counter = field(default_factory=Counter)
+    auth_error: str = ""
+
+    def add(self, other: "PageOutcome") -> None:
+        for name in ("claimed", "sent", "failed", "released", "no_fortune", "devices_deactivated", "messages"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.failures.update(other.failures)
+        self.auth_error = self.auth_error or other.auth_error
+
+
+def push_message(*, content: dict, for_date: dt.date) -> tuple[dict, dict[str, str]]:
+    """(notification, data) of a fortune: its headline and score shown, the date in the data payload
+    (FCM data values are strings) for the app to open /fortune/{date}."""
+    score = int(content["overall"]["score"])
+    notification = {"title": TITLE.format(score=score), "body": str(content["summary"])}
+    return notification, {"kind": "daily_fortune", "date": for_date.isoformat(), "score": str(score)}
+
+
+def _fortunes(*, user_ids: list[int], for_date: dt.date) -> dict[int, dict]:
+    rows = FortuneResult.objects.filter(user_id__in=user_ids, for_date=for_date).values_list(
+        "user_id", "generation__content")
+    return dict(rows)
+
+
+def _user_result(results: list[SendResult]) -> tuple[str, str]:
+    """(state, reason) of a user from their devices' results; state "" means: give the claim back."""
+    if any(r.ok for r in results):
+        return PushDelivery.State.SENT, ""
+    if not results or all(r.outcome == Outcome.NOT_SENT for r in results):
+        return "", ""
+    # A connection failure may have been delivered: it is reported as such and never given back.
+    final = [r for r in results if r.outcome != Outcome.NOT_SENT]
+    if any(r.outcome == Outcome.NOT_SENT for r in results) and all(r.deactivate for r in final):
+        return "", ""  # the dead tokens are deactivated; the device not tried yet gets it next run
+    return PushDelivery.State.FAILED, final[0].outcome
+
+
+def push_page_send(*, run_id: int, for_date: dt.date, user_ids: list[int], client: FcmClient,
+                   concurrency: int) -> PageOutcome:
+    """Claim, send and record one page of due users (see the module docstring)."""
+    out = PageOutcome()
+    fortunes = _fortunes(user_ids=user_ids, for_date=for_date)
+    out.no_fortune = len(user_ids) - len(fortunes)
+    if not fortunes:
+        return out
+    key = uuid.uuid4().hex
+    now = timezone.now()
+    PushDelivery.objects.bulk_create(
+        [PushDelivery(user_id=user_id, for_date=for_date, run_id=run_id, claim_key=key, claimed_at=now)
+         for user_id in fortunes],
+        ignore_conflicts=True,
+    )
+    mine = set(PushDelivery.objects.filter(for_date=for_date, user_id__in=list(fortunes), claim_key=key)
+               .values_list("user_id", flat=True))
+    out.claimed = len(mine)
+    devices = list(PushDevice.objects.filter(user_id__in=mine, active=True).values_list("pk", "user_id", "token"))
+    messages = {user_id: push_message(content=fortunes[user_id], for_date=for_date) for user_id in mine}
+
+    results: dict[int, list[SendResult]] = defaultdict(list)
+    auth_errors: list[str] = []
+
+    def send(token: str, user_id: int) -> SendResult:
+        notification, data = messages[user_id]
+        try:
+            return client.send(token=token, notification=notification, data=data)
+        except FcmAuthError as exc:
+            client.stop.set()  # the others stop before their next attempt
+            auth_errors.append(str(exc))
+            return SendResult(Outcome.NOT_SENT, status=None, attempts=0)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(devices) or 1))) as pool:
+        sent = list(pool.map(lambda d: (d, send(d[2], d[1])), devices))
+    deactivate: dict[str, list[int]] = defaultdict(list)
+    for (device_id, user_id, _), result in sent:
+        results[user_id].append(result)
+        out.messages += result.ok
+        if result.deactivate:
+            deactivate[result.outcome].append(device_id)
+
+    _record(key=key, mine=mine, results=results, deactivate=deactivate, out=out)
+    if auth_errors:
+        out.auth_error = auth_errors[0]
+    return out
+
+
+def _record(*, key: str, mine: set[int], results: dict[int, list[SendResult]], deactivate: dict[str, list[int]],
+            out: PageOutcome) -> None:
+    now = timezone.now()
+    for reason, device_ids in deactivate.items():
+        out.devices_deactivated += PushDevice.objects.filter(pk__in=device_ids, active=True).update(
+            active=False, deactivated_at=now, deactivated_reason=reason)
+    rows, release = [], []
+    for delivery in PushDelivery.objects.filter(claim_key=key, user_id__in=mine):
+        user_results = results.get(delivery.user_id, [])
+        state, reason = _user_result(user_results)
+        if not state:
+            release.append(delivery.pk)
+            continue
+        delivery.state, delivery.reason, delivery.finished_at = state, reason, now
+        delivery.devices_sent = sum(r.ok for r in user_results)
+        delivery.devices_failed = len(user_results) - delivery.devices_sent
+        rows.append(delivery)
+        if state == PushDelivery.State.SENT:
+            out.sent += 1
+        else:
+            out.failed += 1
+            out.failures[reason] += 1
+    PushDelivery.objects.bulk_update(rows, ["state", "reason", "finished_at", "devices_sent", "devices_failed"],
+                                     batch_size=500)
+    if release:
+        out.released += PushDelivery.objects.filter(pk__in=release, claim_key=key,
+                                                    state=PushDelivery.State.CLAIMED).delete()[0]
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def push_claims_expire(*, now: dt.datetime) -> tuple[int, int]:
+    """Claims over PUSH_CLAIM_STALE_MINUTES old become unconfirmed; runs that stopped heartbeating as long
+    become interrupted. Returns (claims, runs)."""
+    stale = now - dt.timedelta(minutes=settings.PUSH_CLAIM_STALE_MINUTES)
+    today = push_local_now(now).date()
+    claims = PushDelivery.objects.filter(
+        for_date__gte=today - dt.timedelta(days=1), state=PushDelivery.State.CLAIMED, claimed_at__lt=stale,
+    ).update(state=PushDelivery.State.UNCONFIRMED, reason=UNCONFIRMED_REASON, finished_at=now)
+    runs = PushRun.objects.filter(status=PushRun.Status.RUNNING, heartbeat_at__lt=stale).update(
+        status=PushRun.Status.INTERRUPTED, stop_reason=RUN_DIED, finished_at=now)
+    if claims:
+        logger.warning("push: %d claimed deliveries were never confirmed (a sender died between claim and send); "
+                       "they are not sent again today", claims)
+    return claims, runs
+
+
+def push_run_add(*, run_id: int, outcome: PageOutcome, pages_done: int = 1) -> None:
+    """Add a page's outcome to its run's counters (locked: Celery workers add theirs concurrently)."""
+    with transaction.atomic():
+        run = PushRun.objects.select_for_update().get(pk=run_id)
+        for name in ("claimed", "sent", "failed", "released", "no_fortune", "devices_deactivated", "messages"):
+            setattr(run, name, getattr(run, name) + getattr(outcome, name))
+        failures = Counter(run.failures)
+        failures.update(outcome.failures)
+        run.failures = dict(failures)
+        run.pages_done += pages_done
+        run.heartbeat_at = timezone.now()
+        if outcome.auth_error and not run.stop_reason:
+            run.stop_reason = outcome.auth_error
+        run.save()
+
+
+@dataclass(slots=True)
+class PushResult:
+    run: PushRun
+    report_due: bool = False  # this run is the day's first at or after PUSH_REPORT_AT: send the morning summary
+
+
+def push_run_start(*, now: dt.datetime, backend: str) -> PushRun:
+    local = push_local_now(now)
+    expired, _ = push_claims_expire(now=now)
+    run = PushRun.objects.create(
+        for_date=local.date(), backend=backend, started_at=now, heartbeat_at=now, pid=os.getpid(),
+        hostname=socket.gethostname()[:255], unconfirmed=expired,
+        due=push_due_users(for_date=local.date(), at=local.time()).count(),
+    )
+    logger.info("push run %s for %s at %s KST: %d users due", run.pk, run.for_date, local.strftime("%H:%M"), run.due)
+    return run
+
+
+def push_run_finish(*, run: PushRun, stop_reason: str = "", interrupted: bool = False) -> PushResult:
+    run.refresh_from_db()
+    if stop_reason:
+        run.stop_reason = stop_reason
+    if interrupted:
+        run.status = PushRun.Status.INTERRUPTED
+    elif run.stop_reason:
+        run.status = PushRun.Status.FAILED
+    elif run.failed:
+        run.status = PushRun.Status.PARTIAL
+    else:
+        run.status = PushRun.Status.SUCCEEDED
+    run.finished_at = timezone.now()
+    run.save()
+    return PushResult(run=run, report_due=_report_claim(run))
+
+
+def _report_claim(run: PushRun) -> bool:
+    """True for exactly one run a day: the first at or after PUSH_REPORT_AT (KST)."""
+    local = push_local_now(run.started_at)
+    if local.time() < dt.time.fromisoformat(settings.PUSH_REPORT_AT) or run.for_date != local.date():
+        return False
+    if PushRun.objects.filter(for_date=run.for_date, report_sent=True).exists():
+        return False
+    try:
+        with transaction.atomic():
+            PushRun.objects.filter(pk=run.pk).update(report_sent=True)
+    except IntegrityError:  # a concurrent sender claimed the day's report
+        return False
+    run.report_sent = True
+    return True
+
+
+def _config() -> FcmConfig:
+    config = fcm_config_load()
+    if config is None:
+        fcm_say_off_once()
+        raise PushOff
+    return config
+
+
+def push_send_due(*, options: PushOptions = PushOptions(), stop: threading.Event | None = None,
+                  dispatch: Callable[[PushRun, list[int]], None] | None = None,
+                  wait: Callable[[PushRun], str] | None = None) -> PushResult:
+    """One sender run (the threads backend sends each page here; `dispatch`/`wait`, given by the Celery
+    backend, send pages to workers and wait for them). Raises PushOff when FCM is not configured and
+    ImproperlyConfigured when its configuration is wrong; an auth failure ends the run `failed` with the
+    reason in stop_reason (the command exits non-zero)."""
+    config = _config()
+    now = options.now or timezone.now()
+    local = push_local_now(now)
+    stop = stop or threading.Event()
+    page_size = options.page_size or settings.PUSH_PAGE_SIZE
+    concurrency = options.concurrency or settings.FCM_CONCURRENCY
+    rate = settings.FCM_RATE_PER_SECOND if options.rate_per_second is None else options.rate_per_second
+    run = push_run_start(now=now, backend=options.backend)
+    after, pages, reason = 0, 0, ""
+    client = None if dispatch else fcm_client_build(config=config, concurrency=concurrency, rate_per_second=rate,
+                                                    stop=stop)
+    try:
+        while not stop.is_set():
+            ids = push_due_page(for_date=local.date(), at=local.time(), after_id=after, limit=page_size)
+            if not ids:
+                break
+            after = ids[-1]
+            pages += 1
+            PushRun.objects.filter(pk=run.pk).update(pages=pages)
+            if dispatch is not None:
+                dispatch(run, ids)
+                continue
+            outcome = push_page_send(run_id=run.pk, for_date=local.date(), user_ids=ids, client=client,
+                                     concurrency=concurrency)
+            push_run_add(run_id=run.pk, outcome=outcome)
+            if outcome.auth_error:
+                reason = outcome.auth_error
+                break
+        if wait is not None and not reason:
+            reason = wait(run)
+    finally:
+        if client is not None:
+            client.close()
+    interrupted = stop.is_set() and not reason
+    result = push_run_finish(run=run, stop_reason=reason or (STOPPED_BY_SIGNAL if interrupted else ""),
+                             interrupted=interrupted)
+    logger.info("push run %s %s: %d sent, %d failed, %d without a fortune, %d devices deactivated",
+                run.pk, result.run.status, result.run.sent, result.run.failed, result.run.no_fortune,
+                result.run.devices_deactivated)
+    return result
+
+
+def push_page_send_for_run(*, run_id: int, user_ids: list[int]) -> None:
+    """A Celery worker's page: its own client, the run's date, the outcome added to the run."""
+    run = PushRun.objects.get(pk=run_id)
+    if run.status != PushRun.Status.RUNNING:
+        return  # the run was stopped (an auth failure elsewhere): nothing more is sent
+    config = _config()
+    concurrency, rate = settings.FCM_CONCURRENCY, settings.FCM_RATE_PER_SECOND
+    with fcm_client_build(config=config, concurrency=concurrency, rate_per_second=rate) as client:
+        outcome = push_page_send(run_id=run_id, for_date=run.for_date, user_ids=user_ids, client=client,
+                                 concurrency=concurrency)
+    push_run_add(run_id=run_id, outcome=outcome)
