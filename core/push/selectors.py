@@ -68,6 +68,10 @@ class PushDay:
     failures: list[tuple[str, int]] = field(default_factory=list)  # failed deliveries by reason
 
     @property
+    def failure_rows(self) -> list[dict]:
+        return [{"reason": reason, "users": n} for reason, n in self.failures]
+
+    @property
     def due(self) -> int:
         """Every user whose push time came today with notifications on and an active device."""
         return self.sent + self.failed + self.unconfirmed + self.in_flight + self.pending + self.waiting_for_fortune

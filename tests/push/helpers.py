@@ -10,7 +10,8 @@ from tests.factories import user_create
 def fortune_give(*, user: User, for_date: dt.date, score: int | None = None) -> dict:
     """A stored fortune of the user's own (its headline names the user), as the batch would store it."""
     score = (user.pk * 7) % 101 if score is None else score
-    content = {"summary": f"user {user.pk}의 오늘: 작은 기쁨이 찾아옵니다.", "overall": {"score": score, "text": "좋은 날"}}
+    content = {"summary": f"user {user.pk}의 오늘: 작은 기쁨이 찾아옵니다.",
+               "overall": {"score": score, "text": "좋은 날"}}
     generation = FortuneGeneration.objects.create(input_hash=f"push-{user.pk}-{for_date}", for_date=for_date,
                                                   content=content, provider="local")
     FortuneResult.objects.create(user=user, for_date=for_date, generation=generation,
