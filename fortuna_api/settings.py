@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 from fortuna_api.env import (
@@ -395,6 +396,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 # a broker restarted without persistence, a send that failed); then after twice as long, and so on, so
 # chunks that only wait behind busy workers are not sent over and over.
 FORTUNE_CELERY_CLAIM_TIMEOUT = env_int("FORTUNE_CELERY_CLAIM_TIMEOUT", 60, min_value=1, max_value=3600)
+
+# Where Celery beat is deployed, it runs the push sender every 5 minutes (the Railway deployment uses a cron
+# service instead: railway.push.toml). Only with push configured: without credentials there is nothing to run.
+CELERY_BEAT_SCHEDULE = {
+    "send-fortune-notifications": {"task": "core.push.send_due", "schedule": crontab(minute="*/5")},
+} if FCM_CREDENTIALS else {}
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
