@@ -26,7 +26,7 @@ import threading
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -114,15 +114,25 @@ def _user_result(results: list[SendResult]) -> tuple[str, str]:
     return PushDelivery.State.FAILED, final[0].outcome
 
 
-def push_page_send(*, run_id: int, for_date: dt.date, user_ids: list[int], client: FcmClient,
-                   concurrency: int) -> PageOutcome:
-    """Claim, send and record one page of due users (see the module docstring)."""
+@dataclass
+class _Page:
+    """One page between its claim and its record: the claim key, the users it holds, the sends in flight."""
+
+    key: str
+    mine: set[int]
+    out: PageOutcome
+    sends: list[tuple[int, int, Future]] = field(default_factory=list)  # (device id, user id, its send)
+    auth_errors: list[str] = field(default_factory=list)
+
+
+def _page_claim(*, run_id: int, for_date: dt.date, user_ids: list[int]) -> tuple[_Page, dict[int, dict]]:
+    """Skip users without a fortune, claim the others (rows someone else holds are left alone); ORM only."""
     out = PageOutcome()
     fortunes = _fortunes(user_ids=user_ids, for_date=for_date)
     out.no_fortune = len(user_ids) - len(fortunes)
-    if not fortunes:
-        return out
     key = uuid.uuid4().hex
+    if not fortunes:
+        return _Page(key=key, mine=set(), out=out), fortunes
     now = timezone.now()
     PushDelivery.objects.bulk_create(
         [PushDelivery(user_id=user_id, for_date=for_date, run_id=run_id, claim_key=key, claimed_at=now)
@@ -132,11 +142,14 @@ def push_page_send(*, run_id: int, for_date: dt.date, user_ids: list[int], clien
     mine = set(PushDelivery.objects.filter(for_date=for_date, user_id__in=list(fortunes), claim_key=key)
                .values_list("user_id", flat=True))
     out.claimed = len(mine)
-    devices = list(PushDevice.objects.filter(user_id__in=mine, active=True).values_list("pk", "user_id", "token"))
-    messages = {user_id: push_message(content=fortunes[user_id], for_date=for_date) for user_id in mine}
+    return _Page(key=key, mine=mine, out=out), fortunes
 
-    results: dict[int, list[SendResult]] = defaultdict(list)
-    auth_errors: list[str] = []
+
+def _page_submit(*, page: _Page, fortunes: dict[int, dict], for_date: dt.date, pool: ThreadPoolExecutor,
+                 client: FcmClient) -> None:
+    """Hand every active device of the claimed users to the pool (the threads do only HTTP)."""
+    devices = PushDevice.objects.filter(user_id__in=page.mine, active=True).values_list("pk", "user_id", "token")
+    messages = {user_id: push_message(content=fortunes[user_id], for_date=for_date) for user_id in page.mine}
 
     def send(token: str, user_id: int) -> SendResult:
         notification, data = messages[user_id]
@@ -144,22 +157,37 @@ def push_page_send(*, run_id: int, for_date: dt.date, user_ids: list[int], clien
             return client.send(token=token, notification=notification, data=data)
         except FcmAuthError as exc:
             client.stop.set()  # the others stop before their next attempt
-            auth_errors.append(str(exc))
+            page.auth_errors.append(str(exc))
             return SendResult(Outcome.NOT_SENT, status=None, attempts=0)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(devices) or 1))) as pool:
-        sent = list(pool.map(lambda d: (d, send(d[2], d[1])), devices))
+    page.sends = [(device_id, user_id, pool.submit(send, token, user_id)) for device_id, user_id, token in devices]
+
+
+def _page_finish(page: _Page) -> PageOutcome:
+    """Wait for the page's sends, then record them (devices deactivated, deliveries, claims given back)."""
+    out = page.out
+    results: dict[int, list[SendResult]] = defaultdict(list)
     deactivate: dict[str, list[int]] = defaultdict(list)
-    for (device_id, user_id, _), result in sent:
+    for device_id, user_id, future in page.sends:
+        result = future.result()
         results[user_id].append(result)
         out.messages += result.ok
         if result.deactivate:
             deactivate[result.outcome].append(device_id)
-
-    _record(key=key, mine=mine, results=results, deactivate=deactivate, out=out)
-    if auth_errors:
-        out.auth_error = auth_errors[0]
+    if page.mine:
+        _record(key=page.key, mine=page.mine, results=results, deactivate=deactivate, out=out)
+    if page.auth_errors:
+        out.auth_error = page.auth_errors[0]
     return out
+
+
+def push_page_send(*, run_id: int, for_date: dt.date, user_ids: list[int], client: FcmClient,
+                   concurrency: int) -> PageOutcome:
+    """Claim, send and record one page of due users (see the module docstring): a Celery worker's page."""
+    page, fortunes = _page_claim(run_id=run_id, for_date=for_date, user_ids=user_ids)
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        _page_submit(page=page, fortunes=fortunes, for_date=for_date, pool=pool, client=client)
+        return _page_finish(page)
 
 
 def _record(*, key: str, mine: set[int], results: dict[int, list[SendResult]], deactivate: dict[str, list[int]],
@@ -168,26 +196,27 @@ def _record(*, key: str, mine: set[int], results: dict[int, list[SendResult]], d
     for reason, device_ids in deactivate.items():
         out.devices_deactivated += PushDevice.objects.filter(pk__in=device_ids, active=True).update(
             active=False, deactivated_at=now, deactivated_reason=reason)
-    rows, release = [], []
-    for delivery in PushDelivery.objects.filter(claim_key=key, user_id__in=mine):
-        user_results = results.get(delivery.user_id, [])
+    groups: dict[tuple[str, str, int, int], list[int]] = defaultdict(list)
+    release = []
+    for user_id in mine:
+        user_results = results.get(user_id, [])
         state, reason = _user_result(user_results)
         if not state:
-            release.append(delivery.pk)
+            release.append(user_id)
             continue
-        delivery.state, delivery.reason, delivery.finished_at = state, reason, now
-        delivery.devices_sent = sum(r.ok for r in user_results)
-        delivery.devices_failed = len(user_results) - delivery.devices_sent
-        rows.append(delivery)
+        sent = sum(r.ok for r in user_results)
+        groups[(state, reason, sent, len(user_results) - sent)].append(user_id)
         if state == PushDelivery.State.SENT:
             out.sent += 1
         else:
             out.failed += 1
             out.failures[reason] += 1
-    PushDelivery.objects.bulk_update(rows, ["state", "reason", "finished_at", "devices_sent", "devices_failed"],
-                                     batch_size=500)
+    # One UPDATE per distinct outcome (nearly always one: sent to its one device), not one per row.
+    for (state, reason, sent, failed), user_ids in groups.items():
+        PushDelivery.objects.filter(claim_key=key, user_id__in=user_ids).update(
+            state=state, reason=reason, devices_sent=sent, devices_failed=failed, finished_at=now)
     if release:
-        out.released += PushDelivery.objects.filter(pk__in=release, claim_key=key,
+        out.released += PushDelivery.objects.filter(user_id__in=release, claim_key=key,
                                                     state=PushDelivery.State.CLAIMED).delete()[0]
 
 
@@ -285,6 +314,50 @@ def _config() -> FcmConfig:
     return config
 
 
+def _pages_send(*, run: PushRun, local: dt.datetime, page_size: int, stop: threading.Event, client: FcmClient,
+                concurrency: int) -> str:
+    """The threads backend: page N+1 is claimed and its sends queued while page N's are in flight, so the
+    database work of one page overlaps the HTTP of the other (two pages claimed at most). Returns the
+    reason the run stopped ("" when it walked every page)."""
+    after, pages, reason = 0, 0, ""
+    in_flight: _Page | None = None
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        while not stop.is_set() and not reason:
+            ids = push_due_page(for_date=local.date(), at=local.time(), after_id=after, limit=page_size)
+            if not ids:
+                break
+            after, pages = ids[-1], pages + 1
+            PushRun.objects.filter(pk=run.pk).update(pages=pages)
+            page, fortunes = _page_claim(run_id=run.pk, for_date=local.date(), user_ids=ids)
+            _page_submit(page=page, fortunes=fortunes, for_date=local.date(), pool=pool, client=client)
+            if in_flight is not None:
+                reason = _page_done(run=run, page=in_flight)
+            in_flight = page
+        if in_flight is not None:
+            reason = _page_done(run=run, page=in_flight) or reason
+    return reason
+
+
+def _page_done(*, run: PushRun, page: _Page) -> str:
+    outcome = _page_finish(page)
+    push_run_add(run_id=run.pk, outcome=outcome)
+    return outcome.auth_error
+
+
+def _pages_dispatch(*, run: PushRun, local: dt.datetime, page_size: int, stop: threading.Event,
+                    dispatch: Callable[[PushRun, list[int]], None], wait: Callable[[PushRun], str] | None) -> str:
+    """The Celery backend: each page to a worker, then wait until the workers have done them all."""
+    after, pages = 0, 0
+    while not stop.is_set():
+        ids = push_due_page(for_date=local.date(), at=local.time(), after_id=after, limit=page_size)
+        if not ids:
+            break
+        after, pages = ids[-1], pages + 1
+        PushRun.objects.filter(pk=run.pk).update(pages=pages)
+        dispatch(run, ids)
+    return wait(run) if wait is not None else ""
+
+
 def push_send_due(*, options: PushOptions = PushOptions(), stop: threading.Event | None = None,
                   dispatch: Callable[[PushRun, list[int]], None] | None = None,
                   wait: Callable[[PushRun], str] | None = None) -> PushResult:
@@ -300,31 +373,12 @@ def push_send_due(*, options: PushOptions = PushOptions(), stop: threading.Event
     concurrency = options.concurrency or settings.FCM_CONCURRENCY
     rate = settings.FCM_RATE_PER_SECOND if options.rate_per_second is None else options.rate_per_second
     run = push_run_start(now=now, backend=options.backend)
-    after, pages, reason = 0, 0, ""
-    client = None if dispatch else fcm_client_build(config=config, concurrency=concurrency, rate_per_second=rate,
-                                                    stop=stop)
-    try:
-        while not stop.is_set():
-            ids = push_due_page(for_date=local.date(), at=local.time(), after_id=after, limit=page_size)
-            if not ids:
-                break
-            after = ids[-1]
-            pages += 1
-            PushRun.objects.filter(pk=run.pk).update(pages=pages)
-            if dispatch is not None:
-                dispatch(run, ids)
-                continue
-            outcome = push_page_send(run_id=run.pk, for_date=local.date(), user_ids=ids, client=client,
-                                     concurrency=concurrency)
-            push_run_add(run_id=run.pk, outcome=outcome)
-            if outcome.auth_error:
-                reason = outcome.auth_error
-                break
-        if wait is not None and not reason:
-            reason = wait(run)
-    finally:
-        if client is not None:
-            client.close()
+    if dispatch is not None:
+        reason = _pages_dispatch(run=run, local=local, page_size=page_size, stop=stop, dispatch=dispatch, wait=wait)
+    else:
+        with fcm_client_build(config=config, concurrency=concurrency, rate_per_second=rate, stop=stop) as client:
+            reason = _pages_send(run=run, local=local, page_size=page_size, stop=stop, client=client,
+                                 concurrency=concurrency)
     interrupted = stop.is_set() and not reason
     result = push_run_finish(run=run, stop_reason=reason or (STOPPED_BY_SIGNAL if interrupted else ""),
                              interrupted=interrupted)
