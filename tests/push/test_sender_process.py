@@ -99,8 +99,12 @@ def token_of_id(user_id: int) -> str:
 
 
 def test_two_senders_at_once_still_send_one_push_each(fcm_settings, due_users):
-    fcm_settings.configure(latency_ms=15)
+    # Slow until both senders are under way (a loaded machine may start one seconds after the other),
+    # then fast: they overlap for certain.
+    fcm_settings.configure(latency_ms=500)
     senders = [_start(fcm_settings, "--page-size", "5", "--concurrency", "3") for _ in range(2)]
+    _wait_for(lambda: PushRun.objects.count() == 2, what="both senders to start")
+    fcm_settings.configure(latency_ms=10)
     for sender in senders:
         out, err = sender.communicate(timeout=WAIT * 2)
         assert sender.returncode == 0, err[-3000:]
