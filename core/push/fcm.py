@@ -189,6 +189,9 @@ class SendResult:
         return self.outcome in DEACTIVATING
 
 
+_TOKEN_UNREACHABLE = "token_unreachable"  # the token endpoint did not answer: nothing was sent
+
+
 class _Retryable(Exception):
     """A 429/5xx or a connection failure: worth another attempt (Retry-After honoured)."""
 
@@ -277,16 +280,17 @@ class FcmClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def access_token(self, *, force: bool = False) -> str:
-        """The cached OAuth2 token, fetched or refreshed (under the lock) when absent, near expiry or refused."""
+    def access_token(self, *, refused: str | None = None) -> str:
+        """The cached OAuth2 token, fetched or refreshed (under the lock) when absent, near expiry, or when
+        it is the `refused` one (threads refused the same token at once: one refresh for all of them)."""
         with self._lock:
-            if force or not self._credentials.valid:
+            if not self._credentials.valid or (refused is not None and self._credentials.token == refused):
                 try:
                     self._credentials.refresh(self._auth_request)
                 except google.auth.exceptions.RefreshError as exc:
                     raise FcmAuthError(AUTH_FAILED.format(detail=_refresh_detail(exc))) from None
                 except google.auth.exceptions.TransportError as exc:
-                    raise _Retryable(Outcome.CONNECTION, status=None) from exc
+                    raise _Retryable(_TOKEN_UNREACHABLE, status=None) from exc
             return self._credentials.token
 
     def send(self, *, token: str, notification: dict, data: dict[str, str]) -> SendResult:
@@ -297,10 +301,10 @@ class FcmClient:
                           ensure_ascii=False).encode()
         attempts = 0
         refreshed = False
-        last = ""
+        uncertain = False  # a request went out and no answer came back: it may have been delivered
 
         def attempt() -> SendResult:
-            nonlocal attempts, refreshed, last
+            nonlocal attempts, refreshed, uncertain
             if self.stop.is_set():
                 raise _NotSent
             attempts += 1
@@ -313,9 +317,8 @@ class FcmClient:
                 response = self._client.post(self.url, content=body, headers={
                     "Authorization": f"Bearer {bearer}", "Content-Type": "application/json; charset=utf-8"})
             except httpx2.HTTPError as exc:
-                last = Outcome.CONNECTION
+                uncertain = True
                 raise _Retryable(Outcome.CONNECTION, status=None) from exc
-            last = Outcome.HTTP_ERROR
             if response.is_success:
                 return SendResult(Outcome.SENT, status=response.status_code,
                                   message_id=str(response.json().get("name", "")))
@@ -325,7 +328,7 @@ class FcmClient:
                 if refreshed:
                     raise FcmAuthError(AUTH_FAILED.format(detail="HTTP 401 after a fresh access token")) from None
                 refreshed = True
-                self.access_token(force=True)
+                self.access_token(refused=bearer)
                 raise _Retryable(Outcome.HTTP_ERROR, status=401, retry_after=0.0) from None
 
         try:
@@ -334,13 +337,13 @@ class FcmClient:
                 retry_after=lambda exc: getattr(exc, "retry_after", None), stop=self.stop,
                 what="FCM send",
             )
-        except _Retryable as exc:
-            return SendResult(exc.outcome, status=exc.status, attempts=attempts)
-        except _NotSent:
-            # Stopped before an attempt. After a connection failure the message may have arrived: that
-            # one is never given back for another run to send.
-            outcome = Outcome.CONNECTION if last == Outcome.CONNECTION else Outcome.NOT_SENT
-            return SendResult(outcome, status=None, attempts=attempts)
+        except (_Retryable, _NotSent) as exc:
+            outcome = exc.outcome if isinstance(exc, _Retryable) else Outcome.NOT_SENT
+            if outcome in (Outcome.NOT_SENT, _TOKEN_UNREACHABLE):
+                # Nothing went out on the last try (stopped, or no access token): the claim may be given
+                # back, unless an earlier try may have arrived — that one is never sent again.
+                outcome = Outcome.CONNECTION if uncertain else Outcome.NOT_SENT
+            return SendResult(outcome, status=getattr(exc, "status", None), attempts=attempts)
         return SendResult(result.outcome, status=result.status, message_id=result.message_id, attempts=attempts)
 
 

@@ -221,3 +221,27 @@ def test_user_deleted_or_device_deleted_keeps_everything_else(fcm_settings):
     PushDevice.objects.filter(user=user).delete()
     assert PushDelivery.objects.filter(user=user).count() == 1
     assert user_create().notify_at == dt.time(8, 0)
+
+
+def test_an_unreachable_token_endpoint_sends_nothing_and_gives_every_claim_back(fcm_settings, settings):
+    import json
+
+    info = json.loads(settings.FCM_CREDENTIALS)
+    settings.FCM_CREDENTIALS = json.dumps({**info, "token_uri": "http://127.0.0.1:9/token"})  # nothing listens
+    settings.FCM_MAX_ATTEMPTS = 2
+    users = [push_user(for_date=TODAY) for _ in range(2)]
+    run = _send()
+    assert (run.claimed, run.sent, run.failed, run.released) == (2, 0, 0, 2)
+    assert not PushDelivery.objects.exists()  # the next run tries them again
+    settings.FCM_CREDENTIALS = json.dumps(info)
+    assert _send().sent == 2
+    assert set(messages_by_token(fcm_settings)) == {token_of(u) for u in users}
+
+
+def test_the_celery_beat_task_runs_the_sender(fcm_settings, eager):
+    from core.tasks import push_send_due_task
+
+    user = push_user(for_date=TODAY)
+    push_send_due_task.delay()
+    assert PushDelivery.objects.get(user=user).state == PushDelivery.State.SENT
+    assert set(messages_by_token(fcm_settings)) == {token_of(user)}
