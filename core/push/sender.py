@@ -12,7 +12,13 @@ One run (push_send_due, called by send_fortune_notifications every few minutes):
    (unique per user and day; a row someone else holds is left alone), then each claimed user's active
    devices are sent to concurrently (threads doing only HTTP; the ORM stays on this thread), then the
    outcomes are written: sent, failed (by reason), devices deactivated, claims given back when nothing
-   was sent (the run stopped before those sends).
+   was sent (the run stopped before those sends, or no access token could be fetched). The threads
+   backend claims page N+1 while page N's sends are in flight; --backend celery sends each page to a
+   worker (core/push/celery_backend.py).
+
+FCM HTTP v1 has no multicast: one request per device (core/push/fcm.py). A failed delivery (every
+device refused it, or 429/5xx outlasted the retries) is final for the day; a connection that dropped
+mid-request counts as failed, never resent, since FCM may have delivered it.
 
 A crash between claim and send costs the claimed users that day's push (a missed push, never a second);
 /ops/ shows them as "unconfirmed" and the run that found them counts them.
