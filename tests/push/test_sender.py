@@ -245,3 +245,12 @@ def test_the_celery_beat_task_runs_the_sender(fcm_settings, eager):
     push_send_due_task.delay()
     assert PushDelivery.objects.get(user=user).state == PushDelivery.State.SENT
     assert set(messages_by_token(fcm_settings)) == {token_of(user)}
+
+
+def test_sends_keep_to_the_configured_rate(fcm_settings):
+    users = [push_user(for_date=TODAY) for _ in range(30)]
+    begun = time.monotonic()
+    run = _send(rate_per_second=20, concurrency=8)  # a burst of 8, then one every 50 ms
+    elapsed = time.monotonic() - begun
+    assert run.sent == len(users)
+    assert elapsed >= (30 - 8) / 20 * 0.9
