@@ -72,6 +72,10 @@ class User(AbstractUser):
     natal_birth_time = models.TimeField(null=True, blank=True, editable=False)
     natal_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
 
+    # The morning push (core/push): on or off, and when, in Korean time (Fortuna's day is the Korean day).
+    notify_enabled = models.BooleanField(default=True)
+    notify_at = models.TimeField(default=dt.time(8, 0), help_text="Korean time (KST) of the daily push.")
+
     objects = FortunaUserManager()
 
     class Meta:
@@ -364,3 +368,111 @@ class CeleryChunk(models.Model):
 
     def __str__(self) -> str:
         return f"CeleryChunk {self.run_id}/{self.index} {self.state}"
+
+
+# --- push notifications (core/push) --------------------------------------------------------------
+
+
+class PushDevice(models.Model):
+    """An FCM registration token of one of a user's apps. One row per token: registering a token that
+    another account holds moves the row. Deactivated (never deleted) when FCM says the token is dead, so
+    the ops page can count them; deleting a row loses the token and nothing else."""
+
+    class Platform(models.TextChoices):
+        ANDROID = "android"
+        IOS = "ios"
+        WEB = "web"
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="push_devices")
+    token = models.CharField(max_length=512, unique=True)
+    platform = models.CharField(max_length=8, choices=Platform.choices)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    deactivated_at = models.DateTimeField(null=True, blank=True)
+    deactivated_reason = models.CharField(max_length=32, blank=True, default="")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["user"], condition=Q(active=True), name="pushdevice_active_user_idx"),
+            models.Index(fields=["deactivated_at"], condition=Q(active=False), name="pushdevice_deactivated_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"PushDevice {self.pk} {self.platform} user {self.user_id}"
+
+
+class PushRun(models.Model):
+    """One run of the sender (send_fortune_notifications): what it found and did, for ops and the report."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        PARTIAL = "partial"  # some deliveries failed
+        FAILED = "failed"  # stopped: FCM refused the credentials, or an error
+        INTERRUPTED = "interrupted"  # a signal stopped it
+
+    for_date = models.DateField(db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    backend = models.CharField(max_length=16, default="threads")
+    due = models.PositiveIntegerField(default=0, help_text="Users due with no delivery yet when the run began.")
+    claimed = models.PositiveIntegerField(default=0)
+    sent = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    released = models.PositiveIntegerField(default=0, help_text="Claims given back unsent (the run stopped).")
+    no_fortune = models.PositiveIntegerField(default=0, help_text="Due users skipped: no fortune for the day yet.")
+    unconfirmed = models.PositiveIntegerField(default=0, help_text="Stale claims of a dead sender found by this run.")
+    devices_deactivated = models.PositiveIntegerField(default=0)
+    messages = models.PositiveIntegerField(default=0, help_text="FCM send requests that succeeded.")
+    pages = models.PositiveIntegerField(default=0)
+    pages_done = models.PositiveIntegerField(default=0)
+    failures = models.JSONField(default=dict, blank=True, help_text="Failed deliveries by reason.")
+    started_at = models.DateTimeField(default=timezone.now)
+    heartbeat_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    hostname = models.CharField(max_length=255, blank=True, default="")
+    stop_reason = models.CharField(max_length=500, blank=True, default="")
+    report_sent = models.BooleanField(default=False, help_text="This run sent the day's morning summary.")
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [
+            # One morning summary a day, whichever of two concurrent senders gets there first.
+            models.UniqueConstraint(fields=["for_date"], condition=Q(report_sent=True),
+                                    name="pushrun_one_report_per_day"),
+        ]
+
+    def __str__(self) -> str:
+        return f"PushRun {self.pk} {self.for_date} {self.status}"
+
+
+class PushDelivery(models.Model):
+    """A user's push for one (Korean) day. Inserted (claimed) before anything is sent, unique per user
+    and date: whoever inserts it is the only sender of that user's push that day, whatever crashes,
+    reruns or concurrent senders. A claim never confirmed is `unconfirmed`: maybe sent, never resent."""
+
+    class State(models.TextChoices):
+        CLAIMED = "claimed"
+        SENT = "sent"  # FCM accepted it for at least one device
+        FAILED = "failed"  # no device accepted it; `reason` says why
+        UNCONFIRMED = "unconfirmed"  # claimed by a sender that died before recording the outcome
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="push_deliveries")
+    for_date = models.DateField()
+    run = models.ForeignKey(PushRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="deliveries")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.CLAIMED)
+    # Which page execution claimed it: a Celery page delivered twice (acks_late) claims nothing the second time.
+    claim_key = models.CharField(max_length=32, blank=True, default="")
+    reason = models.CharField(max_length=32, blank=True, default="")
+    devices_sent = models.PositiveSmallIntegerField(default=0)
+    devices_failed = models.PositiveSmallIntegerField(default=0)
+    claimed_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "for_date"], name="pushdelivery_one_per_user_per_day")]
+        indexes = [models.Index(fields=["for_date", "state"], name="pushdelivery_date_state_idx")]
+
+    def __str__(self) -> str:
+        return f"PushDelivery {self.user_id} {self.for_date} {self.state}"

@@ -529,3 +529,31 @@ def db_retried(what: str, *, atomic: bool = False):
         return call
 
     return decorate
+
+
+# --- one call that may be asked to wait (the push sender's FCM sends) -----------------------------
+
+
+def call_with_retry_after(
+    call: Callable[[], object],
+    *,
+    policy: RetryPolicy,
+    retryable: Callable[[BaseException], bool],
+    retry_after: Callable[[BaseException], float | None],
+    stop: threading.Event | None = None,
+    what: str = "call",
+    sleep: Callable[[float], object] | None = None,
+    rng: random.Random | None = None,
+) -> object:
+    """call() with the policy: retried while `retryable(exc)`, waiting the server's Retry-After exactly
+    (a longer one than policy.max_retry_after is not waited: the last exception is raised at once) or
+    full-jitter backoff; the wait is the stop event's, so a stop cuts it short (call() must then refuse
+    to start). The last exception is raised as it is."""
+    stop = stop if stop is not None else threading.Event()
+
+    def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
+        logger.info("%s: attempt %d failed (%s), retrying in %.2f s", what, attempt, exc, delay)
+
+    loop = retrying(policy=policy, retryable=retryable, retry_after=retry_after,
+                    sleep=stop.wait if sleep is None else sleep, rng=rng, on_retry=on_retry)
+    return loop(call)

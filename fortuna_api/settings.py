@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 from fortuna_api.env import (
@@ -334,6 +335,32 @@ FORTUNE_BATCH_DEADLINE = env_clock_time("FORTUNE_BATCH_DEADLINE", default="23:30
 SLACK_WEBHOOK_URL = env_url("SLACK_WEBHOOK_URL", default="")
 DISCORD_WEBHOOK_URL = env_url("DISCORD_WEBHOOK_URL", default="")
 
+# --- Push notifications (the morning fortune through FCM HTTP v1: core/push, docs/CONFIGURATION.md) --
+# Off unless FCM_CREDENTIALS is set: a service account's JSON, as the JSON text itself or a file path.
+# Read (and checked) by core.push.fcm, never logged. FCM_PROJECT_ID defaults to the account's project_id.
+FCM_CREDENTIALS = env("FCM_CREDENTIALS", default="")
+FCM_PROJECT_ID = env("FCM_PROJECT_ID", default="")
+# The FCM API's origin (tests and the benchmark point it at tests/stub_fcm); the OAuth token endpoint is
+# the service account's own token_uri.
+FCM_API_URL = env_url("FCM_API_URL", default="https://fcm.googleapis.com")
+FCM_TIMEOUT = env_int("FCM_TIMEOUT", 10, min_value=1, max_value=120)
+# Sends in flight per sender process (threads doing only network I/O) and its pace, messages per second
+# (0 = no client-side limit). FCM's default project quota is 600k messages/minute (docs/SCALING.md).
+FCM_CONCURRENCY = env_int("FCM_CONCURRENCY", 32, min_value=1, max_value=1024)
+FCM_RATE_PER_SECOND = env_int("FCM_RATE_PER_SECOND", 1000, min_value=0, max_value=100_000)
+FCM_MAX_ATTEMPTS = env_int("FCM_MAX_ATTEMPTS", 4, min_value=1, max_value=20)
+FCM_MAX_RETRY_AFTER = env_int("FCM_MAX_RETRY_AFTER", 60, min_value=0, max_value=3600)
+# Users per keyset page (one claim statement, one Celery task with --backend celery).
+PUSH_PAGE_SIZE = env_int("PUSH_PAGE_SIZE", 500, min_value=1, max_value=10_000)
+# A delivery claimed this long ago and never confirmed belongs to a sender that died between claim and
+# send: it is marked "unconfirmed" (never sent again: at most one push a day).
+PUSH_CLAIM_STALE_MINUTES = env_int("PUSH_CLAIM_STALE_MINUTES", 10, min_value=1, max_value=1440)
+# The push dead-man's switch: trips when users have been due this long without a push, or no sender run
+# has finished for this long while users are due.
+PUSH_MAX_SILENCE_MINUTES = env_int("PUSH_MAX_SILENCE_MINUTES", 30, min_value=5, max_value=1440)
+# The morning summary to Slack/Discord: sent once a day by the first sender run at or after this time (KST).
+PUSH_REPORT_AT = env_clock_time("PUSH_REPORT_AT", default="10:00")
+
 # --- Celery (the batch's scale-out backend: generate_daily_fortunes --backend celery) ----------
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html — read with the CELERY_ namespace.
 # Empty: the celery backend is unavailable (the command says so); the threads backend needs no broker.
@@ -369,6 +396,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 # a broker restarted without persistence, a send that failed); then after twice as long, and so on, so
 # chunks that only wait behind busy workers are not sent over and over.
 FORTUNE_CELERY_CLAIM_TIMEOUT = env_int("FORTUNE_CELERY_CLAIM_TIMEOUT", 60, min_value=1, max_value=3600)
+
+# Where Celery beat is deployed, it runs the push sender every 5 minutes (the Railway deployment uses a cron
+# service instead: railway.push.toml). Only with push configured: without credentials there is nothing to run.
+CELERY_BEAT_SCHEDULE = {
+    "send-fortune-notifications": {"task": "core.push.send_due", "schedule": crontab(minute="*/5")},
+} if FCM_CREDENTIALS else {}
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()

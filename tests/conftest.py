@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.stub_openai.fixtures", "tests.webhook_receiver"]
+pytest_plugins = ["tests.stub_openai.fixtures", "tests.stub_fcm.fixtures", "tests.webhook_receiver"]
 
 
 @pytest.fixture

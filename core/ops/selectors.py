@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from core.fortunes.pricing import PATH_TIERS, PriceUnknown, Tier, cost_estimate
 from core.models import CeleryChunk, FortuneGeneration, FortuneResult, NightlyRun, OpenAIBatch, User, UserQuerySet
+from core.push.selectors import PushDay, PushHealth, push_days, push_health, push_recent_runs
 from core.services.health import batch_health, cache_status
 from core.services.runs import RunSummary, rerun_command
 
@@ -388,19 +389,49 @@ def ops_recent_runs(*, limit: int = 20) -> list[RunSummary]:
 
 # --- status (the JSON endpoint and the pages' live refresh) ----------------------------------
 
+# --- the morning push ------------------------------------------------------------------------
+
+PUSH_DAYS_SHOWN = 7
+
+
+@dataclass(slots=True)
+class OpsPush:
+    """The push's dead-man's switch, and per day (today first): due, sent, failed by reason, unconfirmed,
+    devices deactivated, still pending — every figure counted from the delivery and device rows."""
+
+    health: PushHealth
+    days: list[PushDay]
+    runs: list
+
+    @property
+    def configured(self) -> bool:
+        return self.health.configured
+
+    @property
+    def today(self) -> PushDay:
+        return self.days[0]
+
+
+def ops_push(*, now: dt.datetime | None = None, days: int = PUSH_DAYS_SHOWN) -> OpsPush:
+    return OpsPush(health=push_health(now=now), days=push_days(days=days, now=now), runs=push_recent_runs(limit=5))
+
+
 @dataclass(slots=True)
 class OpsStatus:
     ok: bool
     generated_at: dt.datetime
     now: OpsNow
     coverage: list[Coverage]
+    push: OpsPush | None = None
 
 
 def ops_status(*, extra_date: dt.date | None = None) -> OpsStatus:
-    """Now, plus coverage for today and tomorrow (and extra_date); ok when the dead-man's switch is
-    happy and tomorrow has no gap."""
+    """Now, plus coverage for today and tomorrow (and extra_date), plus the morning push; ok when both
+    dead-man's switches are happy and tomorrow has no gap."""
     now = ops_now()
     today = timezone.localdate(now.now)
     dates = [today, today + dt.timedelta(days=1)] + ([extra_date] if extra_date else [])
     coverage = ops_coverage_many(dates=dates, today=today)
-    return OpsStatus(ok=now.health_ok and coverage[1].ok, generated_at=now.now, now=now, coverage=coverage)
+    push = ops_push(now=now.now)
+    return OpsStatus(ok=now.health_ok and coverage[1].ok and push.health.ok, generated_at=now.now, now=now,
+                     coverage=coverage, push=push)

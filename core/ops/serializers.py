@@ -92,8 +92,45 @@ class HealthSerializer(serializers.Serializer):
     cache = serializers.CharField(help_text='"ok", "down" (the API answers without it) or "not configured"')
 
 
+class PushDaySerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "OpsPushDay"
+
+    for_date = serializers.DateField()
+    due = serializers.IntegerField(help_text="Users whose push time came that day (notifications on, an active "
+                                   "device): the sum of the figures below.")
+    sent = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    failures = FailureReasonSerializer(many=True, source="failure_rows",
+                                       help_text="Failed deliveries by reason (users: deliveries).")
+    unconfirmed = serializers.IntegerField(help_text="Claimed by a sender that died before recording the outcome: "
+                                           "maybe delivered, never sent again (missed pushes are among them).")
+    in_flight = serializers.IntegerField(help_text="Claimed, outcome not recorded yet.")
+    pending = serializers.IntegerField(help_text="Due, fortune ready, not claimed yet: the next run sends them.")
+    waiting_for_fortune = serializers.IntegerField(help_text="Due but no fortune for the day yet: not sent until "
+                                                   "one exists.")
+    devices_deactivated = serializers.IntegerField()
+
+
+class PushHealthSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "OpsPushHealth"
+
+    configured = serializers.BooleanField(help_text="false: FCM_CREDENTIALS is not set, push is off.")
+    ok = serializers.BooleanField()
+    problems = serializers.ListField(child=serializers.CharField())
+
+
+class PushSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "OpsPush"
+
+    health = PushHealthSerializer()
+    days = PushDaySerializer(many=True, help_text="Today first.")
+
+
 class StatusSerializer(serializers.Serializer):
-    """ok: the batch dead-man's switch is happy and tomorrow has no gap."""
+    """ok: both dead-man's switches (batch, push) are happy and tomorrow has no gap."""
 
     class Meta:
         ref_name = "OpsStatus"
@@ -104,3 +141,4 @@ class StatusSerializer(serializers.Serializer):
     running = RunSerializer(many=True, source="now.running")
     last_finished = RunSerializer(allow_null=True, source="now.last_finished")
     coverage = CoverageSerializer(many=True)
+    push = PushSerializer()

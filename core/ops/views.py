@@ -27,6 +27,7 @@ from core.ops.selectors import (
     ops_now,
     ops_parse_date,
     ops_parse_days,
+    ops_push,
     ops_recent_runs,
     ops_run_detail,
     ops_status,
@@ -63,6 +64,7 @@ class OpsNowView(OpsPage):
         context = super().get_context_data(**kwargs)
         today = context["today"]
         context.update(
+            push=ops_push(),
             now=ops_now(),
             coverage=ops_coverage_many(dates=[today, today + dt.timedelta(days=1)], today=today),
             recent=ops_recent_runs(limit=10),

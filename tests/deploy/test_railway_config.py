@@ -17,6 +17,7 @@ from tests.deploy.server import BASE_DIR, procfile_argv, procfile_command
 WEB_CONFIG = BASE_DIR / "railway.toml"
 WORKER_CONFIG = BASE_DIR / "railway.worker.toml"
 FILL_CONFIG = BASE_DIR / "railway.fill.toml"
+PUSH_CONFIG = BASE_DIR / "railway.push.toml"
 
 
 def _load(path) -> dict:
@@ -114,7 +115,23 @@ def test_fill_config_is_a_second_run_before_kst_midnight_that_only_fills_gaps(wo
     assert "healthcheckPath" not in deploy and "preDeployCommand" not in deploy
 
 
-@pytest.mark.parametrize("path", [WEB_CONFIG, WORKER_CONFIG, FILL_CONFIG], ids=["web", "worker", "fill"])
+def test_push_config_runs_the_sender_every_five_minutes_and_never_restarts():
+    from core.management.commands.send_fortune_notifications import Command
+
+    deploy = _load(PUSH_CONFIG)["deploy"]
+    assert deploy["cronSchedule"] == "*/5 * * * *"  # Railway's minimum interval
+    assert deploy["restartPolicyType"] == "NEVER"
+    assert "healthcheckPath" not in deploy and "preDeployCommand" not in deploy
+    parser = Command().create_parser("manage.py", "send_fortune_notifications")
+    threads = _cron_argv(deploy["startCommand"], env={})
+    celery = _cron_argv(deploy["startCommand"], env={"CELERY_BROKER_URL": "redis://r:6379/0"})
+    assert threads[:3] == ["python", "manage.py", "send_fortune_notifications"]
+    assert vars(parser.parse_args(threads[3:]))["backend"] == "threads"
+    assert vars(parser.parse_args(celery[3:]))["backend"] == "celery"
+
+
+@pytest.mark.parametrize("path", [WEB_CONFIG, WORKER_CONFIG, FILL_CONFIG, PUSH_CONFIG],
+                         ids=["web", "worker", "fill", "push"])
 def test_numeric_settings_are_toml_integers(path):
     # Railway rejects strings for these ("Expected number, received string").
     deploy = _load(path)["deploy"]
@@ -123,7 +140,8 @@ def test_numeric_settings_are_toml_integers(path):
             assert type(deploy[key]) is int, key
 
 
-@pytest.mark.parametrize("path", [WEB_CONFIG, WORKER_CONFIG, FILL_CONFIG], ids=["web", "worker", "fill"])
+@pytest.mark.parametrize("path", [WEB_CONFIG, WORKER_CONFIG, FILL_CONFIG, PUSH_CONFIG],
+                         ids=["web", "worker", "fill", "push"])
 def test_no_cron_table_anywhere(path):
     # `[[cron]]` (the original guide) is not Railway syntax and would be silently ignored.
     config = _load(path)

@@ -279,7 +279,7 @@ def test_status_json_shape(staff_client):
                           started_at=timezone.now() - dt.timedelta(hours=20))
     chosen = _today() - dt.timedelta(days=9)
     data = _status(staff_client, date=chosen.isoformat())
-    assert set(data) == {"ok", "generated_at", "health", "running", "last_finished", "coverage"}
+    assert set(data) == {"ok", "generated_at", "health", "running", "last_finished", "coverage", "push"}
     assert set(data["health"]) == {"ok", "problems", "cache"}
     assert set(data["running"][0]) == RUN_KEYS and data["running"][0]["id"] == running.pk
     assert data["running"][0]["url"] == reverse("ops:run", args=[running.pk])
