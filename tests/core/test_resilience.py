@@ -536,17 +536,17 @@ class _Broken:
 @pytest.mark.django_db(transaction=True)  # outside any transaction, as the batch is
 def test_a_database_step_is_retried_on_a_fresh_connection_until_it_succeeds(monkeypatch):
     closed = []
-    monkeypatch.setattr(resilience, "db_connection_reset", lambda using="default": closed.append(using))
+    monkeypatch.setattr(resilience.database, "db_connection_reset", lambda using="default": closed.append(using))
     clock = FakeClock(0.0)
     fn = _Broken(3, OperationalError("server closed the connection unexpectedly"))
     assert db_call(fn, what="testing", window=60, sleep=clock.sleep, clock=clock) == "answer"
     assert fn.calls == 4 and closed == ["default"] * 3  # each retry after the broken connection was dropped
-    assert 0 < clock() <= 3 * resilience.DB_MAX_DELAY
+    assert 0 < clock() <= 3 * resilience.database.DB_MAX_DELAY
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_database_down_past_the_window_stops_with_a_clear_error(monkeypatch):
-    monkeypatch.setattr(resilience, "db_connection_reset", lambda using="default": None)
+    monkeypatch.setattr(resilience.database, "db_connection_reset", lambda using="default": None)
     clock = FakeClock(0.0)
     fn = _Broken(10**6, InterfaceError("connection already closed"))
     with pytest.raises(DatabaseUnavailable, match="stayed unavailable for .* while testing: InterfaceError"):

@@ -176,7 +176,7 @@ def test_a_flush_that_meets_a_broken_connection_is_written_on_the_next_attempt(m
         return real(**kwargs)
 
     monkeypatch.setattr(store, "nightly_output_write", once_broken)
-    monkeypatch.setattr(resilience, "DB_BASE_DELAY", 0.01)
+    monkeypatch.setattr(resilience.database, "DB_BASE_DELAY", 0.01)
     writer = ResultWriter(for_date=TARGET, provider="local", model="", replace=False, threaded=threaded)
     try:
         writer.submit(Flush(items=items, reused=[], waiting={i.hash: page.groups[i.hash].user_ids for i in items}))
