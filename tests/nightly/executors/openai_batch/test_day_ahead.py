@@ -32,7 +32,7 @@ from core.nightly.hooks import NightHooks
 from core.nightly.nightly import nightly_fortunes
 from core.nightly.options import NightlyOptions
 from tests.factories import user_create, users_create_many
-from tests.nightly.crash import crash_patches
+from tests.nightly.executors.openai_batch.crash import crash_patches
 from tests.nightly.helpers import BASE, eligible_ids, fortune_map, run_batch, table_counts
 
 pytestmark = pytest.mark.django_db
@@ -41,7 +41,7 @@ NIGHT_2 = BASE + dt.timedelta(days=1)  # the night whose synchronous pass fills 
 
 
 class Killed(Exception):
-    """Stands for the process dying at a step boundary (tests/nightly/crash.py)."""
+    """Stands for the process dying at a step boundary (tests/nightly/executors/openai_batch/crash.py)."""
 
 
 @pytest.fixture
