@@ -21,7 +21,8 @@ from tests.factories import user_create
 _SCORED = {"score": 61, "text": "차분하게 흐름을 살피면 좋은 하루입니다."}
 PART = GeneratedPart(summary="작은 일에서 기쁨을 찾는 날입니다.", overall=_SCORED,
                      categories={"love": _SCORED, "money": _SCORED, "work": _SCORED, "health": _SCORED},
-                     lucky={"color": "파란색", "number": 7, "direction": "동쪽"}, advice="서두르지 말고 한 가지에 집중하세요.")
+                     lucky={"color": "파란색", "number": 7, "direction": "동쪽"},
+                     advice="서두르지 말고 한 가지에 집중하세요.")
 DAY = dt.date(2026, 3, 1)
 
 

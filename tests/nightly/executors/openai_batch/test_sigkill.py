@@ -12,8 +12,8 @@ from core.models import FortuneGeneration, FortuneResult, OpenAIBatch
 from core.nightly.executors.openai_batch import openai_batch_collect, openai_batch_submit_ahead
 from tests.commands.test_generate_daily_fortunes_process import ROOT, _database_url
 from tests.factories import users_create_many
-from tests.nightly.helpers import BASE, eligible_ids, fortune_map
 from tests.nightly.executors.openai_batch.test_day_ahead import AHEAD, _hash_users
+from tests.nightly.helpers import BASE, eligible_ids, fortune_map
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.django_db(transaction=True)]
 
