@@ -39,7 +39,7 @@ from django.db import connection  # noqa: E402
 
 from core.fortunes.pricing import Tier, cost_estimate  # noqa: E402
 from core.models import FortuneResult, OpenAIBatch, User  # noqa: E402
-from core.nightly.openai_batch import openai_batch_collect, openai_batch_submit_ahead  # noqa: E402
+from core.nightly.executors.openai_batch import openai_batch_collect, openai_batch_submit_ahead  # noqa: E402
 from tests.stub_openai.server import stub_process  # noqa: E402
 
 AHEAD = BASE + dt.timedelta(days=2)

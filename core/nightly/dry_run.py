@@ -8,8 +8,8 @@ from core.fortunes.pricing import Tier, cost_estimate
 from core.fortunes.prompt import estimate_tokens
 from core.fortunes.providers import get_provider
 from core.nightly.dates import nightly_targets
+from core.nightly.executors.openai_batch import openai_batch_ahead_plan
 from core.nightly.night import NightReport, nightly_locks, prices_check
-from core.nightly.openai_batch_ahead import openai_batch_ahead_plan
 from core.nightly.options import NightlyOptions
 from core.nightly.plan import nightly_plan_counts, nightly_plan_pages, nightly_user_check
 from core.nightly.run import stored_ids

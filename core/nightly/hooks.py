@@ -1,5 +1,5 @@
-"""Steps around each target of a night (core.nightly.nightly calls them; core.nightly.openai_batch_ahead has the
-Batch API's)."""
+"""Steps around each target of a night (core.nightly.nightly calls them; the Batch API's are in
+core.nightly.executors.openai_batch.hooks)."""
 
 from core.fortunes.providers import Provider
 from core.models import NightlyRun

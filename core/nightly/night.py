@@ -12,8 +12,8 @@ from core.fortunes.pricing import PriceUnknown, Tier, price_get
 from core.fortunes.providers import Provider, ProviderConfigError
 from core.models import NightlyRun
 from core.nightly.dates import nightly_lock_dates
+from core.nightly.executors.openai_batch import openai_batch_ahead_check
 from core.nightly.lock import nightly_lock
-from core.nightly.openai_batch_ahead import openai_batch_ahead_check
 from core.nightly.options import NightlyOptions
 from core.nightly.summary import DryRunReport, RunSummary
 

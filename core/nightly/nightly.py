@@ -21,13 +21,13 @@ from core.models import NightlyRun
 from core.nightly.dates import database_today, nightly_targets, nightly_today
 from core.nightly.dry_run import nightly_plan
 from core.nightly.executors import ExecutorFactory, executor_check, executor_for
+from core.nightly.executors.openai_batch import night_hooks
 from core.nightly.guards import StopToken
 from core.nightly.hooks import NightHooks
 from core.nightly.lifecycle import CRASHED, nightly_runs_mark_stale
 from core.nightly.lock import NightlyLocked, NightlyLockLost
 from core.nightly.night import NightReport, nightly_locks, prices_check
 from core.nightly.notify import run_report_send
-from core.nightly.openai_batch_ahead import night_hooks
 from core.nightly.options import NightlyOptions
 from core.nightly.plan import UserNotEligible, nightly_user_check
 from core.nightly.process import connections_close, gc_skip_at_exit, nightly_statement_timeout, stop_on_signals

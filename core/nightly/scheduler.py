@@ -17,9 +17,9 @@ from typing import Protocol
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.pricing import PathUsage
 from core.nightly.bulk import ResultRow, natal_key_of_input
-from core.nightly.executors.base import Deferred, Executor, Outcome, Stored
 from core.nightly.guards import StopGuards
 from core.nightly.jobs import Job, JobState, JobTable
+from core.nightly.outcomes import Deferred, Executor, Outcome, Stored
 from core.nightly.plan import InputGroup, PlanPage
 from core.nightly.store import Flush, GeneratedItem
 from core.resilience import is_transient
@@ -70,6 +70,8 @@ class Tally:
     changed: list[int] = field(default_factory=list)
     replanned: int = 0
     deferred_users: int = 0  # users whose input went to a later collection (the OpenAI Batch API)
+    # Of those, users whose input was in an open collection already (Deferred(submitted=False)).
+    deferred_unsent_users: int = 0
 
 
 def _noop(*args, **kwargs) -> None:
@@ -100,6 +102,7 @@ class Scheduler:
         self.table = JobTable(executor_stores=executor is not None and executor.stores)
         self.tally = Tally()
         self.outbox: list[ResultRow] = []  # (user_id, generation_id, natal key) result rows for the next flush
+        self.unsent: set[str] = set()  # deferred inputs that were in an open collection already
         self.plan_only = executor is None
         self.inline = executor is not None and executor.inline
         # The cost budget is checked per result, so results are taken at once, never gathered.
@@ -159,9 +162,12 @@ class Scheduler:
             job = table.get(digest)
             if job is None:
                 fresh[digest] = group
+            elif job.state is JobState.DEFERRED:
+                # Nothing more to do for them tonight: counted, not kept (the job holds no users).
+                tally.deferred_users += len(group.user_ids)
+                if digest in self.unsent:
+                    tally.deferred_unsent_users += len(group.user_ids)
             else:
-                if job.state is JobState.DEFERRED:
-                    tally.deferred_users += len(group.user_ids)
                 table.join(job, group.user_ids)
         if self.plan_only:
             for group in fresh.values():
@@ -208,7 +214,7 @@ class Scheduler:
         if isinstance(outcome, BaseException):
             raise outcome
         if isinstance(outcome, Deferred):
-            self.on_deferred(digest)
+            self.on_deferred(digest, outcome)
             return
         if isinstance(outcome, Stored):
             self.on_stored(digest, outcome)
@@ -242,11 +248,17 @@ class Scheduler:
         )
         self.guards.failed(reason=reason, error=outcome.error)
 
-    def on_deferred(self, digest: str) -> None:
+    def on_deferred(self, digest: str, outcome: Deferred) -> None:
         job = self.table.get(digest)
         if job is not None and job.state is JobState.QUEUED:
             self.table.deferred(job)
             self.tally.deferred_users += len(job.user_ids)
+            if not outcome.submitted:
+                self.unsent.add(digest)
+                self.tally.deferred_unsent_users += len(job.user_ids)
+            # The job stays only so that later users of its input join it: a submission a day ahead
+            # defers up to a million inputs, so it keeps neither the input nor the users.
+            job.inp, job.user_ids = None, []
 
     def on_stored(self, digest: str, outcome: Stored) -> None:
         """The executor stored the generation and its users' results: link those who joined later."""

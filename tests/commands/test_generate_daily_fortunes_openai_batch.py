@@ -13,7 +13,7 @@ from core.fortunes.inputs import GenerationInput
 from core.fortunes.pricing import PRICE_UNKNOWN, cost_estimate
 from core.management.commands import generate_daily_fortunes as command
 from core.models import NightlyRun, OpenAIBatch, User
-from core.nightly import openai_batch_ahead
+from core.nightly.executors import openai_batch
 from core.nightly.lock import nightly_lock
 from tests.factories import user_create, users_create_many
 from tests.nightly.helpers import BASE, eligible_ids, fortune_map, run_batch, table_counts
@@ -176,13 +176,13 @@ def test_collect_batches_collects_every_open_date_and_skips_a_locked_one(users, 
     out = run_batch("--collect-batches")
     assert f"{B3}: batch api collect: 1 polled, 1 collected" in out
     assert set(fortune_map(for_date=B3)) == eligible_ids()
-    assert run_batch("--collect-batches").strip() == openai_batch_ahead.COLLECT_NOTHING_OPEN
+    assert run_batch("--collect-batches").strip() == openai_batch.COLLECT_NOTHING_OPEN
 
     user_create(birth_date_solar=dt.date(1990, 1, 1), gender="M")
     _night(B2)  # B+4 open
     with nightly_lock(target_date=BASE + dt.timedelta(days=4)):
         out = run_batch("--collect-batches")
-    assert out.strip() == openai_batch_ahead.COLLECT_SKIPPED_LOCKED.format(target_date=BASE + dt.timedelta(days=4))
+    assert out.strip() == openai_batch.COLLECT_SKIPPED_LOCKED.format(target_date=BASE + dt.timedelta(days=4))
     assert OpenAIBatch.objects.get(target_date=BASE + dt.timedelta(days=4)).state == "submitted"
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from core.models import NightlyRun, OpenAIBatch
 from core.nightly.dates import nightly_today
-from core.nightly.openai_batch import openai_batch_submit_ahead
+from core.nightly.executors.openai_batch import openai_batch_submit_ahead
 from tests.commands.test_generate_daily_fortunes_process import ROOT, _database_url
 from tests.factories import users_create_many
 from tests.faults.reports import assert_reported, slack_env

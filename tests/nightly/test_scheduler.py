@@ -7,9 +7,9 @@ import pytest
 
 from core.fortunes.providers import Generated, ProviderError
 from core.fortunes.providers.base import FailureReason
-from core.nightly.executors.base import Deferred, Stored
 from core.nightly.guards import STOP_BUDGET, STOP_PROVIDER_DOWN, StopGuards, StopToken
 from core.nightly.jobs import InvalidTransition, JobState, JobTable
+from core.nightly.outcomes import Deferred, Stored
 from core.nightly.plan import InputGroup, PlanPage
 from core.nightly.scheduler import Scheduler
 from core.nightly.store import Flush
@@ -147,6 +147,40 @@ def test_an_input_already_stored_is_reused_without_a_request():
     assert executor.submitted == ["a"]
     assert writer.rows == {1: writer.ids["a"], 2: 77, 3: 77}
     assert run.tally.reused_users == 2
+
+
+class DeferringExecutor:
+    """The OpenAI Batch API's submission, inline: every input deferred; those in `sent` were already."""
+
+    inline = True
+    stores = False
+
+    def __init__(self, *, sent: set[str]) -> None:
+        self.sent = sent
+        self.submitted: list[str] = []
+
+    def submit(self, digest, inp, user_ids):
+        self.submitted.append(digest)
+        return Deferred(submitted=digest not in self.sent)
+
+    def results(self, *, timeout, gather=0.0):
+        return []
+
+    def close(self):
+        pass
+
+
+def test_deferred_inputs_are_kept_so_later_users_join_and_are_counted_sent_or_not():
+    executor = DeferringExecutor(sent={"open"})
+    writer = FakeWriter()
+    run = scheduler([page(a=[1, 2], open=[3], old=[4]), page(a=[5], open=[6, 7], b=[8])], executor=executor,
+                    writer=writer, stored={"old": 9})
+    tally = run.run()
+    assert executor.submitted == ["a", "open", "b"]  # once each, the stored one never
+    assert (tally.deferred_users, tally.deferred_unsent_users, tally.reused_users) == (7, 3, 1)
+    assert {job.hash: job.state for job in run.table} == {d: JobState.DEFERRED for d in ("a", "open", "b")}
+    assert all(job.inp is None and job.user_ids == [] for job in run.table)  # kept without input or users
+    assert writer.rows == {4: 9} and tally.generations == 0
 
 
 def test_late_joiners_of_a_generation_with_the_writer_get_its_id():

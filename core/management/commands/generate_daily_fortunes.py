@@ -11,9 +11,9 @@ from django.core.management.base import BaseCommand, CommandError
 from core.fortunes.providers import ProviderConfigError
 from core.management.argtypes import EXIT_USAGE, finite_decimal, flag, iso_date, usage_error
 from core.nightly import options as batch
+from core.nightly.executors.openai_batch import openai_batch_collect_due
 from core.nightly.lock import NightlyLocked
 from core.nightly.nightly import nightly_fortunes
-from core.nightly.openai_batch_ahead import openai_batch_collect_due
 from core.nightly.options import CeleryBackendUnavailable, NightlyOptions
 from core.nightly.plan import UserNotEligible
 from core.resilience import DatabaseUnavailable

@@ -9,11 +9,11 @@ import textwrap
 import pytest
 
 from core.models import FortuneGeneration, FortuneResult, OpenAIBatch
-from core.nightly.openai_batch import openai_batch_collect, openai_batch_submit_ahead
+from core.nightly.executors.openai_batch import openai_batch_collect, openai_batch_submit_ahead
 from tests.commands.test_generate_daily_fortunes_process import ROOT, _database_url
 from tests.factories import users_create_many
+from tests.nightly.executors.openai_batch.test_day_ahead import AHEAD, _hash_users
 from tests.nightly.helpers import BASE, eligible_ids, fortune_map
-from tests.nightly.test_openai_batch import AHEAD, _hash_users
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.django_db(transaction=True)]
 
@@ -21,8 +21,8 @@ SCRIPT = """
 import datetime as dt, os, signal
 import django
 django.setup()
-from core.nightly import openai_batch
-from tests.nightly.crash import crash_patches
+from core.nightly.executors import openai_batch
+from tests.nightly.executors.openai_batch.crash import crash_patches
 
 for target, name, value in crash_patches({point!r}, lambda: os.kill(os.getpid(), signal.SIGKILL)):
     setattr(target, name, value)

@@ -16,10 +16,8 @@ from core.fortunes.prompt import build_messages, output_token_cap
 from core.fortunes.providers import ProviderConfigError
 from core.fortunes.providers.openai import chat_completion_body
 from core.models import FortuneGeneration, FortuneResult, OpenAIBatch, User
-from core.nightly import openai_batch
-from core.nightly.hooks import NightHooks
-from core.nightly.nightly import nightly_fortunes
-from core.nightly.openai_batch import (
+from core.nightly.executors import openai_batch
+from core.nightly.executors.openai_batch import (
     BATCH_API_NEEDS_OPENAI,
     METADATA_KEY,
     openai_batch_cancel_open,
@@ -30,9 +28,11 @@ from core.nightly.openai_batch import (
     openai_batch_submit_ahead,
     openai_batch_submit_summary,
 )
+from core.nightly.hooks import NightHooks
+from core.nightly.nightly import nightly_fortunes
 from core.nightly.options import NightlyOptions
 from tests.factories import user_create, users_create_many
-from tests.nightly.crash import crash_patches
+from tests.nightly.executors.openai_batch.crash import crash_patches
 from tests.nightly.helpers import BASE, eligible_ids, fortune_map, run_batch, table_counts
 
 pytestmark = pytest.mark.django_db
@@ -41,7 +41,7 @@ NIGHT_2 = BASE + dt.timedelta(days=1)  # the night whose synchronous pass fills 
 
 
 class Killed(Exception):
-    """Stands for the process dying at a step boundary (tests/nightly/crash.py)."""
+    """Stands for the process dying at a step boundary (tests/nightly/executors/openai_batch/crash.py)."""
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The OpenAI Batch API inside the nightly run (core.nightly.openai_batch does the remote work).
+"""The OpenAI Batch API inside the nightly run (the rest of this package does the remote work).
 
 The night of base date B, with day-ahead submission on (or batches for B+1 still open):
 1. before B+1's synchronous pass, settle B+1's batches (collect; cancel the open ones, wait
@@ -17,20 +17,19 @@ import openai
 from core.fortunes.providers import Provider, ProviderError
 from core.models import NightlyRun, OpenAIBatch
 from core.nightly.dates import NightlyTarget
+from core.nightly.executors.openai_batch.cancel import openai_batch_settle
+from core.nightly.executors.openai_batch.client import openai_batch_client, openai_batch_open_dates
+from core.nightly.executors.openai_batch.collect import openai_batch_collect
+from core.nightly.executors.openai_batch.reports import (
+    CollectReport,
+    openai_batch_collect_summary,
+    openai_batch_submit_summary,
+)
+from core.nightly.executors.openai_batch.submit import openai_batch_submit_ahead
 from core.nightly.guards import StopToken
 from core.nightly.hooks import NightHooks
 from core.nightly.lifecycle import run_cost_paths_set
 from core.nightly.lock import NightlyLocked, nightly_lock
-from core.nightly.openai_batch import (
-    CollectReport,
-    openai_batch_client,
-    openai_batch_collect,
-    openai_batch_collect_summary,
-    openai_batch_open_dates,
-    openai_batch_settle,
-    openai_batch_submit_ahead,
-    openai_batch_submit_summary,
-)
 from core.nightly.options import NightlyOptions
 
 logger = logging.getLogger("fortuna.nightly.openai_batch")

@@ -1,6 +1,6 @@
 """Crash injection at the Batch API's step boundaries, for tests only.
 
-A process dies between two steps of core/nightly/openai_batch.py; the steps are told apart at its two
+A process dies between two steps of core/nightly/executors/openai_batch; the steps are told apart at its two
 boundaries: the SDK client (the real one, its HTTP call made through the stub server, then the
 crash before the answer reaches the service) and the ResultWriter (the crash after a flush is
 written, or before the writer exists).
@@ -16,7 +16,7 @@ process, or with setattr in a child process that is about to be killed.
 
 from collections.abc import Callable
 
-from core.nightly import openai_batch
+from core.nightly.executors.openai_batch import cancel, client, collect, resume, submit
 
 POINTS = ("uploaded", "created", "downloaded", "stored_page")
 _CLIENT_CALLS = {"uploaded": ("files", "create"), "created": ("batches", "create")}
@@ -65,11 +65,13 @@ def crash_patches(point: str, crash: Callable[[], None], *, times: int = 1) -> l
         raise ValueError(f"unknown crash point {point!r}; one of {POINTS}")
     once = _Once(crash, times)
     if point in _CLIENT_CALLS:
-        real_client = openai_batch.openai_batch_client
+        real_client = client.openai_batch_client
         resource, method = _CLIENT_CALLS[point]
-        return [(openai_batch, "openai_batch_client", lambda: _Client(real_client(), resource, method, once))]
+        # Every module of the package that makes a client, so the step crashes whichever makes the call.
+        return [(module, "openai_batch_client", lambda: _Client(real_client(), resource, method, once))
+                for module in (submit, resume, collect, cancel)]
 
-    class CrashingWriter(openai_batch.ResultWriter):
+    class CrashingWriter(collect.ResultWriter):
         def __init__(self, **kwargs) -> None:
             if point == "downloaded":
                 once()
@@ -81,4 +83,4 @@ def crash_patches(point: str, crash: Callable[[], None], *, times: int = 1) -> l
                 once()
             return flushes
 
-    return [(openai_batch, "ResultWriter", CrashingWriter)]
+    return [(collect, "ResultWriter", CrashingWriter)]
