@@ -18,6 +18,7 @@ worker pays the timeout once per window. Everything else is Django's.
 
 import functools
 import logging
+import threading
 import time
 
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
@@ -55,7 +56,8 @@ def _backing_off_on_failure(method):
 class SharedClientRedisCacheClient(RedisCacheClient):
     def __init__(self, servers, *, down_seconds: float = DEFAULT_DOWN_SECONDS, **options) -> None:
         super().__init__(servers, **options)
-        self._clients: dict[int, object] = {}
+        self._clients: dict[int, object] = {}  # pool index -> the one client of that pool
+        self._first_use = threading.Lock()
         self.down_seconds = down_seconds
         self._down_until = 0.0  # time.monotonic(); a float store is atomic, threads need no lock
 
@@ -71,11 +73,15 @@ class SharedClientRedisCacheClient(RedisCacheClient):
     def get_client(self, key=None, *, write=False):
         if self.is_down:
             raise CacheUnavailable(CACHE_BACKING_OFF.format(seconds=self.down_seconds))
-        pool = self._get_connection_pool(write)
-        client = self._clients.get(id(pool))
+        index = self._get_connection_pool_index(write)
+        client = self._clients.get(index)
         if client is None:
-            # Two threads may both build one on the first command; either is fine to keep.
-            client = self._clients.setdefault(id(pool), self._client(connection_pool=pool))
+            # The first command of a pool: under a lock, or threads starting together would each build a
+            # pool (Django's _get_connection_pool checks and sets without one) and a client of their own.
+            with self._first_use:
+                client = self._clients.get(index)
+                if client is None:
+                    client = self._clients[index] = self._client(connection_pool=self._get_connection_pool(write))
         return client
 
 

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from django.core.cache.backends.redis import RedisCache
@@ -37,8 +38,15 @@ def test_answers_as_djangos_redis_cache(caches):
     assert _script(ours) == _script(django_cache)
 
 
-def test_one_client_per_pool_shared_by_threads(caches):
+def test_one_client_per_pool_shared_by_threads(caches, monkeypatch):
     _, ours = caches
+    make_pool = ours._cache._pool_class.from_url
+
+    def slow_pool(*args, **kwargs):
+        time.sleep(0.05)  # every thread reaches the first command's pool creation before any has one
+        return make_pool(*args, **kwargs)
+
+    monkeypatch.setattr(ours._cache._pool_class, "from_url", slow_pool)
     clients = []
     threads = [threading.Thread(target=lambda: clients.append(ours._cache.get_client(write=True))) for _ in range(8)]
     for thread in threads:
