@@ -106,40 +106,50 @@ def nightly_plan_pages(
         if not rows:
             return
         last_pk = rows[-1].pk
-        stale: dict[int, dict] = {}
-        for pk, birth_date, birth_time in stale_rows:
-            try:
-                stale[pk] = natal_fields(birth_date=birth_date, birth_time=birth_time)
-            except Exception:  # noqa: BLE001 - an invalid row is reported as unplannable below
-                stale[pk] = {"saju_day": ""}
-        groups: dict[str, InputGroup] = {}
-        # Users in one page often share an input; building and hashing it once per distinct key is
-        # most of the planning cost.
-        by_key: dict[tuple, tuple[str, InputGroup]] = {}
-        unplannable: list[int] = []
-        needed = 0
-        for row in rows:
-            if row.pk in present and not force:
-                continue
-            if row.pk in stale:
-                row = row._replace(**{k: stale[row.pk].get(k, "") for k in _ROW_FIELDS[1:5]})
-            if not row.saju_day:
-                unplannable.append(row.pk)
-                continue
-            needed += 1
-            key = (row.saju_year, row.saju_month, row.saju_day, row.saju_hour, row.gender)
-            hit = by_key.get(key)
-            if hit is None:
-                inp = GenerationInput.for_user(user=row, for_date=target_date, generator=generator, language=language)
-                if nonce:
-                    inp = dataclasses.replace(inp, nonce=nonce)
-                digest = inp.hash
-                group = groups.get(digest)
-                if group is None:
-                    group = groups[digest] = InputGroup(inp=inp)
-                hit = by_key[key] = (digest, group)
-            hit[1].user_ids.append(row.pk)
+        groups, needed, unplannable = _page_groups(
+            rows=rows, present=set() if force else present, stale=_stale_fields(stale_rows),
+            target_date=target_date, generator=generator, language=language, nonce=nonce)
         yield PlanPage(groups=groups, users=needed, already_present=len(present), unplannable=unplannable)
+
+
+def _stale_fields(stale_rows: list[tuple]) -> dict[int, dict]:
+    """Natal fields computed in memory for rows whose stored pillars are missing or stale (dry run)."""
+    stale: dict[int, dict] = {}
+    for pk, birth_date, birth_time in stale_rows:
+        try:
+            stale[pk] = natal_fields(birth_date=birth_date, birth_time=birth_time)
+        except Exception:  # noqa: BLE001 - an invalid row is reported as unplannable
+            stale[pk] = {"saju_day": ""}
+    return stale
+
+
+def _page_groups(*, rows: list, present: set[int], stale: dict[int, dict], target_date: dt.date, generator: str,
+                 language: str, nonce: str) -> tuple[dict[str, InputGroup], int, list[int]]:
+    """The page's users who need a fortune, grouped by input hash: (groups, users needed, unplannable)."""
+    groups: dict[str, InputGroup] = {}
+    # Users in one page often share an input; building and hashing it once per distinct key is
+    # most of the planning cost.
+    by_key: dict[tuple, InputGroup] = {}
+    unplannable: list[int] = []
+    needed = 0
+    for row in rows:
+        if row.pk in present:
+            continue
+        if row.pk in stale:
+            row = row._replace(**{k: stale[row.pk].get(k, "") for k in _ROW_FIELDS[1:5]})
+        if not row.saju_day:
+            unplannable.append(row.pk)
+            continue
+        needed += 1
+        key = (row.saju_year, row.saju_month, row.saju_day, row.saju_hour, row.gender)
+        group = by_key.get(key)
+        if group is None:
+            inp = GenerationInput.for_user(user=row, for_date=target_date, generator=generator, language=language)
+            if nonce:
+                inp = dataclasses.replace(inp, nonce=nonce)
+            group = by_key[key] = groups.setdefault(inp.hash, InputGroup(inp=inp))
+        group.user_ids.append(row.pk)
+    return groups, needed, unplannable
 
 
 def _page_read(*, users: QuerySet, after: int, target_date: dt.date, page_size: int, compute_stale_natal: bool
