@@ -2,7 +2,8 @@
 
 from celery import shared_task, signals
 
-from core.nightly.celery_chunks import CHUNK_TASK, celery_chunk_generate, celery_worker_warm_up
+from core.nightly.executors.celery.broker import CHUNK_TASK
+from core.nightly.executors.celery.worker import celery_chunk_generate, celery_worker_warm_up
 
 
 @shared_task(name=CHUNK_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
