@@ -91,7 +91,8 @@ class CeleryExecutor:
     def results(self, *, timeout: float, gather: float = 0.0) -> list[tuple[str, Outcome]]:
         """Outcomes not reported before, read from the chunk rows at most every poll_seconds. Waiting
         (timeout > 0), a part-filled chunk goes out when nothing else can answer or no input came for
-        PARTIAL_AFTER_SECONDS; a stopped run's open chunks are cancelled at once."""
+        PARTIAL_AFTER_SECONDS; a stopped run's open chunks are cancelled at once. `gather` is not
+        needed: a poll returns every outcome the chunk rows hold, already in a batch."""
         end = time.monotonic() + timeout
         while True:
             if self.guards.stopped and not self.cancelled:
