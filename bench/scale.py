@@ -202,7 +202,7 @@ def _report(label: str, *, result: dict, bound: float, extra: str = "") -> None:
 
 
 def celery_round(*, args, stub_env: dict, chunk_size: int) -> None:
-    from core.nightly.celery_chunks import celery_backend_check
+    from core.nightly.executors.celery import celery_backend_check
 
     queue = f"fortuna-bench-{uuid.uuid4().hex[:6]}"
     app.conf.broker_url, app.conf.task_default_queue = args.broker, queue

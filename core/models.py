@@ -329,8 +329,8 @@ class OpenAIBatch(models.Model):
 class CeleryChunk(models.Model):
     """A slice of one NightlyRun's new generations, dispatched to Celery workers (the celery backend).
 
-    Completion lives here, not in the broker: the coordinator waits until every chunk of its run is
-    done, and re-dispatches a chunk whose worker stopped heartbeating. Generating a chunk twice is
+    Completion lives here, not in the broker: the celery executor reads each input's outcome from
+    here, and re-dispatches a chunk whose worker stopped heartbeating. Generating a chunk twice is
     harmless (stores are upserts by input hash; a re-run skips inputs already stored).
     """
 
@@ -355,10 +355,11 @@ class CeleryChunk(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=255, blank=True, default="", help_text="hostname:pid of its last worker")
     stored_inputs = models.PositiveIntegerField(default=0)
-    failed_users = models.PositiveIntegerField(default=0)
-    failure_sample = models.JSONField(default=list, blank=True)
-    # Payload rows of inputs that failed for a transient reason: the coordinator's end-of-run round.
-    retry_inputs = models.JSONField(default=list, blank=True)
+    failed_inputs = models.PositiveIntegerField(default=0)
+    # What became of each input, by its full hash, as the worker stored or gave it up: {hash: {...}}
+    # (core.nightly.executors.celery.payload). The executor reports them to the engine, which does
+    # the failure accounting and the retry round; an input without one was not done.
+    outcomes = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
 

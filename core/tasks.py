@@ -2,7 +2,8 @@
 
 from celery import shared_task, signals
 
-from core.nightly.celery_chunks import CHUNK_TASK, celery_chunk_generate, celery_worker_warm_up
+from core.nightly.executors.celery.broker import CHUNK_TASK
+from core.nightly.executors.celery.worker import celery_chunk_generate, celery_worker_warm_up
 from core.ops.push_report import push_report_send
 from core.push.celery_pages import PAGE_TASK
 from core.push.sender import SEND_DUE_TASK, PushOff, push_page_send_for_run, push_send_due

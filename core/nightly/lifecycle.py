@@ -51,7 +51,7 @@ def nightly_runs_mark_stale(*, target_date: dt.date) -> int:
 
 def _runs_mark_stale(*, target_date: dt.date) -> int:
     stale = NightlyRun.objects.filter(target_date=target_date, status=NightlyRun.Status.RUNNING)
-    # A dead celery coordinator's open chunks: cancelled, so a worker that still gets one from the
+    # A dead run's open Celery chunks: cancelled, so a worker that still gets one from the
     # queue skips it and one running it stops at its next heartbeat (this run plans those inputs again).
     CeleryChunk.objects.filter(run__in=stale, state__in=[CeleryChunk.State.QUEUED, CeleryChunk.State.RUNNING]).update(
         state=CeleryChunk.State.CANCELLED, finished_at=timezone.now())

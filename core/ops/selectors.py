@@ -74,7 +74,7 @@ class RelatedRows:
 
 
 CHUNKS_TITLE = "Celery chunks"
-CHUNK_COLUMNS = ("index", "state", "inputs", "users", "stored_inputs", "failed_users", "attempts", "dispatches",
+CHUNK_COLUMNS = ("index", "state", "inputs", "users", "stored_inputs", "failed_inputs", "attempts", "dispatches",
                  "worker", "heartbeat_at", "finished_at")
 # The Batch API's batches belong to a target date, not to a run (a batch is submitted a night ahead).
 BATCH_API_TITLE = "OpenAI Batch API batches for {target_date}"

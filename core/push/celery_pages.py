@@ -34,7 +34,7 @@ def push_celery_check() -> None:
 
 
 def _page_task():
-    """Found by name, as core/nightly/celery_chunks.py finds its chunk task: core/tasks.py sits above."""
+    """Found by name, as core/nightly/executors/celery/broker.py finds its chunk task: core/tasks.py sits above."""
     if PAGE_TASK not in app.tasks:
         app.loader.import_default_modules()
     return app.tasks[PAGE_TASK]

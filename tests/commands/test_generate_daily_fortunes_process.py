@@ -167,7 +167,7 @@ def test_a_bad_flag_on_the_command_line_exits_with_the_usage_code_and_its_messag
 def test_the_celery_backend_with_its_broker_down_exits_with_the_usage_code_writing_nothing(stub_openai):
     import socket
 
-    from core.nightly.celery_chunks import BROKER_UNAVAILABLE
+    from core.nightly.executors.celery import BROKER_UNAVAILABLE
 
     users_create_many(count=3, seed=9)
     with socket.socket() as probe:  # a port nothing listens on

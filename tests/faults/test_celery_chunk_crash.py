@@ -8,8 +8,8 @@ from unittest import mock
 import pytest
 
 from core.models import CeleryChunk, FortuneGeneration, FortuneResult
-from core.nightly import celery_chunks
-from core.nightly.celery_chunks import celery_chunk_generate
+from core.nightly.executors.celery import worker
+from core.nightly.executors.celery.worker import celery_chunk_generate
 from tests.factories import users_create_many
 from tests.nightly.celery_helpers import celery_run
 
@@ -31,7 +31,7 @@ def test_a_chunk_that_fails_stops_its_calls_in_flight(eager, openai_settings, se
     settings.FORTUNE_CELERY_INFLIGHT = INFLIGHT
     openai_settings.reset()
     openai_settings.configure(latency_ms=150)
-    with mock.patch.object(celery_chunks, "nightly_output_store", side_effect=RuntimeError(STORE_FAILED)), \
+    with mock.patch.object(worker, "nightly_output_write", side_effect=RuntimeError(STORE_FAILED)), \
             pytest.raises(RuntimeError, match=re.escape(STORE_FAILED)):
         celery_chunk_generate(chunk_id=chunk.pk)  # fails at its first flush, about a second in
     asked_at_failure = openai_settings.counters()["requests"]

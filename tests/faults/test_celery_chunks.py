@@ -1,9 +1,9 @@
 """Celery loses no chunk (issue 17.5): real worker processes against the test's own redis-server as the
 broker (no persistence), PostgreSQL, and the stub over real HTTP.
 
-* the broker restarted after the chunks were sent: the queued messages are gone; the coordinator
+* the broker restarted after the chunks were sent: the queued messages are gone; the executor
   sends again what no worker claimed within FORTUNE_CELERY_CLAIM_TIMEOUT;
-* the broker down when the coordinator sends, then back: the send is retried, the coordinator lives;
+* the broker down when the executor sends, then back: the send is retried, the run lives;
 * a worker whose clock is 90 s behind (faketime): heartbeats are on the database's clock, so nothing
   is re-sent or abandoned.
 """
@@ -35,7 +35,7 @@ NIGHT = ("--date", BASE.isoformat(), "--backend", "celery", "--max-runtime", "0.
 @pytest.fixture
 def own_broker_workers(uses_postgres, own_redis, openai_settings, settings, tmp_path):
     if not uses_postgres:
-        pytest.skip("real Celery workers write concurrently with the coordinator: run with DATABASE_URL=postgres://…")
+        pytest.skip("real Celery workers write concurrently with the executor: run with DATABASE_URL=postgres://…")
     broker = own_redis.url()
     queue = f"fortuna-fault-{uuid.uuid4().hex[:8]}"
     settings.CELERY_BROKER_URL = broker
@@ -57,7 +57,7 @@ def shared_broker(redis_url) -> str:
 
 
 def _assert_nothing_lost(*, run: NightlyRun, stub, reports) -> None:
-    """`reports`: the night's Slack receiver, or None for the coordinator alone (no night, so no report)."""
+    """`reports`: the night's Slack receiver, or None for the engine alone (no night, so no report)."""
     counters = stub.counters()
     assert run.status == NightlyRun.Status.SUCCEEDED, run.stop_reason
     assert set(FortuneResult.objects.filter(for_date=TARGET).values_list("user_id", flat=True)) == eligible_ids()
@@ -107,11 +107,11 @@ def test_the_broker_restarted_after_the_chunks_were_sent_loses_no_chunk(own_brok
     assert CeleryChunk.objects.filter(run=run, dispatches__gte=2).exists()  # the lost ones were sent again
 
 
-def test_a_send_that_fails_is_retried_and_the_coordinator_survives(own_broker_workers, own_redis, openai_settings):
+def test_a_send_that_fails_is_retried_and_the_run_survives(own_broker_workers, own_redis, openai_settings):
     openai_settings.configure(latency_ms=50)
     users_create_many(count=16, seed=82)
     own_broker_workers.start("w", concurrency=2, inflight=INFLIGHT)
-    own_redis.kill()  # down when the coordinator sends
+    own_redis.kill()  # down when the executor sends
 
     def back_later():
         time.sleep(1.5)
@@ -120,7 +120,7 @@ def test_a_send_that_fails_is_retried_and_the_coordinator_survives(own_broker_wo
     healer = threading.Thread(target=back_later)
     healer.start()
     try:
-        # The coordinator itself (the command would refuse to start with the broker down).
+        # The engine itself (the command would refuse to start with the broker down).
         run = celery_run(chunk_size=4, provider_name="openai", runtime=45.0)
     finally:
         healer.join(timeout=30)
@@ -144,7 +144,7 @@ def test_the_limiters_redis_killed_mid_run_workers_carry_on_under_the_account_li
         uses_postgres, own_redis, shared_broker, openai_settings, settings, slack_receiver, tmp_path):
     """Issue 17.4 on the workers' side: each worker process limits itself to its share; no chunk fails."""
     if not uses_postgres:
-        pytest.skip("real Celery workers write concurrently with the coordinator: run with DATABASE_URL=postgres://…")
+        pytest.skip("real Celery workers write concurrently with the executor: run with DATABASE_URL=postgres://…")
     rpm, window = 600, 2  # 20 requests per 2 s window, configured and the stub's account
     openai_settings.configure(latency_ms=80, account_rpm=rpm, account_window_s=window)
     queue = f"fortuna-fault-{uuid.uuid4().hex[:8]}"
@@ -186,7 +186,7 @@ def test_rabbitmq_connections_closed_mid_run_lose_no_chunk(uses_postgres, own_ra
     """The same night on RabbitMQ, every connection of its vhost closed (coordinator's and workers')
     while chunks are queued and one runs."""
     if not uses_postgres:
-        pytest.skip("real Celery workers write concurrently with the coordinator: run with DATABASE_URL=postgres://…")
+        pytest.skip("real Celery workers write concurrently with the executor: run with DATABASE_URL=postgres://…")
     broker = own_rabbit_vhost.url()
     queue = f"fortuna-fault-{uuid.uuid4().hex[:8]}"
     settings.CELERY_BROKER_URL = broker

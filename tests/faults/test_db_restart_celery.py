@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from core.nightly.celery_chunks import STALE_SECONDS
+from core.nightly.executors.celery.chunks import STALE_SECONDS
 from tests.faults.night import ROOT, Night
 
 pytestmark = pytest.mark.subprocess

@@ -1,16 +1,17 @@
-"""Running the celery backend's coordinator in a test, as the nightly service will (it holds the lock
-and creates the NightlyRun; these helpers do the same)."""
+"""Running a night on the celery executor in a test, as the nightly service does (it holds the lock,
+and nightly_run_target creates the NightlyRun and drives the engine; these helpers do the same)."""
 
 import time
 from collections import Counter
 
 from core.fortunes.providers import get_provider
 from core.models import FortuneResult, NightlyRun, User
-from core.nightly.celery_chunks import nightly_run_target_celery
 from core.nightly.dates import nightly_targets
-from core.nightly.guards import StopToken
+from core.nightly.executors.celery import CeleryExecutor
+from core.nightly.guards import StopGuards, StopToken
 from core.nightly.lock import nightly_lock
-from core.nightly.options import NightlyOptions
+from core.nightly.options import BACKEND_CELERY, NightlyOptions
+from core.nightly.run import nightly_run_target
 from tests.factories import user_create, users_create_many
 from tests.nightly.helpers import BASE
 
@@ -25,20 +26,35 @@ def users_with_shared_inputs(*, distinct: int, twins: int, seed: int = 5) -> lis
     return users
 
 
+def celery_factory(*, stale_seconds: float = 60.0, poll_seconds: float = 0.2):
+    """executor_for's celery branch, with the test's stale cut-off and poll interval."""
+
+    def factory(*, provider, options, guards, run):
+        return CeleryExecutor(run=run, options=options, guards=guards, stale_seconds=stale_seconds,
+                              poll_seconds=poll_seconds)
+
+    return factory
+
+
 def celery_run(*, chunk_size: int = 5, stop: StopToken | None = None, runtime: float = 120.0,
                stale_seconds: float = 60.0, poll_seconds: float = 0.2, **option_kwargs) -> NightlyRun:
-    options = NightlyOptions(base_date=BASE, max_runtime_minutes=runtime / 60, **option_kwargs)
+    options = NightlyOptions(base_date=BASE, max_runtime_minutes=runtime / 60, backend=BACKEND_CELERY,
+                             chunk_size=chunk_size, **option_kwargs)
     provider = get_provider(name=options.provider_name)
     target = nightly_targets(base_date=BASE, catch_up_allowed=False)[0]
     with nightly_lock(target_date=target.target_date):
-        run = NightlyRun.objects.create(base_date=target.base_date, target_date=target.target_date,
-                                        forced=options.force,
-                                      user_id_filter=options.user_id, provider=provider.name, model=provider.model)
-        return nightly_run_target_celery(
-            run=run, target=target, options=options, provider=provider, stop=stop or StopToken(),
-            deadline=time.monotonic() + runtime, chunk_size=chunk_size, stale_seconds=stale_seconds,
-            poll_seconds=poll_seconds,
+        return nightly_run_target(
+            target=target, options=options, provider=provider, stop=stop or StopToken(),
+            deadline=time.monotonic() + runtime,
+            executor=celery_factory(stale_seconds=stale_seconds, poll_seconds=poll_seconds),
         )
+
+
+def celery_executor(run: NightlyRun, *, chunk_size: int = 4, poll_seconds: float = 0) -> CeleryExecutor:
+    """An executor for an existing run (its chunks' dispatch bookkeeping, read directly)."""
+    guards = StopGuards(stop=StopToken(), deadline=time.monotonic() + 60, max_runtime_minutes=1)
+    options = NightlyOptions(base_date=BASE, backend=BACKEND_CELERY, chunk_size=chunk_size)
+    return CeleryExecutor(run=run, options=options, guards=guards, poll_seconds=poll_seconds)
 
 
 def stored_triples(*, for_date) -> set[tuple[int, str, str]]:

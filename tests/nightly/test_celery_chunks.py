@@ -1,36 +1,34 @@
-"""The celery backend's services with tasks run eagerly (in the coordinator's thread): planning,
-chunking, dedupe across pages, idempotent re-runs, counters. Real worker processes are in
-tests/nightly/test_celery_workers.py."""
+"""The celery executor with tasks run eagerly (in the engine's thread): the engine's planning, dedupe
+across pages, retry round and counters over chunks, idempotent chunk re-runs, the chunk rows'
+bookkeeping. Real worker processes are in tests/nightly/test_celery_workers.py."""
 
 import datetime as dt
-import io
 import threading
 import time
+from unittest import mock
 
 import pytest
 from django.db import connection
 from django.utils import timezone
 
-from core.fortunes.providers import get_provider
 from core.models import CeleryChunk, FortuneGeneration, FortuneResult, NightlyRun
-from core.nightly.celery_chunks import (
-    CHUNK_ABANDONED,
-    INVALID_CHUNK_SIZE,
-    CeleryBackendUnavailable,
-    _Coordinator,
-    celery_backend_check,
-    celery_chunk_claim,
-    celery_chunk_counts,
-    celery_chunk_generate,
-)
-from core.nightly.dates import NightlyTarget
-from core.nightly.guards import StopToken
+from core.nightly.executors.celery.broker import celery_backend_check, chunk_task
+from core.nightly.executors.celery.chunks import OPEN_STATES, celery_chunk_claim, celery_chunk_counts
+from core.nightly.executors.celery.dispatch import CHUNK_ABANDONED
+from core.nightly.executors.celery.worker import celery_chunk_generate
+from core.nightly.guards import STOP_SIGNAL, StopToken
 from core.nightly.lifecycle import nightly_runs_mark_stale
-from core.nightly.options import NightlyOptions
-from core.nightly.progress import ProgressReporter
+from core.nightly.options import INVALID_CHUNK_SIZE, CeleryBackendUnavailable
+from core.resilience import Attempted
 from fortuna_api.celery import BROKER_NOT_CONFIGURED
-from tests.nightly.celery_helpers import celery_run, duplicates, stored_triples, users_with_shared_inputs
-from tests.nightly.helpers import BASE, TARGET, connections_opened, eligible_ids, run_batch, table_counts
+from tests.nightly.celery_helpers import (
+    celery_executor,
+    celery_run,
+    duplicates,
+    stored_triples,
+    users_with_shared_inputs,
+)
+from tests.nightly.helpers import TARGET, connections_opened, eligible_ids, run_batch, table_counts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -115,7 +113,8 @@ def test_transient_failures_get_one_more_round_after_the_cooldown(eager, openai_
     def heal_when_the_first_round_is_over():
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if CeleryChunk.objects.exclude(retry_inputs=[]).count() == 2:
+            # The first round's two chunks are done, every input failed (recorded in the chunk rows).
+            if CeleryChunk.objects.filter(state=CeleryChunk.State.DONE, failed_inputs=3).count() == 2:
                 openai_settings.configure(fault_500=0.0)
                 healed.append(True)
                 break
@@ -159,17 +158,20 @@ def test_a_chunk_that_every_worker_dies_on_is_abandoned_not_retried_forever(eage
     users_with_shared_inputs(distinct=4, twins=0)
     run = celery_run(chunk_size=4)
     chunk = CeleryChunk.objects.get(run=run)
-    CeleryChunk.objects.filter(pk=chunk.pk).update(state=CeleryChunk.State.RUNNING, attempts=5,
-                                                  heartbeat_at=timezone.now() - dt.timedelta(minutes=5))
-    coordinator = _Coordinator(run=run, target=NightlyTarget(base_date=BASE, target_date=TARGET),
-                               options=NightlyOptions(base_date=BASE), provider=get_provider(name="local"),
-                               stop=StopToken(), deadline=time.monotonic() + 60, chunk_size=4, stale_seconds=60,
-                               poll_seconds=0)
-    coordinator.progress = ProgressReporter(total=4, stream=io.StringIO(), is_tty=False)
-    assert coordinator._poll(force=True) is False  # nothing left open
+    CeleryChunk.objects.filter(pk=chunk.pk).update(state=CeleryChunk.State.RUNNING, attempts=5, outcomes={},
+                                                  heartbeat_at=timezone.now() - dt.timedelta(minutes=5),
+                                                  finished_at=None)
+    hashes = {row[9] for row in chunk.payload["inputs"]}
+    executor = celery_executor(run)
+    executor.pending[chunk.pk] = set(hashes)  # as if this executor had sent it
+    outcomes = executor.results(timeout=0)
     chunk.refresh_from_db()
     assert chunk.state == CeleryChunk.State.CANCELLED
-    assert CHUNK_ABANDONED.format(index=0, attempts=5) in NightlyRun.objects.get(pk=run.pk).notes
+    assert not CeleryChunk.objects.filter(run=run, state__in=OPEN_STATES).exists()  # nothing left open
+    assert CHUNK_ABANDONED.format(index=0, attempts=5) in executor.run.notes
+    # Its inputs are reported stopped: neither done nor failed, the next run asks them again.
+    assert {digest for digest, _ in outcomes} == hashes and len(outcomes) == 4
+    assert all(isinstance(outcome, Attempted) and outcome.stopped for _, outcome in outcomes)
 
 
 def test_a_workers_generator_threads_never_open_a_database_connection(eager, openai_settings):
@@ -203,19 +205,26 @@ def test_invalid_answers_billed_by_the_server_count_in_the_runs_tokens(eager, op
     assert (run.tokens_in, run.tokens_out) == (counters["tokens_billed"]["in"], counters["tokens_billed"]["out"])
 
 
-def test_the_coordinators_heartbeat_records_the_inputs_its_workers_have_in_flight(eager):
+def test_the_runs_heartbeat_records_the_inputs_in_flight_and_a_stop_cancels_the_queued_chunks(eager):
+    # No worker ever takes the chunks (their sends vanish): the engine's heartbeat says the inputs are
+    # in flight, and the stop cancels the queued chunks, whose inputs are then reported stopped.
     users_with_shared_inputs(distinct=8, twins=0)
-    run = celery_run(chunk_size=4)
-    assert run.in_flight == 0  # finished: nothing in flight
-    first, second = CeleryChunk.objects.filter(run=run).order_by("index")
-    CeleryChunk.objects.filter(pk=first.pk).update(state=CeleryChunk.State.RUNNING, stored_inputs=1,
-                                                  heartbeat_at=timezone.now())
-    CeleryChunk.objects.filter(pk=second.pk).update(state=CeleryChunk.State.RUNNING, stored_inputs=4,
-                                                   heartbeat_at=timezone.now())
-    coordinator = _Coordinator(run=run, target=NightlyTarget(base_date=BASE, target_date=TARGET),
-                               options=NightlyOptions(base_date=BASE), provider=get_provider(name="local"),
-                               stop=StopToken(), deadline=time.monotonic() + 60, chunk_size=4, stale_seconds=60,
-                               poll_seconds=0)
-    coordinator.progress = ProgressReporter(total=8, stream=io.StringIO(), is_tty=False)
-    assert coordinator._poll(force=True) is True  # two chunks still open
-    assert NightlyRun.objects.get(pk=run.pk).in_flight == 3  # the first chunk's 3 unstored inputs
+    stop, seen = StopToken(), []
+
+    def watch_then_stop():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not seen:
+            seen.extend(NightlyRun.objects.filter(in_flight__gt=0).values_list("in_flight", flat=True))
+            time.sleep(0.05)
+        stop.request(STOP_SIGNAL.format(signal="SIGTERM"), interrupted=True)
+        connection.close()
+
+    watcher = threading.Thread(target=watch_then_stop)
+    with mock.patch.object(chunk_task(), "apply_async"):
+        watcher.start()
+        run = celery_run(chunk_size=4, stop=stop)
+    watcher.join(timeout=30)
+    assert seen == [8]
+    assert run.status == NightlyRun.Status.INTERRUPTED and run.in_flight == 0
+    assert (run.generated, run.failed) == (0, 0)
+    assert celery_chunk_counts(run=run) == {"cancelled": 2}

@@ -22,12 +22,9 @@ from core.fortunes.inputs import GenerationInput
 from core.limiter import REDIS_KEY, RedisRateLimiter, estimated_tokens
 from core.management.commands.generate_daily_fortunes import EXIT_USAGE
 from core.models import CeleryChunk, FortuneGeneration, FortuneResult, NightlyRun, User
-from core.nightly.celery_chunks import (
-    BROKER_UNAVAILABLE,
-    HEARTBEAT_SECONDS,
-    CeleryBackendUnavailable,
-    celery_backend_check,
-)
+from core.nightly.executors.celery.broker import BROKER_UNAVAILABLE, celery_backend_check
+from core.nightly.executors.celery.chunks import HEARTBEAT_SECONDS
+from core.nightly.options import CeleryBackendUnavailable
 from core.services.fortunes import fortune_get_or_generate_today, fortune_today
 from fortuna_api.celery import app
 from tests.factories import users_create_many
@@ -47,7 +44,7 @@ def _database_url() -> str:
 
 
 def _use_broker(url: str, queue: str) -> None:
-    """Point this process's Celery app (the coordinator's side) at url and queue."""
+    """Point this process's Celery app (the engine's side) at url and queue."""
     pools.reset()  # closes and forgets every connection pool kombu keeps per broker URL
     app._pool = None
     app.amqp._producer_pool = None
@@ -58,7 +55,7 @@ def _use_broker(url: str, queue: str) -> None:
 @pytest.fixture
 def postgres(uses_postgres):
     if not uses_postgres:
-        pytest.skip("real Celery workers write concurrently with the coordinator: run with DATABASE_URL=postgres://…")
+        pytest.skip("real Celery workers write concurrently with the executor: run with DATABASE_URL=postgres://…")
 
 
 @pytest.fixture
