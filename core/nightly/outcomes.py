@@ -3,9 +3,11 @@ and its job table) owns everything else — dedupe, reuse of stored generations,
 the retry round, failure accounting, the writer, finishing the run — so an executor never decides
 who gets a fortune, only how an input becomes a generation.
 
-Four executors (core.nightly.executors.executor_for picks one): inline (the local provider, on the
-calling thread), threads (a pool calling the model), celery (chunks of inputs on Celery workers) and
-openai_batch (the OpenAI Batch API, a day ahead).
+The night's executor is one of three, picked by core.nightly.executors.executor_for: inline (the local
+provider, on the calling thread), threads (a pool calling the model), celery (chunks of inputs on
+Celery workers). The OpenAI Batch API (core.nightly.executors.openai_batch) runs the same engine with
+two executors of its own, a day ahead: one submits each input as a line of a batch file (Deferred),
+one hands back the lines a batch answered.
 """
 
 from dataclasses import dataclass

@@ -7,9 +7,9 @@ import pytest
 
 from core.fortunes.providers import Generated, ProviderError
 from core.nightly.bulk import ResultsWritten
-from core.nightly.executors.base import Stored
 from core.nightly.executors.celery.payload import failed_encode, outcome_decode, stored_encode
 from core.nightly.executors.celery.worker import users_per_input
+from core.nightly.outcomes import Stored
 from core.resilience import Attempted, is_transient
 
 

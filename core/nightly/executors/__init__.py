@@ -1,14 +1,16 @@
-"""The executors, and the one factory that picks a night's: see core.nightly.executors.base."""
+"""The executors, and the one factory that picks a night's. Their protocol and outcomes live in
+core.nightly.outcomes, outside this package: the engine needs them, and some executors (the OpenAI
+Batch API's) drive the engine, so here they would make an import circle."""
 
 from collections.abc import Callable
 
 from core.fortunes.providers import Provider
 from core.limiter import account_limiter
-from core.nightly.executors.base import Deferred, Executor, Outcome, Stored
 from core.nightly.executors.inline import InlineExecutor
 from core.nightly.executors.threads import ThreadExecutor, model_call
 from core.nightly.guards import StopGuards
 from core.nightly.options import BACKEND_CELERY, NightlyOptions
+from core.nightly.outcomes import Deferred, Executor, Outcome, Stored
 from core.resilience import RetryPolicy
 
 __all__ = ["Deferred", "Executor", "ExecutorFactory", "Outcome", "Stored", "executor_for"]

@@ -3,7 +3,7 @@ pool, no hand-off)."""
 
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers import Provider, ProviderError
-from core.nightly.executors.base import Outcome
+from core.nightly.outcomes import Outcome
 from core.resilience import Attempted
 
 

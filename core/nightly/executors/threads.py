@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers import Provider
-from core.nightly.executors.base import Outcome
 from core.nightly.guards import StopGuards
+from core.nightly.outcomes import Outcome
 from core.resilience import Attempted, Limiter, RetryPolicy, call_with_retries, request_tokens
 
 

@@ -1,4 +1,4 @@
-"""The celery executor: chunks of generation inputs on Celery workers (core.nightly.executors.base).
+"""The celery executor: chunks of generation inputs on Celery workers (core.nightly.outcomes).
 
     payload.py   the chunk's inputs and each input's outcome, as JSON
     chunks.py    the chunk rows' shared queries, on the database's clock (claim, load, counts)

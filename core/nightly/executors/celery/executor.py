@@ -11,13 +11,13 @@ from django.db import connection
 
 from core.fortunes.inputs import GenerationInput
 from core.models import CeleryChunk, NightlyRun
-from core.nightly.executors.base import Outcome
 from core.nightly.executors.celery.broker import workers_answer
 from core.nightly.executors.celery.chunks import STALE_SECONDS, db_now_plus
 from core.nightly.executors.celery.dispatch import ChunkDispatcher
 from core.nightly.executors.celery.payload import input_encode, outcome_decode, row_hash, stopped_outcome
 from core.nightly.guards import StopGuards
 from core.nightly.options import INVALID_CHUNK_SIZE, MAX_CHUNK_SIZE, NightlyOptions
+from core.nightly.outcomes import Outcome
 from core.resilience import db_retried
 
 logger = logging.getLogger("fortuna.nightly")

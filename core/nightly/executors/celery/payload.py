@@ -10,7 +10,7 @@ import datetime as dt
 
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers import ProviderError
-from core.nightly.executors.base import Stored
+from core.nightly.outcomes import Stored
 from core.resilience import Attempted
 
 PAYLOAD_HASH_MISMATCH = "chunk {chunk_id}: an input's hash changed since planning ({expected} != {actual})"
@@ -52,7 +52,7 @@ def failed_encode(outcome: Attempted) -> dict:
 
 
 def outcome_decode(entry: dict) -> Stored | Attempted:
-    """The engine's outcome of an input (core.nightly.executors.base) from its chunk's record."""
+    """The engine's outcome of an input (core.nightly.outcomes) from its chunk's record."""
     billed = tuple((tier, tokens_in, tokens_out) for tier, tokens_in, tokens_out in entry.get("b", ()))
     if "g" in entry:
         return Stored(generation_id=entry["g"], users=entry["u"], new=entry["n"], attempts=entry.get("a", 0),

@@ -23,12 +23,12 @@ from core.fortunes.pricing import Tier
 from core.fortunes.providers import Generated, ProviderError
 from core.fortunes.providers.openai import completion_part
 from core.models import OpenAIBatch
-from core.nightly.executors.base import Outcome
 from core.nightly.executors.openai_batch.client import REMOTE_DONE, cost, error_text, openai_batch_client
 from core.nightly.executors.openai_batch.engine import BatchGuards, stored_lookup
 from core.nightly.executors.openai_batch.files import LINE_INVALID, LINE_OK, Line, Parsed, RowCounts, output_parse
 from core.nightly.executors.openai_batch.reports import CollectReport
 from core.nightly.executors.openai_batch.resume import openai_batch_resume
+from core.nightly.outcomes import Outcome
 from core.nightly.plan import PAGE_SIZE, PlanPage, nightly_plan_pages
 from core.nightly.scheduler import Scheduler
 from core.nightly.store import ResultWriter, writer_threaded

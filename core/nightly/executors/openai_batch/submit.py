@@ -13,7 +13,6 @@ from core.fortunes.pricing import Tier
 from core.fortunes.prompt import build_messages, estimate_tokens
 from core.fortunes.providers.openai import chat_completion_body
 from core.models import OpenAIBatch
-from core.nightly.executors.base import Deferred, Outcome
 from core.nightly.executors.openai_batch.client import (
     MAX_BYTES_PER_FILE,
     MAX_REQUESTS_PER_FILE,
@@ -26,6 +25,7 @@ from core.nightly.executors.openai_batch.reports import SubmitReport
 from core.nightly.executors.openai_batch.resume import openai_batch_resume
 from core.nightly.executors.openai_batch.rows import SubmitStopped, file_submit
 from core.nightly.guards import StopToken
+from core.nightly.outcomes import Deferred, Outcome
 from core.nightly.plan import PAGE_SIZE, nightly_plan_pages
 from core.nightly.scheduler import Scheduler
 

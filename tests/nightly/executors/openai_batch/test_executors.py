@@ -10,12 +10,12 @@ import pytest
 from core.fortunes.inputs import GenerationInput
 from core.fortunes.providers.base import FailureReason
 from core.fortunes.schema import GeneratedPart
-from core.nightly.executors.base import Deferred
 from core.nightly.executors.openai_batch.collect import CollectedLinesExecutor
 from core.nightly.executors.openai_batch.files import LINE_INVALID, LINE_OK, Line, Parsed, RowCounts, output_parse
 from core.nightly.executors.openai_batch.reports import SubmitReport
 from core.nightly.executors.openai_batch.submit import SubmitExecutor
 from core.nightly.guards import StopToken
+from core.nightly.outcomes import Deferred
 from tests.factories import user_create
 
 _SCORED = {"score": 61, "text": "차분하게 흐름을 살피면 좋은 하루입니다."}
