@@ -30,7 +30,6 @@ import contextlib
 import json
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -41,11 +40,11 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from tests.stub_process import ServerProcess, stub_start
+
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 # google-auth signs the grant for Google's token endpoint whatever the account's token_uri, as Google expects.
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
@@ -327,46 +326,15 @@ class StubClient:
         return self._call("GET", "/_stub/messages")
 
 
-class StubProcess(StubClient):
+class StubProcess(StubClient, ServerProcess):
     def __init__(self, proc: subprocess.Popen, base_url: str) -> None:
         super().__init__(base_url)
         self.proc = proc
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
-
-
-STUB_START_FAILED = "the FCM stub did not print READY within {timeout:g} s (exit code {code})"
-
 
 def start_stub_process(*, startup_timeout: float = 15.0, latency_ms: float = 0.0, record: bool = True) -> StubProcess:
-    argv = [sys.executable, "-m", "tests.stub_fcm", "--port", "0", "--latency-ms", str(latency_ms),
-            "--parent-pid", str(os.getpid()), *([] if record else ["--no-record"])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            text=True, start_new_session=True)
-    deadline = time.monotonic() + startup_timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith("READY "):
-            return StubProcess(proc, line.split()[1])
-    code = proc.poll()
-    StubProcess(proc, "").stop()
-    raise RuntimeError(STUB_START_FAILED.format(timeout=startup_timeout, code=code))
+    return stub_start("tests.stub_fcm", StubProcess, startup_timeout=startup_timeout, latency_ms=latency_ms,
+                      no_record=not record)
 
 
 @contextlib.contextmanager

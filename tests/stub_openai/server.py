@@ -34,7 +34,6 @@ import json
 import math
 import os
 import random
-import select
 import signal
 import subprocess
 import sys
@@ -45,9 +44,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.stub_process import ServerProcess, stub_start
 
 # Order matters: the cumulative draw keeps the schedule of the first four faults stable.
 FAULT_KINDS = ("429", "500", "malformed", "hang", "refusal", "length", "runaway")
@@ -81,7 +81,6 @@ BAD_BODY_MESSAGES = "Missing required parameter: 'messages'."
 BAD_BODY_INPUT = "Missing required parameter: 'input'."
 BAD_BODY_MODEL = "Missing required parameter: 'model'."
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # --- Korean text for the fortune field names ------------------------------------------------------
 
@@ -1415,64 +1414,16 @@ class StubClient:
         return {"OPENAI_API_KEY": "sk-test-stub", "OPENAI_BASE_URL": self.base_url, "FORTUNE_PROVIDER": "openai"}
 
 
-class StubProcess(StubClient):
+class StubProcess(StubClient, ServerProcess):
     def __init__(self, proc: subprocess.Popen, base_url: str) -> None:
         super().__init__(base_url)
         self.proc = proc
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
-
-    def __enter__(self) -> StubProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-STUB_START_FAILED = "the stub server did not print READY within {timeout:g} s (exit code {code})"
 
 
 def start_stub_process(*, startup_timeout: float = 15.0, **cli_args: Any) -> StubProcess:
     """Start `python -m tests.stub_openai` with the given options (latency_ms=200, seed=1,
     fault_429=0.2, fail_when_contains=[...], ...) and wait until it listens."""
-    cli_args.setdefault("port", 0)
-    cli_args.setdefault("parent_pid", os.getpid())
-    argv = [sys.executable, "-m", "tests.stub_openai"]
-    for key, value in cli_args.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            argv += [flag] if value else []
-        elif isinstance(value, list | tuple):
-            for item in value:
-                argv += [flag, str(item)]
-        else:
-            argv += [flag, str(value)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            text=True, start_new_session=True)
-    deadline = time.monotonic() + startup_timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith("READY "):
-            return StubProcess(proc, line.split()[1])
-    code = proc.poll()
-    StubProcess(proc, "").stop()
-    raise RuntimeError(STUB_START_FAILED.format(timeout=startup_timeout, code=code))
+    return stub_start("tests.stub_openai", StubProcess, startup_timeout=startup_timeout, **cli_args)
 
 
 @contextlib.contextmanager
