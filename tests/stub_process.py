@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -79,3 +81,21 @@ def stub_start(module: str, make: Callable[[subprocess.Popen, str], T], *, start
     code = proc.poll()
     make(proc, "").stop()
     raise RuntimeError(STUB_START_FAILED.format(module=module, timeout=startup_timeout, code=code))
+
+
+def stub_serve(server, *, parent_pid: int | None, path: str = "") -> int:
+    """The stub's side: serve until SIGTERM or SIGINT, or until the process that started it is gone
+    (a killed test run must not leave stubs behind); READY and the base URL are printed once it listens."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    print(f"READY http://{host}:{port}{path}", flush=True)
+    while not stop.wait(1.0):
+        if parent_pid and os.getppid() != parent_pid:
+            break
+    server.shutdown()
+    server.server_close()
+    return 0

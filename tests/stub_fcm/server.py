@@ -28,9 +28,7 @@ import argparse
 import base64
 import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -43,7 +41,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
-from tests.stub_process import ServerProcess, stub_start
+from tests.stub_process import ServerProcess, stub_serve, stub_start
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 # google-auth signs the grant for Google's token endpoint whatever the account's token_uri, as Google expects.
@@ -280,19 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = {**DEFAULT_CONFIG, "latency_ms": args.latency_ms, "record": not args.no_record}
     server = StubHTTPServer((args.host, args.port), StubState(config))
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
-    thread.start()
-    host, port = server.server_address[:2]
-    print(f"READY http://{host}:{port}", flush=True)
-    while not stop.wait(1.0):
-        if args.parent_pid and os.getppid() != args.parent_pid:
-            break  # the test run that started us was killed: don't outlive it
-    server.shutdown()
-    server.server_close()
-    return 0
+    return stub_serve(server, parent_pid=args.parent_pid, path="")
 
 
 # --- clients for tests and benchmarks ----------------------------------------------------------------

@@ -32,9 +32,7 @@ import copy
 import hashlib
 import json
 import math
-import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -47,7 +45,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.stub_process import ServerProcess, stub_start
+from tests.stub_process import ServerProcess, stub_serve, stub_start
 
 # Order matters: the cumulative draw keeps the schedule of the first four faults stable.
 FAULT_KINDS = ("429", "500", "malformed", "hang", "refusal", "length", "runaway")
@@ -1339,19 +1337,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     server = StubHTTPServer((args.host, args.port), StubState(config), verbose=args.verbose)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
-    thread.start()
-    host, port = server.server_address[:2]
-    print(f"READY http://{host}:{port}/v1", flush=True)
-    while not stop.wait(1.0):
-        if args.parent_pid and os.getppid() != args.parent_pid:
-            break  # the test run that started us was killed: don't outlive it
-    server.shutdown()
-    server.server_close()
-    return 0
+    return stub_serve(server, parent_pid=args.parent_pid, path="/v1")
 
 
 # --- Clients for tests and benchmarks ---------------------------------------------------------------
