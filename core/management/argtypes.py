@@ -5,6 +5,7 @@ import argparse
 import datetime as dt
 import sys
 from decimal import Decimal, InvalidOperation
+from functools import partial
 
 from django.core.management.base import CommandError
 
@@ -47,3 +48,12 @@ def usage_error(parser: argparse.ArgumentParser, message: str):
     if parser.called_from_command_line:
         parser.exit(EXIT_USAGE, f"CommandError: {message}\n")
     raise CommandError(message, returncode=EXIT_USAGE)
+
+
+class UsageErrorsMixin:
+    """A command whose bad flags exit with EXIT_USAGE and a message a person can act on (usage_error)."""
+
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        parser.error = partial(usage_error, parser)
+        return parser

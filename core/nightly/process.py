@@ -5,7 +5,7 @@ import atexit
 import gc
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from django.db import connections
@@ -15,22 +15,25 @@ from core.nightly.guards import STOP_SIGNAL, StopToken
 
 
 @contextmanager
-def stop_on_signals(stop: StopToken) -> Iterator[None]:
-    """SIGTERM/SIGINT ask `stop` to stop (interrupted); the previous handlers come back afterwards.
-    Off the main thread Python allows no handlers, so none are installed there."""
+def on_stop_signals(handler: Callable[[str], object]) -> Iterator[None]:
+    """SIGTERM/SIGINT (Railway stopping the service, Ctrl-C) call handler(signal name); the previous
+    handlers come back afterwards. Off the main thread Python allows no handlers, so none are installed
+    there. The nightly run and the morning push both stop this way."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def on_signal(signum, frame) -> None:
-        stop.request(STOP_SIGNAL.format(signal=signal.Signals(signum).name), interrupted=True)
-
-    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+    previous = {signum: signal.signal(signum, lambda signum, frame: handler(signal.Signals(signum).name))
+                for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, previous_handler in previous.items():
+            signal.signal(signum, previous_handler)
+
+
+def stop_on_signals(stop: StopToken):
+    """SIGTERM/SIGINT ask `stop` to stop (interrupted)."""
+    return on_stop_signals(lambda name: stop.request(STOP_SIGNAL.format(signal=name), interrupted=True))
 
 
 @contextmanager

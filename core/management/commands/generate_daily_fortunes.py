@@ -1,16 +1,15 @@
-"""The nightly batch: tomorrow's fortune (KST) for every active user with a birth date."""
+"""The nightly run: tomorrow's fortune (KST) for every active user with a birth date."""
 
 import argparse
 import datetime as dt
 import sys
 from contextlib import contextmanager
-from functools import partial
 
 from django.core.management.base import BaseCommand, CommandError
 
 from core.fortunes.providers import ProviderConfigError
-from core.management.argtypes import EXIT_USAGE, finite_decimal, flag, iso_date, usage_error
-from core.nightly import options as batch
+from core.management.argtypes import EXIT_USAGE, UsageErrorsMixin, finite_decimal, flag, iso_date
+from core.nightly import options as nightly
 from core.nightly.executors.openai_batch import openai_batch_collect_due
 from core.nightly.lock import NightlyLocked
 from core.nightly.nightly import nightly_fortunes
@@ -35,7 +34,7 @@ DATE_OUT_OF_RANGE = (f"--date must be between {DATE_FIRST} and {DATE_LAST} (the 
 WORKERS_INVALID = f"--workers must be between 1 and {MAX_WORKERS}, got {{value}}."
 RPM_INVALID = "--rpm must be at least 1 request per minute (leave it out for no limit), got {value}."
 TPM_INVALID = "--tpm must be at least 1 token per minute (leave it out for no limit), got {value}."
-BACKEND_INVALID = f"--backend must be one of {', '.join(batch.BACKENDS)}, got {{value!r}}."
+BACKEND_INVALID = f"--backend must be one of {', '.join(nightly.BACKENDS)}, got {{value!r}}."
 ATTEMPTS_INVALID = f"--max-attempts must be between 1 and {MAX_ATTEMPTS}, got {{value}}."
 COST_INVALID = "--max-cost must be a number of US dollars, 0 or more (0 = no budget), got {value!r}."
 RUNTIME_INVALID = f"--max-runtime must be more than 0 and at most {MAX_RUNTIME_MINUTES} minutes, got {{value}}."
@@ -64,18 +63,13 @@ def _command_errors():
         raise CommandError(str(exc), returncode=EXIT_INCOMPLETE) from None
 
 
-class Command(BaseCommand):
+class Command(UsageErrorsMixin, BaseCommand):
     help = (
         "Generate fortunes for tomorrow (KST) for every active user with a birth date; a missed night is "
         "caught up first. Exit 0 only when every eligible user has one."
     )
     # Skipping the system checks saves start-up time; a second concurrent run must exit within 1 s.
     requires_system_checks = []
-
-    def create_parser(self, prog_name, subcommand, **kwargs):
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-        parser.error = partial(usage_error, parser)
-        return parser
 
     def add_arguments(self, parser) -> None:
         add = parser.add_argument
@@ -92,10 +86,11 @@ class Command(BaseCommand):
             help="Requests per minute across all workers (default OPENAI_RPM).")
         add("--tpm", type=flag(TPM_INVALID, int, lambda n: n >= 1),
             help="Tokens per minute across all workers (default OPENAI_TPM).")
-        add("--backend", type=flag(BACKEND_INVALID, str, lambda b: b in batch.BACKENDS), default=batch.BACKEND_THREADS,
+        add("--backend", type=flag(BACKEND_INVALID, str, lambda b: b in nightly.BACKENDS),
+            default=nightly.BACKEND_THREADS,
             help="threads: this process calls the model; celery: Celery workers do (needs CELERY_BROKER_URL).")
-        add("--chunk-size", type=flag(batch.INVALID_CHUNK_SIZE, int, lambda n: 1 <= n <= batch.MAX_CHUNK_SIZE),
-            default=batch.CHUNK_SIZE, help="Inputs per Celery task (--backend celery).")
+        add("--chunk-size", type=flag(nightly.INVALID_CHUNK_SIZE, int, lambda n: 1 <= n <= nightly.MAX_CHUNK_SIZE),
+            default=nightly.CHUNK_SIZE, help="Inputs per Celery task (--backend celery).")
         add("--max-attempts", type=flag(ATTEMPTS_INVALID, int, lambda n: 1 <= n <= MAX_ATTEMPTS),
             help="HTTP attempts per generation per round (default FORTUNE_MAX_ATTEMPTS).")
         add("--max-cost", type=flag(COST_INVALID, finite_decimal, lambda d: d >= 0, show_raw=True),

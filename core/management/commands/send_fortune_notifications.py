@@ -1,15 +1,12 @@
 """The morning push: today's fortune to every user whose notify_at (KST) has come (a cron every 5 minutes)."""
 
-import signal
 import threading
-from contextlib import contextmanager
-from functools import partial
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
-from core.management.argtypes import EXIT_USAGE, flag, usage_error
-from core.nightly.process import connections_close
+from core.management.argtypes import EXIT_USAGE, UsageErrorsMixin, flag
+from core.nightly.process import connections_close, on_stop_signals
 from core.ops.push_report import push_report_send
 from core.push.celery_pages import PushCeleryUnavailable, push_celery_check, push_celery_dispatch, push_celery_wait
 from core.push.fcm import PUSH_OFF
@@ -27,29 +24,10 @@ RUN_FAILED = "The push run stopped: {reason}"
 EXIT_STOPPED = 2
 
 
-@contextmanager
-def _stop_on_signals(stop: threading.Event):
-    """SIGTERM/SIGINT (Railway stopping the service): stop sending; claims not sent yet are given back."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-class Command(BaseCommand):
+class Command(UsageErrorsMixin, BaseCommand):
     help = ("Send today's fortune (KST) to every user whose notify_at has come, who has notifications on, an "
             "active device and no push yet today. At most one push per user per day.")
     requires_system_checks = []
-
-    def create_parser(self, prog_name, subcommand, **kwargs):
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-        parser.error = partial(usage_error, parser)
-        return parser
 
     def add_arguments(self, parser) -> None:
         add = parser.add_argument
@@ -70,7 +48,7 @@ class Command(BaseCommand):
         try:
             if celery:
                 push_celery_check()
-            with _stop_on_signals(stop):
+            with on_stop_signals(lambda _signal: stop.set()):  # unsent claims are given back
                 result = push_send_due(options=push_options, stop=stop,
                                        dispatch=push_celery_dispatch if celery else None,
                                        wait=push_celery_wait if celery else None)
