@@ -10,7 +10,6 @@ failed stay missing for the synchronous pass.
 """
 
 import datetime as dt
-import gc
 import logging
 import time
 
@@ -30,6 +29,7 @@ from core.nightly.executors.openai_batch.reports import CollectReport
 from core.nightly.executors.openai_batch.resume import openai_batch_resume
 from core.nightly.outcomes import Outcome
 from core.nightly.plan import PAGE_SIZE, PlanPage, nightly_plan_pages
+from core.nightly.process import gc_paused
 from core.nightly.scheduler import Scheduler
 from core.nightly.store import ResultWriter, writer_threaded
 from core.resilience import Attempted
@@ -164,15 +164,10 @@ def _collect_pass(
     if not downloaded:
         return
     report.lines_unmatched += parsed.unmatched
-    # As in the synchronous engine: the cyclic GC would rescan the lines' objects over and over; they
-    # are freed by reference counting.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    # As in the nightly run: the cyclic GC would rescan the lines' objects over and over; they are
+    # freed by reference counting.
+    with gc_paused():
         _lines_store(lines=parsed.lines, target_date=target_date, model=model, report=report, page_size=page_size)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     for line in parsed.lines.values():
         row_counts = counts[line.row.pk]
         if line.outcome == LINE_OK:

@@ -27,6 +27,7 @@ from core.nightly.executors.openai_batch.rows import SubmitStopped, file_submit
 from core.nightly.guards import StopToken
 from core.nightly.outcomes import Deferred, Outcome
 from core.nightly.plan import PAGE_SIZE, nightly_plan_pages
+from core.nightly.process import gc_paused
 from core.nightly.scheduler import Scheduler
 
 logger = logging.getLogger("fortuna.nightly.openai_batch")
@@ -129,7 +130,8 @@ def openai_batch_submit_ahead(
     engine = Scheduler(pages=pages, lookup=stored_lookup, guards=BatchGuards(stop=stop), executor=executor,
                        writer=NoWriter())
     try:
-        tally = engine.run()
+        with gc_paused():  # as in the nightly run: the job table is freed by reference counting
+            tally = engine.run()
         executor.finish()
     finally:
         executor.close()
