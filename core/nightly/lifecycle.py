@@ -30,7 +30,7 @@ from core.resilience import db_call
 
 logger = logging.getLogger("fortuna.nightly")
 
-HEARTBEAT_SECONDS = 2.0  # NightlyRun progress fields are promised at least every 5 s
+HEARTBEAT_SECONDS = 2.0  # a NightlyRun (and a working Celery chunk) beats at least this often: progress within 5 s
 FAILURE_SAMPLE_SIZE = 20
 STILL_MISSING = "{count} eligible users still have no fortune for {target_date}"
 STALE = "stale: its process died without finishing (the lock was free)"

@@ -23,7 +23,7 @@ from core.limiter import REDIS_KEY, RedisRateLimiter, estimated_tokens
 from core.management.commands.generate_daily_fortunes import EXIT_USAGE
 from core.models import CeleryChunk, FortuneGeneration, FortuneResult, NightlyRun, User
 from core.nightly.executors.celery.broker import BROKER_UNAVAILABLE, celery_backend_check
-from core.nightly.executors.celery.chunks import HEARTBEAT_SECONDS
+from core.nightly.lifecycle import HEARTBEAT_SECONDS
 from core.nightly.options import CeleryBackendUnavailable
 from core.services.fortunes import fortune_get_or_generate_today, fortune_today
 from fortuna_api.celery import app

@@ -12,7 +12,6 @@ from django.db.models.functions import Now
 from core.models import CeleryChunk, NightlyRun
 from core.resilience import db_retried
 
-HEARTBEAT_SECONDS = 2.0  # a working chunk's heartbeat_at is at most this old; a cancel is seen as soon
 STALE_SECONDS = 60.0  # a running chunk silent this long is re-dispatched (its worker died)
 OPEN_STATES = (CeleryChunk.State.QUEUED, CeleryChunk.State.RUNNING)
 

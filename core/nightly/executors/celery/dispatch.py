@@ -16,7 +16,8 @@ from django.db.models.functions import Now
 
 from core.models import CeleryChunk, NightlyRun
 from core.nightly.executors.celery.broker import broker_error, chunk_task
-from core.nightly.executors.celery.chunks import HEARTBEAT_SECONDS, db_ago, seconds_since
+from core.nightly.executors.celery.chunks import db_ago, seconds_since
+from core.nightly.lifecycle import HEARTBEAT_SECONDS
 from core.resilience import db_retried, send_with_retries
 
 logger = logging.getLogger("fortuna.nightly")

@@ -27,20 +27,22 @@ from core.limiter import account_limiter_cached
 from core.models import CeleryChunk
 from core.nightly.bulk import ResultsWritten
 from core.nightly.executors.celery.chunks import (
-    HEARTBEAT_SECONDS,
     STALE_SECONDS,
     celery_chunk_claim,
     celery_chunk_load,
 )
 from core.nightly.executors.celery.payload import failed_encode, input_decode, stored_encode
 from core.nightly.executors.celery.pool import GenerationPool
+from core.nightly.lifecycle import HEARTBEAT_SECONDS
+from core.nightly.scheduler import FLUSH_SECONDS
 from core.nightly.store import GeneratedItem, generation_ids_by_hash, nightly_output_write
 from core.resilience import Attempted, RetryPolicy, call_with_retries, db_retried, request_tokens
 
 logger = logging.getLogger("fortuna.nightly")
 
-FLUSH_SECONDS = 1.0  # a worker stores what it generated at least this often
-FLUSH_GENERATIONS = 100
+# A worker stores what it generated at least every FLUSH_SECONDS, the nightly run's durability promise,
+# and at least every STORE_GENERATIONS generations (a chunk is small: its stores are small too).
+STORE_GENERATIONS = 100
 
 Jobs = dict[str, tuple[GenerationInput, list[int]]]  # hash -> (input, its users)
 
@@ -137,7 +139,7 @@ class ChunkWorker:
                 ready.append((digest, Attempted(generated=self.provider.generate(inp), error=None, attempts=0)))
             except ProviderError as exc:
                 ready.append((digest, Attempted(generated=None, error=exc, attempts=0)))
-            if len(ready) >= FLUSH_GENERATIONS:
+            if len(ready) >= STORE_GENERATIONS:
                 self._take(ready, jobs)
                 ready = []
                 self._heartbeat()
@@ -161,7 +163,7 @@ class ChunkWorker:
             except queue.Empty:
                 pass
             now = time.monotonic()
-            if ready and (len(ready) >= FLUSH_GENERATIONS or now - last_flush >= FLUSH_SECONDS or not waiting):
+            if ready and (len(ready) >= STORE_GENERATIONS or now - last_flush >= FLUSH_SECONDS or not waiting):
                 self._take(ready, jobs)
                 ready, last_flush = [], now
             if now - self.last_heartbeat >= HEARTBEAT_SECONDS:
