@@ -30,6 +30,10 @@ class Stored:
     tokens_in: int = 0
     tokens_out: int = 0
     billed_failures: tuple[tuple[str, int, int], ...] = ()  # failed attempts the server billed all the same
+    # Users the executor's store skipped, as the engine's writer does: deleted (or no longer eligible)
+    # since planning, and those whose birth data changed (the engine plans them again).
+    gone: tuple[int, ...] = ()
+    changed: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -269,6 +269,8 @@ class Scheduler:
         if outcome.new:
             self._count_usage(tier=outcome.tier, tokens_in=outcome.tokens_in, tokens_out=outcome.tokens_out)
         tally.stored_users += outcome.users
+        tally.gone.extend(outcome.gone)
+        tally.changed.extend(outcome.changed)
         job = self.table.get(digest)
         if job is None or job.state is not JobState.QUEUED:
             return  # a result after the job was abandoned: stored all the same, counted above

@@ -11,7 +11,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from core.models import CeleryChunk, FortuneGeneration, FortuneResult, NightlyRun
+from core.models import CeleryChunk, FortuneGeneration, FortuneResult, NightlyRun, User
+from core.nightly.executors.celery import worker as worker_module
 from core.nightly.executors.celery.broker import celery_backend_check, chunk_task
 from core.nightly.executors.celery.chunks import OPEN_STATES, celery_chunk_claim, celery_chunk_counts
 from core.nightly.executors.celery.dispatch import CHUNK_ABANDONED
@@ -228,3 +229,31 @@ def test_the_runs_heartbeat_records_the_inputs_in_flight_and_a_stop_cancels_the_
     assert run.status == NightlyRun.Status.INTERRUPTED and run.in_flight == 0
     assert (run.generated, run.failed) == (0, 0)
     assert celery_chunk_counts(run=run) == {"cancelled": 2}
+
+
+def test_a_user_deleted_and_one_edited_before_the_workers_store_are_skipped_counted_and_planned_again(eager):
+    users_with_shared_inputs(distinct=12, twins=0)
+    real_write = worker_module.nightly_output_write
+    touched = {}
+
+    def write_after_two_users_change(*, waiting, **kwargs):
+        if not touched and waiting:
+            # What DELETE /me and PATCH /me do, between planning and this chunk's store.
+            deleted, edited = [user_id for users in waiting.values() for user_id in users][:2]
+            User.objects.filter(pk=deleted).delete()
+            user = User.objects.get(pk=edited)
+            user.birth_date_solar += dt.timedelta(days=1)  # another day pillar: another input
+            user.save()
+            touched.update(deleted=deleted, edited=edited)
+        return real_write(waiting=waiting, **kwargs)
+
+    with mock.patch.object(worker_module, "nightly_output_write", write_after_two_users_change):
+        run = celery_run(chunk_size=4)
+    assert run.status == NightlyRun.Status.SUCCEEDED, run.stop_reason
+    assert {entry["reason"]: entry["user_ids"] for entry in run.failure_sample} == {
+        "user_deleted": [touched["deleted"]]}
+    assert run.generated == 11 and FortuneResult.objects.filter(for_date=TARGET).count() == 11
+    edited = User.objects.get(pk=touched["edited"])
+    pillars = FortuneResult.objects.get(user=edited, for_date=TARGET).generation.content["saju"]["pillars"]
+    assert pillars["day"] == edited.saju_day  # made from the new birth data, never the old
+    assert "planned 1 users again" in run.notes

@@ -8,7 +8,7 @@ import pytest
 from core.fortunes.providers import Generated, ProviderError
 from core.nightly.bulk import ResultsWritten
 from core.nightly.executors.celery.payload import failed_encode, outcome_decode, stored_encode
-from core.nightly.executors.celery.worker import users_per_input
+from core.nightly.executors.celery.worker import _skipped_per_input, users_per_input
 from core.nightly.outcomes import Stored
 from core.resilience import Attempted, is_transient
 
@@ -48,3 +48,12 @@ def test_rows_per_input_leave_out_skipped_users_and_add_up_to_what_was_written()
     assert counts == {"a": 2, "b": 0, "c": 0}
     assert sum(counts.values()) == 2
     assert users_per_input(waiting, ResultsWritten(stored=6)) == {"a": 3, "b": 2, "c": 1}
+
+
+def test_the_users_a_store_skipped_come_back_with_their_input():
+    waiting = {"a": [1, 2, 3], "b": [4, 5]}
+    skipped = _skipped_per_input(waiting, ResultsWritten(stored=3, gone=[2], changed=[4]))
+    assert skipped == {"a": {"gone": [2], "changed": []}, "b": {"gone": [], "changed": [4]}}
+    stored = _round_trip(stored_encode(generation_id=9, users=2, new=True, outcome=None, **skipped["a"]))
+    assert (stored.gone, stored.changed) == ((2,), ())
+    assert _skipped_per_input(waiting, ResultsWritten(stored=5)) == {}

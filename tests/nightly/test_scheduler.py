@@ -354,3 +354,23 @@ def test_a_deferred_input_stays_in_the_table_so_later_users_join_it():
     assert executor.submitted == ["a", "b"]  # one line per input, whatever the pages
     assert run.tally.deferred_users == 4
     assert {job.hash: job.state for job in run.table} == {"a": JobState.DEFERRED, "b": JobState.DEFERRED}
+
+
+def test_users_an_executor_store_skipped_are_counted_and_the_changed_ones_planned_again():
+    executor = StoringExecutor(answer=None)
+    replanned = []
+
+    def replan(user_ids):
+        replanned.extend(user_ids)
+        return [page(b=list(user_ids))]
+
+    run = scheduler([page(a=[1, 2, 3])], executor=executor, replan=replan)
+    for p in run.pages:
+        run.take_page(p)
+    executor.deliver("a", Stored(generation_id=5, users=1, gone=(2,), changed=(3,)))
+    run.finish_in_flight()
+    executor.answer = lambda digest, n: Stored(generation_id=6, users=1)
+    run.replan_changed()
+    assert run.tally.gone == [2]
+    assert replanned == [3] and run.tally.replanned == 1
+    assert executor.given["b"] == [3] and run.tally.stored_users == 2

@@ -1,10 +1,11 @@
 """What a chunk row carries between the executor and its worker: the inputs (payload["inputs"]) and
 what became of each (CeleryChunk.outcomes, keyed by the input's full hash), as JSON both ways.
 
-An outcome is {"g": generation id, "u": result rows written, "n": new generation?, ...} when the
-worker stored the input, or {"f": failure reason, "e": error, "r": retryable?, ...} when it gave up;
-both carry "a" (model requests) and "b" (failed answers the server billed all the same). An input
-without an outcome was not done (the chunk was stopped, cancelled or abandoned)."""
+An outcome is {"g": generation id, "u": result rows written, "n": new generation?, "x"/"c": users
+skipped as deleted/changed, ...} when the worker stored the input, or {"f": failure reason, "e": error,
+"r": retryable?, ...} when it gave up; both carry "a" (model requests) and "b" (failed answers the
+server billed all the same). An input without an outcome was not done (the chunk was stopped,
+cancelled or abandoned)."""
 
 import datetime as dt
 
@@ -34,9 +35,15 @@ def row_hash(row: list) -> str:
     return row[9]
 
 
-def stored_encode(*, generation_id: int, users: int, new: bool, outcome: Attempted | None) -> dict:
-    """A stored input; outcome is the round that generated it (None: it was stored already)."""
+def stored_encode(*, generation_id: int, users: int, new: bool, outcome: Attempted | None,
+                  gone: list[int] = (), changed: list[int] = ()) -> dict:
+    """A stored input; outcome is the round that generated it (None: it was stored already); gone and
+    changed: its users the store skipped (deleted, birth data changed since planning)."""
     entry = {"g": generation_id, "u": users, "n": new}
+    if gone:
+        entry["x"] = list(gone)
+    if changed:
+        entry["c"] = list(changed)
     if outcome is not None:
         generated = outcome.generated
         entry.update(a=outcome.attempts, b=[list(billed) for billed in outcome.billed_failures],
@@ -57,7 +64,7 @@ def outcome_decode(entry: dict) -> Stored | Attempted:
     if "g" in entry:
         return Stored(generation_id=entry["g"], users=entry["u"], new=entry["n"], attempts=entry.get("a", 0),
                       tier=entry.get("t", "standard"), tokens_in=entry.get("i", 0), tokens_out=entry.get("o", 0),
-                      billed_failures=billed)
+                      billed_failures=billed, gone=tuple(entry.get("x", ())), changed=tuple(entry.get("c", ())))
     error = ProviderError(entry["e"] or entry["f"], reason=entry["f"], retryable=entry["r"])
     return Attempted(generated=None, error=error, attempts=entry["a"], billed_failures=list(billed))
 

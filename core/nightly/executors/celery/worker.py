@@ -63,6 +63,19 @@ def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"[:255]
 
 
+def _skipped_per_input(waiting: dict[str, list[int]], written: ResultsWritten) -> dict[str, dict[str, list[int]]]:
+    """Each input's users the store skipped: {"gone": [...], "changed": [...]} (only inputs with some)."""
+    if not written.gone and not written.changed:
+        return {}
+    gone, changed = set(written.gone), set(written.changed)
+    skipped = {}
+    for digest, users in waiting.items():
+        entry = {"gone": [u for u in users if u in gone], "changed": [u for u in users if u in changed]}
+        if entry["gone"] or entry["changed"]:
+            skipped[digest] = entry
+    return skipped
+
+
 def users_per_input(waiting: dict[str, list[int]], written: ResultsWritten) -> dict[str, int]:
     """The result rows written for each input: its users less those skipped (deleted, or their birth
     data changed); rows that existed already (an on-demand fortune meanwhile) come off the last ones,
@@ -200,14 +213,16 @@ class ChunkWorker:
         pairs = [(user_id, generation_id) for generation_id, users in reused.values() for user_id in users]
         written = nightly_output_write(items=items, reused=pairs, waiting=waiting, for_date=self.chunk.for_date,
                                        provider=self.provider.name, model=self.provider.model, replace=self.replace)
-        users = users_per_input({**{d: u for d, (_, u) in reused.items()}, **waiting}, written.results)
+        users_of = {**{d: u for d, (_, u) in reused.items()}, **waiting}
+        users = users_per_input(users_of, written.results)
+        skipped = _skipped_per_input(users_of, written.results)
         for digest, (generation_id, _) in reused.items():
             if "g" not in self.outcomes.get(digest, {}):
                 self.outcomes[digest] = stored_encode(generation_id=generation_id, users=users[digest], new=False,
-                                                      outcome=None)
+                                                      outcome=None, **skipped.get(digest, {}))
         for digest, outcome in outcomes.items():
             self.outcomes[digest] = stored_encode(generation_id=written.ids[digest], users=users[digest], new=True,
-                                                  outcome=outcome)
+                                                  outcome=outcome, **skipped.get(digest, {}))
         self.report.generated_inputs += len(items)
         self.report.stored_users += written.results.stored
         self._record()
