@@ -1,4 +1,4 @@
-"""Which dates a batch run fills: the base date is today in Korea, whatever the process time zone."""
+"""Which dates a nightly run fills: the base date is today in Korea, whatever the process time zone."""
 
 import datetime as dt
 from dataclasses import dataclass

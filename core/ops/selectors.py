@@ -29,7 +29,7 @@ HISTORY_DAYS_MAX = 365
 FAILED_USERS_SHOWN = 50
 RELATED_ROWS_SHOWN = 100
 
-RUN_NOT_FOUND = "There is no batch run with id {run_id}."
+RUN_NOT_FOUND = "There is no nightly run with id {run_id}."
 DATE_INVALID = "date must be a calendar date written YYYY-MM-DD, got {value!r}."
 DAYS_INVALID = f"days must be a whole number from 1 to {HISTORY_DAYS_MAX}, got {{value!r}}."
 

@@ -19,7 +19,7 @@ from core.models import NightlyRun
 logger = logging.getLogger("fortuna.health")
 
 MAX_SUCCESS_AGE = dt.timedelta(hours=26)
-BATCH_NEVER_SUCCEEDED = "No full batch run has ever succeeded."
+BATCH_NEVER_SUCCEEDED = "No full nightly run has ever succeeded."
 BATCH_MISSED_DEADLINE = "The run for {target} has not succeeded by {deadline} KST."
 BATCH_STALE = "The last successful run finished {hours:.1f} h ago (limit 26 h)."
 BATCH_DEADLINE_INVALID = "FORTUNE_BATCH_DEADLINE must be HH:MM (KST), got {value!r}."

@@ -78,5 +78,5 @@ def test_collect_during_the_nights_submission_creates_one_batch_per_file(openai_
     # The collector did its own date's work, and left the night's date to the night.
     assert set(fortune_map(for_date=base)) == eligible_ids()
     assert f"{base}: batch api collect" in collected_out
-    assert f"batch api collect {ahead}: skipped, a batch run holds its lock" in collected_out
+    assert f"batch api collect {ahead}: skipped, a nightly run holds its lock" in collected_out
     assert_reported(webhook_receiver, NightlyRun.objects.order_by("pk"))  # the night's run; the collector has none

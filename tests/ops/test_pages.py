@@ -96,10 +96,10 @@ def test_the_admin_index_links_to_ops(staff_client):
 
 def test_empty_state_when_no_run_ever(staff_client):
     html = staff_client.get(reverse("ops:now")).content.decode()
-    assert "No batch run is running." in html and 'id="no-running" class="empty">' in html
-    assert "No batch run has ever finished." in html
+    assert "No nightly run is running." in html and 'id="no-running" class="empty">' in html
+    assert "No nightly run has ever finished." in html
     history = staff_client.get(reverse("ops:history")).content.decode()
-    assert "No batch run in these nights." in history
+    assert "No nightly run in these nights." in history
     data = _status(staff_client)
     assert data["running"] == [] and data["last_finished"] is None
     assert data["health"]["ok"] is False and data["ok"] is False  # never succeeded: the switch trips

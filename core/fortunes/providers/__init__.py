@@ -15,7 +15,7 @@ def get_provider(
 ) -> Provider:
     """The configured provider (FORTUNE_PROVIDER). Each call makes one attempt per generate().
 
-    flex_deadline: the batch run's deadline (time.monotonic()); only the nightly batch passes it, so
+    flex_deadline: the nightly run's deadline (time.monotonic()); only the nightly run passes it, so
     only the batch's synchronous requests use OPENAI_SERVICE_TIER=flex, and not in its last
     FORTUNE_FLEX_FALLBACK_MINUTES. The on-demand web path passes nothing and never uses flex.
 

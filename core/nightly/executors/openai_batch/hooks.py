@@ -37,7 +37,7 @@ logger = logging.getLogger("fortuna.nightly.openai_batch")
 SETTLE_FAILED = "batch api: settling {target_date} failed ({error}); its inputs go synchronous"
 SUBMIT_FAILED = "batch api: submitting {target_date} failed ({error}); it goes synchronous on its night"
 SUBMIT_SKIPPED_STOPPED = "batch api: {target_date} not submitted: the night was stopped ({reason})"
-COLLECT_SKIPPED_LOCKED = "batch api collect {target_date}: skipped, a batch run holds its lock"
+COLLECT_SKIPPED_LOCKED = "batch api collect {target_date}: skipped, a nightly run holds its lock"
 COLLECT_NOTHING_OPEN = "batch api collect: no open batches"
 
 
