@@ -57,7 +57,7 @@ def _runs_mark_stale(*, target_date: dt.date) -> int:
         state=CeleryChunk.State.CANCELLED, finished_at=timezone.now())
     count = stale.update(status=NightlyRun.Status.INTERRUPTED, finished_at=timezone.now(), stop_reason=STALE)
     if count:
-        logger.warning("fortune batch: marked %d stale running run(s) for %s interrupted", count, target_date)
+        logger.warning("nightly run: marked %d stale running run(s) for %s interrupted", count, target_date)
     return count
 
 
@@ -199,7 +199,7 @@ class RunRecorder:
             stop_reason=stop_reason, interrupted=interrupted)
         run.finished_at = timezone.now()
         self.save(final=True)
-        logger.info("fortune batch %s finished: %s", target.target_date, nightly_run_summary(run=run))
+        logger.info("nightly run %s finished: %s", target.target_date, nightly_run_summary(run=run))
 
     def crash(self, exc: BaseException) -> None:
         """Mark the run failed; never raises (the crash's own error is the caller's to raise): with the
@@ -208,9 +208,9 @@ class RunRecorder:
         run.status = NightlyRun.Status.FAILED
         run.stop_reason = CRASHED.format(error=f"{type(exc).__name__}: {exc}")[:255]
         run.finished_at = timezone.now()
-        logger.error("fortune batch %s: %s", run.target_date, run.stop_reason, exc_info=exc)
+        logger.error("nightly run %s: %s", run.target_date, run.stop_reason, exc_info=exc)
         try:
             self.save(final=True)
         except Exception:
-            logger.exception("fortune batch %s: could not mark the run failed; the next run marks it stale",
+            logger.exception("nightly run %s: could not mark the run failed; the next run marks it stale",
                              run.target_date)

@@ -137,7 +137,7 @@ class _PgLock:
             except Exception as exc:
                 if not db_retryable(exc):
                     raise
-                logger.warning("fortune batch lock for %s: its session ended (%s); taking it again",
+                logger.warning("nightly run lock for %s: its session ended (%s); taking it again",
                                self.target_date, str(exc).strip())
             self._take_again()
 
@@ -159,9 +159,9 @@ class _PgLock:
         elif _run_started_since(target_date=self.target_date, since=self.acquired_at):
             self.lost = LOCK_RUN_SINCE
         if self.lost:
-            logger.error("fortune batch lock for %s lost: %s", self.target_date, self.lost)
+            logger.error("nightly run lock for %s lost: %s", self.target_date, self.lost)
             raise NightlyLockLost(self.target_date, why=self.lost)
-        logger.warning("fortune batch lock for %s taken again on a new session", self.target_date)
+        logger.warning("nightly run lock for %s taken again on a new session", self.target_date)
 
 
 def _run_started_since(*, target_date: dt.date, since: dt.datetime) -> bool:
@@ -193,7 +193,7 @@ def _pg_lock(*, target_date: dt.date, alias: str) -> Iterator[None]:
                         cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
                 except Exception:
                     # Closing the session below releases it anyway.
-                    logger.warning("fortune batch lock: explicit unlock failed for %s", target_date, exc_info=True)
+                    logger.warning("nightly run lock: explicit unlock failed for %s", target_date, exc_info=True)
     finally:
         try:
             conn.close()
@@ -235,7 +235,7 @@ def nightly_lock(*, target_date: dt.date, using: str = DEFAULT_DB_ALIAS) -> Iter
     """Hold the run lock for target_date, or raise NightlyLocked at once if anyone else holds it."""
     impl = _pg_lock if _is_postgres(using) else _file_lock
     with impl(target_date=target_date, alias=using):
-        logger.debug("fortune batch lock acquired for %s", target_date)
+        logger.debug("nightly run lock acquired for %s", target_date)
         yield
 
 

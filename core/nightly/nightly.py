@@ -69,7 +69,7 @@ def nightly_fortunes(
     finally:
         connections_close()
     if stop.is_set and night.unrun:
-        logger.warning("fortune batch: stopped before %s: %s",
+        logger.warning("nightly run: stopped before %s: %s",
                        ", ".join(str(summary.target_date) for summary in night.unrun), stop.reason)
     _night_report(night=night)
     if night.runs and options.user_id is None:
@@ -119,7 +119,7 @@ def _run_settle(*, run: NightlyRun, reason: str) -> None:
             status=NightlyRun.Status.FAILED, stop_reason=reason, finished_at=timezone.now())
         run.refresh_from_db()
     except Exception:  # the database is gone: the next run marks it stale; the report still goes out
-        logger.exception("fortune batch %s: could not mark run %s failed", run.target_date, run.pk)
+        logger.exception("nightly run %s: could not mark run %s failed", run.target_date, run.pk)
         if run.status == NightlyRun.Status.RUNNING:
             run.status, run.stop_reason, run.finished_at = NightlyRun.Status.FAILED, reason, timezone.now()
 
@@ -164,10 +164,10 @@ def _natal_refresh() -> list[str]:
     try:
         refreshed = users_refresh_natal()
     except Exception as exc:  # one bad row must not cost every user their fortune
-        logger.exception("fortune batch: natal refresh failed")
+        logger.exception("nightly run: natal refresh failed")
         return [NOTE_NATAL_FAILED.format(error=exc)]
     if refreshed:
-        logger.info("fortune batch: natal pillars refreshed for %d users", refreshed)
+        logger.info("nightly run: natal pillars refreshed for %d users", refreshed)
     return []
 
 

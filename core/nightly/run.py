@@ -38,7 +38,7 @@ def nightly_run_target(
     notes = list(notes or [])
     if target.catch_up:
         notes.append(NOTE_CATCH_UP.format(target_date=target.target_date))
-        logger.warning("fortune batch: %s; filling its gaps first", notes[-1])
+        logger.warning("nightly run: %s; filling its gaps first", notes[-1])
     run = nightly_run_create(target=target, options=options, provider=provider, notes=notes)
     if on_start is not None:
         on_start(run)
@@ -69,7 +69,7 @@ def _drive(*, run: NightlyRun, target: NightlyTarget, options: NightlyOptions, p
     try:
         generations = executor(provider=provider, options=options, guards=guards, run=run)
         logger.info(
-            "fortune batch %s (base %s%s): %d eligible, %d already present, %d to do; provider %s, %s",
+            "nightly run %s (base %s%s): %d eligible, %d already present, %d to do; provider %s, %s",
             target.target_date, target.base_date, ", catch-up" if target.catch_up else "", counts.eligible,
             counts.already_present, total, provider.generator, _executor_label(generations, options),
         )

@@ -144,7 +144,7 @@ class Scheduler:
         if not users or self.replan is None or self.guards.should_stop():
             self.tally.changed = users
             return
-        logger.info("fortune batch: %d users changed their birth data during the run; planning them again",
+        logger.info("nightly run: %d users changed their birth data during the run; planning them again",
                     len(users))
         self.on_note(f"planned {len(users)} users again: their birth data changed during the run")
         self.tally.replanned += len(users)
@@ -299,7 +299,7 @@ class Scheduler:
             if self.guards.stopped and grace_end is None:
                 grace_end = self._clock() + self.grace_seconds
             if grace_end is not None and self._clock() >= grace_end:
-                logger.warning("fortune batch: %d generations still in flight after the grace period; "
+                logger.warning("nightly run: %d generations still in flight after the grace period; "
                                "abandoned (their users get a fortune next run)", self.table.queued)
                 self.abandon()
                 break
@@ -315,7 +315,7 @@ class Scheduler:
                      if job.error is not None and is_transient(job.error)]
         if not transient or self.guards.should_stop():
             return
-        logger.info("fortune batch: %d generations failed for transient reasons; one more round in %.1f s",
+        logger.info("nightly run: %d generations failed for transient reasons; one more round in %.1f s",
                     len(transient), self.retry_cooldown)
         self.on_note(f"retry round for {len(transient)} generations after {self.retry_cooldown:g} s")
         self.tick(force=True)
@@ -364,7 +364,7 @@ class Scheduler:
             self.tally.stored_users += flush.stored
             self.tally.gone.extend(flush.gone)
             self.tally.changed.extend(flush.changed)
-            logger.debug("fortune batch: stored %d generations and %d results", len(flush.items), flush.stored)
+            logger.debug("nightly run: stored %d generations and %d results", len(flush.items), flush.stored)
 
     def flush_all(self) -> None:
         """Flush, wait for the writer, and repeat while late users of written generations remain."""
@@ -381,4 +381,4 @@ class Scheduler:
         try:
             self.collect(self.writer.done())
         except BaseException:  # noqa: BLE001 - the run is failing already; its own error is raised
-            logger.debug("fortune batch: the writer failed too", exc_info=True)
+            logger.debug("nightly run: the writer failed too", exc_info=True)

@@ -35,7 +35,7 @@ from core.resilience import db_call
 logger = logging.getLogger("fortuna.nightly")
 
 WRITER_QUEUE = 2  # flushes waiting for the writer thread: bounds memory when the database lags
-WRITER_GONE = "fortune batch writer thread ended with flushes outstanding"
+WRITER_GONE = "nightly run writer thread ended with flushes outstanding"
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +183,7 @@ class ResultWriter:
                     try:
                         self._write(flush)
                     except BaseException as exc:
-                        logger.exception("fortune batch writer: a flush failed")
+                        logger.exception("nightly run writer: a flush failed")
                         self.error = exc
         finally:
             connection.close()  # this thread's own connection

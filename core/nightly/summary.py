@@ -36,7 +36,7 @@ class DryRunReport:
     def line(self) -> str:
         target = self.target
         return (
-            f"fortune batch dry run {target.target_date}{' (catch-up)' if target.catch_up else ''}: "
+            f"nightly dry run {target.target_date}{' (catch-up)' if target.catch_up else ''}: "
             f"{self.eligible} eligible, {self.already_present} already present, {self.to_generate} to generate "
             f"({self.reused} reuse a stored generation), {self.generations} distinct generations = LLM requests, "
             f"~{self.tokens_in}/{self.tokens_out} tokens in/out, ~${self.estimated_cost} with {self.provider}; "

@@ -238,7 +238,7 @@ class RunSummary:
     def line(self) -> str:
         """The one-line human summary (stdout, logs, the command's error)."""
         text = (
-            f"fortune batch {self.target_date}{' (catch-up)' if self.catch_up else ''}: {self.status} — "
+            f"nightly run {self.target_date}{' (catch-up)' if self.catch_up else ''}: {self.status} — "
             f"{self.eligible} eligible, {self.already_present} already present, {self.generated} stored, "
             f"{self.failed} failed; {self.generations} generations, {self.llm_requests} LLM requests, "
             f"tokens {self.tokens_in}/{self.tokens_out}, ~${self.estimated_cost}; {self.duration}"

@@ -42,7 +42,7 @@ def test_every_eligible_user_gets_exactly_one_fortune_for_base_plus_one(populati
     assert (run.eligible, run.already_present, run.generated, run.failed) == (34, 0, 34, 0)
     assert run.generations == FortuneGeneration.objects.count() == len(set(results.values()))
     assert run.finished_at and run.provider == "local"
-    assert out.strip().splitlines()[-1].startswith(f"fortune batch {TARGET}: succeeded")
+    assert out.strip().splitlines()[-1].startswith(f"nightly run {TARGET}: succeeded")
     content = FortuneResult.objects.select_related("generation").first().content
     assert content["for_date"] == TARGET.isoformat()
 

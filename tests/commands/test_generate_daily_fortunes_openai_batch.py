@@ -164,7 +164,7 @@ def test_dry_run_prints_what_tonight_would_submit_ahead_and_its_cost_each_way(us
     out = run_batch("--date", BASE.isoformat(), "--batch-ahead", "--dry-run")
     assert table_counts() == before and openai_settings.counters()["requests"] == 0
     by_hash = _hashes(users, B2)
-    assert f"fortune batch dry run {B1}" in out
+    assert f"nightly dry run {B1}" in out
     [line] = [line for line in out.splitlines() if line.startswith("batch api dry run")]
     assert line.startswith(f"batch api dry run {B2}: {len(users)} users, {len(by_hash)} requests")
     assert "on the Batch API vs" in line and "standard" in line

@@ -94,7 +94,7 @@ def test_sigkill_mid_run_then_rerun_completes_without_repeating_a_request(slow_s
     assert set(requested.values()) == {1}
     runs = list(NightlyRun.objects.order_by("pk"))
     assert [r.status for r in runs] == ["interrupted", "succeeded"]
-    assert out.strip().splitlines()[-1].startswith(f"fortune batch {TARGET}: succeeded")
+    assert out.strip().splitlines()[-1].startswith(f"nightly run {TARGET}: succeeded")
 
 
 def test_sigterm_marks_interrupted_and_keeps_every_completed_generation(slow_stub):

@@ -85,8 +85,8 @@ def test_the_command_fills_a_missed_night_then_tomorrow(utc_process):
     assert "catch-up" in catch_up.notes
     assert (regular.target_date, regular.catch_up, regular.status) == (tomorrow, False, "succeeded")
     lines = out.strip().splitlines()
-    assert lines[0].startswith(f"fortune batch {today} (catch-up): succeeded")
-    assert lines[-1].startswith(f"fortune batch {tomorrow}: succeeded")
+    assert lines[0].startswith(f"nightly run {today} (catch-up): succeeded")
+    assert lines[-1].startswith(f"nightly run {tomorrow}: succeeded")
 
 
 def test_the_command_at_the_scheduled_time_makes_only_tomorrow(utc_process):

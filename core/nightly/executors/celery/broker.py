@@ -66,5 +66,5 @@ def workers_answer() -> bool:
         # limit=1: back at the first answer (without it, ping always waits the whole timeout).
         return bool(app.control.ping(timeout=1.0, limit=1))
     except Exception:  # noqa: BLE001 - a broker without remote control: only a note is lost
-        logger.debug("fortune batch: celery ping failed", exc_info=True)
+        logger.debug("nightly run: celery ping failed", exc_info=True)
         return False

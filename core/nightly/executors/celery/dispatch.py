@@ -61,7 +61,7 @@ class ChunkDispatcher:
             if not broker_error(exc):
                 raise
             if chunk_id not in self.unsent:
-                logger.warning("fortune batch: %s", CHUNK_SEND_FAILED.format(index=index, error=exc))
+                logger.warning("nightly run: %s", CHUNK_SEND_FAILED.format(index=index, error=exc))
             self.unsent.setdefault(chunk_id, index)
             return False
         self.unsent.pop(chunk_id, None)
@@ -96,12 +96,12 @@ class ChunkDispatcher:
                 CeleryChunk.objects.filter(pk=chunk_id, state=CeleryChunk.State.RUNNING).update(
                     state=CeleryChunk.State.CANCELLED, finished_at=Now())
                 self.note(CHUNK_ABANDONED.format(index=index, attempts=attempts))
-                logger.error("fortune batch: %s", CHUNK_ABANDONED.format(index=index, attempts=attempts))
+                logger.error("nightly run: %s", CHUNK_ABANDONED.format(index=index, attempts=attempts))
                 continue
             requeued = CeleryChunk.objects.filter(pk=chunk_id, state=CeleryChunk.State.RUNNING,
                                                   heartbeat_at=heartbeat_at).update(state=CeleryChunk.State.QUEUED)
             if requeued:
-                logger.warning("fortune batch: %s", CHUNK_REDISPATCHED.format(index=index, age=age.total_seconds()))
+                logger.warning("nightly run: %s", CHUNK_REDISPATCHED.format(index=index, age=age.total_seconds()))
                 self.dispatch(chunk_id, index)
 
     def _resend_unclaimed(self) -> None:
@@ -115,7 +115,7 @@ class ChunkDispatcher:
             wait = self.claim_timeout * 2 ** min(max(dispatches - 1, 0), MAX_RESEND_BACKOFF)
             if age.total_seconds() < wait:
                 continue
-            logger.warning("fortune batch: %s", CHUNK_RESENT.format(index=index, age=age.total_seconds()))
+            logger.warning("nightly run: %s", CHUNK_RESENT.format(index=index, age=age.total_seconds()))
             self.dispatch(chunk_id, index)
 
     def cancel_open(self) -> None:

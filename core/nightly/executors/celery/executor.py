@@ -159,4 +159,4 @@ class CeleryExecutor:
                 self._cancel()
             self.dispatcher.wait_cancelled(self.grace_seconds)
         except Exception:  # noqa: BLE001 - closing after a crash (the database gone): the run's error is raised
-            logger.warning("fortune batch: could not cancel the run's open chunks", exc_info=True)
+            logger.warning("nightly run: could not cancel the run's open chunks", exc_info=True)
