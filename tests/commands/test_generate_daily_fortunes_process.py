@@ -21,10 +21,10 @@ from core.nightly.lock import BATCH_LOCKED
 from tests.factories import users_create_many
 from tests.nightly.helpers import BASE, TARGET, eligible_ids, fortune_map, table_counts
 from tests.stub_openai.server import messages_sha256
+from tests.waiting import WAIT, wait_for
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parents[2]
-WAIT = 30.0  # generous upper bound for polling loops; they normally finish far sooner
 
 
 def _database_url() -> str:
@@ -40,15 +40,6 @@ def _start(stub, *args: str, extra_env: dict[str, str] | None = None) -> subproc
            "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     argv = [sys.executable, "manage.py", "generate_daily_fortunes", "--date", BASE.isoformat(), *args]
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(predicate, *, what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def _stored() -> int:
@@ -73,7 +64,7 @@ def slow_stub(stub_openai):
 
 def test_sigkill_mid_run_then_rerun_completes_without_repeating_a_request(slow_stub):
     first = _start(slow_stub, "--workers", "2")
-    _wait_for(lambda: _stored() >= 6, what="the first flush")
+    wait_for(lambda: _stored() >= 6, what="the first flush")
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=WAIT)
     stored_before = set(fortune_map())
@@ -81,7 +72,7 @@ def test_sigkill_mid_run_then_rerun_completes_without_repeating_a_request(slow_s
     assert NightlyRun.objects.get().status == "running"  # killed: nobody finished the row
 
     # Requests the killed process left in flight still finish at the stub: let them land first.
-    _wait_for(lambda: slow_stub.counters()["in_flight"] == 0, what="the stub to go idle")
+    wait_for(lambda: slow_stub.counters()["in_flight"] == 0, what="the stub to go idle")
     slow_stub.reset(config=False)
     second = _start(slow_stub, "--workers", "4", "--retry-cooldown", "0")
     out, err = second.communicate(timeout=WAIT)
@@ -99,7 +90,7 @@ def test_sigkill_mid_run_then_rerun_completes_without_repeating_a_request(slow_s
 
 def test_sigterm_marks_interrupted_and_keeps_every_completed_generation(slow_stub):
     proc = _start(slow_stub, "--workers", "2")
-    _wait_for(lambda: _stored() >= 4, what="the first flush")
+    wait_for(lambda: _stored() >= 4, what="the first flush")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=WAIT)
     assert proc.returncode == EXIT_INCOMPLETE, err
@@ -118,7 +109,7 @@ def test_sigterm_marks_interrupted_and_keeps_every_completed_generation(slow_stu
 
 def test_sigterm_still_sends_the_report_with_the_status_and_the_reason(slow_stub, webhook_receiver):
     proc = _start(slow_stub, "--workers", "2", extra_env={"SLACK_WEBHOOK_URL": webhook_receiver.url("/slack")})
-    _wait_for(lambda: _stored() >= 4, what="the first flush")
+    wait_for(lambda: _stored() >= 4, what="the first flush")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=WAIT)
     assert proc.returncode == EXIT_INCOMPLETE, err
@@ -132,7 +123,7 @@ def test_a_concurrent_second_run_is_refused_at_once_and_writes_nothing(slow_stub
     # a loaded machine; it is stopped below.
     slow_stub.configure(latency_ms=300)
     first = _start(slow_stub, "--workers", "1")
-    _wait_for(lambda: NightlyRun.objects.exists(), what="the first run to start")
+    wait_for(lambda: NightlyRun.objects.exists(), what="the first run to start")
     before = table_counts()
     started = time.monotonic()
     second = _start(slow_stub, "--workers", "1")

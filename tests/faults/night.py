@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,6 +27,7 @@ import psycopg2
 from tests.faults.reports import assert_reported, slack_env
 from tests.faults.servers import PostgresServer
 from tests.nightly.helpers import BASE, TARGET
+from tests.waiting import wait_for
 from tests.webhook_receiver import WebhookReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,12 +143,7 @@ class Night:
         return self.stub.counters()["requests"] - self.value("SELECT count(*) FROM core_fortunegeneration")
 
     def wait_for(self, predicate, *, what: str, timeout: float = WAIT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}")
+        wait_for(predicate, what=what, timeout=timeout)
 
     def check(self, *, in_flight: int) -> None:
         """What every fault test asserts once its night (and any rerun) is over."""

@@ -7,7 +7,6 @@ import datetime as dt
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -18,10 +17,10 @@ from tests.commands.test_generate_daily_fortunes_process import ROOT, _database_
 from tests.factories import users_create_many
 from tests.faults.reports import assert_reported, slack_env
 from tests.nightly.helpers import eligible_ids, fortune_map
+from tests.waiting import WAIT, wait_for
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.django_db(transaction=True)]
 
-WAIT = 30.0
 
 
 def _command(stub, receiver, *args: str) -> subprocess.Popen:
@@ -29,17 +28,6 @@ def _command(stub, receiver, *args: str) -> subprocess.Popen:
            "PYTHONUNBUFFERED": "1", **slack_env(receiver)}
     return subprocess.Popen([sys.executable, "manage.py", "generate_daily_fortunes", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(predicate, *, what: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"the night exited ({proc.returncode}) before {what}: {proc.communicate()[1][-2000:]}")
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def test_collect_during_the_nights_submission_creates_one_batch_per_file(openai_settings, webhook_receiver):
@@ -54,7 +42,7 @@ def test_collect_during_the_nights_submission_creates_one_batch_per_file(openai_
     night = _command(stub, webhook_receiver, "--date", base.isoformat(), "--batch-ahead", "--workers", "2",
                      "--retry-cooldown", "0")
     try:
-        _wait_for(lambda: stub.batch_state()["counters"].get("creates_held") == 1,
+        wait_for(lambda: stub.batch_state()["counters"].get("creates_held") == 1,
                   what="the night's batches.create to be under way", proc=night)
         assert OpenAIBatch.objects.get(target_date=ahead).state == "uploaded"
         collect = _command(stub, webhook_receiver, "--collect-batches")

@@ -18,10 +18,10 @@ from django.utils import timezone
 from core.models import PushDelivery, PushRun
 from core.push.selectors import push_day
 from tests.push.helpers import messages_by_token, push_user, token_of
+from tests.waiting import WAIT, wait_for
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parents[2]
-WAIT = 30.0
 USERS = 40
 
 
@@ -41,15 +41,6 @@ def _start(stub, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(predicate, *, what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def due_users(fcm_settings):
     today = timezone.localdate()
@@ -60,7 +51,7 @@ def due_users(fcm_settings):
 def test_sigkill_mid_page_then_rerun_sends_no_one_twice_and_counts_the_missed(fcm_settings, due_users, settings):
     fcm_settings.configure(latency_ms=60)
     first = _start(fcm_settings, "--page-size", "8", "--concurrency", "2")
-    _wait_for(lambda: fcm_settings.counters().get("sent", 0) >= 11, what="the second page under way")
+    wait_for(lambda: fcm_settings.counters().get("sent", 0) >= 11, what="the second page under way")
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=WAIT)
     time.sleep(0.3)  # requests the stub was answering when the sender died (latency 60 ms) land first
@@ -103,7 +94,7 @@ def test_two_senders_at_once_still_send_one_push_each(fcm_settings, due_users):
     # then fast: they overlap for certain.
     fcm_settings.configure(latency_ms=500)
     senders = [_start(fcm_settings, "--page-size", "5", "--concurrency", "3") for _ in range(2)]
-    _wait_for(lambda: PushRun.objects.count() == 2, what="both senders to start")
+    wait_for(lambda: PushRun.objects.count() == 2, what="both senders to start")
     fcm_settings.configure(latency_ms=10)
     for sender in senders:
         out, err = sender.communicate(timeout=WAIT * 2)
