@@ -12,8 +12,8 @@ from core.nightly.executors.openai_batch import openai_batch_ahead_plan
 from core.nightly.night import NightReport, nightly_locks, prices_check
 from core.nightly.options import NightlyOptions
 from core.nightly.plan import nightly_plan_counts, nightly_plan_pages, nightly_user_check
-from core.nightly.run import stored_ids
 from core.nightly.scheduler import Scheduler
+from core.nightly.store import stored_lookup
 from core.nightly.summary import DryRunReport
 
 
@@ -34,7 +34,7 @@ def nightly_plan(*, options: NightlyOptions) -> NightReport:
                 nonce="dry-run" if options.force else "", user_id=options.user_id, page_size=options.page_size,
                 compute_stale_natal=True, language=settings.FORTUNE_LANGUAGE,
             )
-            tally = Scheduler(pages=pages, lookup=stored_ids, estimate=estimate).plan()
+            tally = Scheduler(pages=pages, lookup=stored_lookup, estimate=estimate).plan()
             reports.append(DryRunReport(
                 target=target, eligible=counts.eligible, already_present=counts.already_present,
                 to_generate=tally.to_generate, generations=tally.planned, reused=tally.reused_users,

@@ -20,7 +20,7 @@ from core.nightly.plan import nightly_plan_counts, nightly_plan_pages
 from core.nightly.process import gc_paused
 from core.nightly.progress import ProgressReporter
 from core.nightly.scheduler import Scheduler
-from core.nightly.store import ResultWriter, generation_ids_by_hash, writer_threaded
+from core.nightly.store import ResultWriter, stored_lookup, writer_threaded
 
 logger = logging.getLogger("fortuna.nightly")
 
@@ -88,7 +88,7 @@ def _drive(*, run: NightlyRun, target: NightlyTarget, options: NightlyOptions, p
             page_size=options.page_size, language=settings.FORTUNE_LANGUAGE,
         )
         recorder.scheduler = Scheduler(
-            pages=plan(), replan=lambda user_ids: plan(user_ids=user_ids), lookup=stored_ids, guards=guards,
+            pages=plan(), replan=lambda user_ids: plan(user_ids=user_ids), lookup=stored_lookup, guards=guards,
             executor=generations, writer=writer, max_in_flight=options.page_size,
             retry_cooldown=options.retry_cooldown, grace_seconds=options.grace_seconds, on_tick=recorder.tick,
             on_note=recorder.note,
@@ -109,7 +109,3 @@ def _executor_label(executor, options: NightlyOptions) -> str:
     if executor.stores:
         return "celery workers"
     return f"{options.workers} workers"
-
-
-def stored_ids(hashes) -> dict[str, int]:
-    return generation_ids_by_hash(hashes=hashes)

@@ -51,6 +51,11 @@ def generation_ids_by_hash(*, hashes: Iterable[str]) -> dict[str, int]:
     return db_call(lambda: bulk_for_connection().generation_ids(hashes=hashes), what="looking up stored generations")
 
 
+def stored_lookup(hashes: Iterable[str]) -> dict[str, int]:
+    """The engine's "already stored?" lookup (scheduler.Lookup), for every run of it."""
+    return generation_ids_by_hash(hashes=hashes)
+
+
 def generations_store_many(
     *, items: Sequence[GeneratedItem], provider: str, model: str, copy_text: str | None = None
 ) -> dict[str, int]:

@@ -10,10 +10,8 @@ from core.nightly.executors.inline import InlineExecutor
 from core.nightly.executors.threads import ThreadExecutor, model_call
 from core.nightly.guards import StopGuards
 from core.nightly.options import BACKEND_CELERY, NightlyOptions
-from core.nightly.outcomes import Deferred, Executor, Outcome, Stored
+from core.nightly.outcomes import Executor
 from core.resilience import RetryPolicy
-
-__all__ = ["Deferred", "Executor", "ExecutorFactory", "Outcome", "Stored", "executor_for"]
 
 ExecutorFactory = Callable[..., Executor]  # (*, provider, options, guards, run) -> executor
 

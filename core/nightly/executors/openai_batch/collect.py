@@ -23,7 +23,7 @@ from core.fortunes.providers import Generated, ProviderError
 from core.fortunes.providers.openai import completion_part
 from core.models import OpenAIBatch
 from core.nightly.executors.openai_batch.client import REMOTE_DONE, cost, error_text, openai_batch_client
-from core.nightly.executors.openai_batch.engine import BatchGuards, stored_lookup
+from core.nightly.executors.openai_batch.engine import BatchGuards
 from core.nightly.executors.openai_batch.files import LINE_INVALID, LINE_OK, Line, Parsed, RowCounts, output_parse
 from core.nightly.executors.openai_batch.reports import CollectReport
 from core.nightly.executors.openai_batch.resume import openai_batch_resume
@@ -31,7 +31,7 @@ from core.nightly.outcomes import Outcome
 from core.nightly.plan import PAGE_SIZE, PlanPage, nightly_plan_pages
 from core.nightly.process import gc_paused
 from core.nightly.scheduler import Scheduler
-from core.nightly.store import ResultWriter, writer_threaded
+from core.nightly.store import ResultWriter, stored_lookup, writer_threaded
 from core.resilience import Attempted
 
 logger = logging.getLogger("fortuna.nightly.openai_batch")

@@ -1,10 +1,10 @@
-"""What the Batch API's two engine runs share: guards that never stop on their own, the lookup of
-stored generations, and the writer of a run that writes no result (the submission)."""
+"""What the Batch API's two engine runs share: guards that never stop on their own, and the writer
+of a run that writes no result (the submission)."""
 
 import math
 
 from core.nightly.guards import StopGuards, StopToken
-from core.nightly.store import Flush, generation_ids_by_hash
+from core.nightly.store import Flush
 
 
 class BatchGuards(StopGuards):
@@ -16,11 +16,6 @@ class BatchGuards(StopGuards):
 
     def failed(self, *, reason: str, error=None) -> None:
         pass
-
-
-def stored_lookup(hashes) -> dict[str, int]:
-    """The engine's "already stored?" lookup: hash -> generation id of those stored."""
-    return generation_ids_by_hash(hashes=hashes)
 
 
 class NoWriter:

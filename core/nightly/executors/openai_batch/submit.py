@@ -19,7 +19,7 @@ from core.nightly.executors.openai_batch.client import (
     cost,
     openai_batch_client,
 )
-from core.nightly.executors.openai_batch.engine import BatchGuards, NoWriter, stored_lookup
+from core.nightly.executors.openai_batch.engine import BatchGuards, NoWriter
 from core.nightly.executors.openai_batch.files import JsonlFile, batch_line
 from core.nightly.executors.openai_batch.reports import SubmitReport
 from core.nightly.executors.openai_batch.resume import openai_batch_resume
@@ -29,6 +29,7 @@ from core.nightly.outcomes import Deferred, Outcome
 from core.nightly.plan import PAGE_SIZE, nightly_plan_pages
 from core.nightly.process import gc_paused
 from core.nightly.scheduler import Scheduler
+from core.nightly.store import stored_lookup
 
 logger = logging.getLogger("fortuna.nightly.openai_batch")
 
